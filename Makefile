@@ -1,0 +1,45 @@
+# One-command entry points. Every target creates or refreshes .venv itself.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+TEST_STAMP := $(VENV)/.test-installed
+
+.PHONY: run test lint bench check-cards clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(RUNTIME_STAMP)
+
+## run: serve on http://127.0.0.1:8080 (development profile, SQLite under var/)
+run: $(RUNTIME_STAMP)
+	$(BIN)/cds-service serve --host 127.0.0.1 --port 8080
+
+## lint: ruff, ruff format, mypy --strict, and the rule pack check
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/cds-service check-cards
+
+## test: the whole suite, after lint
+test: lint
+	$(BIN)/pytest
+
+## bench: in-process and HTTP benchmark (not a test; installs wrk when missing)
+bench: $(TEST_STAMP)
+	$(BIN)/python bench/bench.py
+
+check-cards: $(RUNTIME_STAMP)
+	$(BIN)/cds-service check-cards
+
+clean:
+	rm -rf $(VENV) var dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,55 @@
+"""cds-20703: a CDS Hooks 2.0 service for CPT +20703.
+
+WSGI entry point: ``cds_service:create_app()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from cds_service.config import SETTING_NAMES, Settings
+from cds_service.errors import ConfigError
+from cds_service.logs import configure_logging
+from cds_service.rule_pack import RulePackError, load_rule_pack
+from cds_service.state import ServiceState
+from cds_service.storage import Store, create_database_engine, create_schema
+
+__all__ = ["create_app"]
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the service. ``config`` overrides ``CDS_*`` settings (keys without the prefix)."""
+    settings = Settings.load(overrides=config)
+    configure_logging(settings.log_level)
+    try:
+        pack = load_rule_pack(settings.cards_dir)
+    except RulePackError as exc:
+        raise ConfigError(f"CDS_CARDS_DIR: the rule pack is invalid:\n{exc}") from None
+    engine = create_database_engine(settings.database_url)
+    create_schema(engine)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PUBLIC_BASE_URL"] = settings.public_base_url
+    for key, value in (config or {}).items():
+        if key.removeprefix("CDS_").upper() not in SETTING_NAMES:
+            app.config[key] = value
+    app.extensions["cds_20703"] = ServiceState(settings, pack, Store(engine))
+
+    from cds_service import api, errors
+
+    errors.register_error_handlers(app)
+    CORS(
+        app,
+        resources={r"/*": {"origins": list(settings.cors_origins)}},
+        send_wildcard=settings.cors_origins == ("*",),
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=86400,
+    )
+    app.register_blueprint(api.bp)
+    return app

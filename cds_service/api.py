@@ -1,0 +1,102 @@
+"""The HTTP surface: discovery, hook calls and feedback (one blueprint, thin views)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from cds_service.errors import InvalidRequestError, UnsupportedMediaTypeError
+from cds_service.service import find_service, handle_hook_call, parse_feedback_request
+from cds_service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("cds", __name__, url_prefix="/cds-services")
+
+
+def _state() -> ServiceState:
+    state: ServiceState = current_app.extensions["cds_20703"]
+    return state
+
+
+def _json_response(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json"
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_body() -> Any:
+    """The parsed JSON body: 415 when it is not declared JSON, 400 when it does not parse."""
+    mimetype = request.mimetype
+    if not (
+        mimetype in ("application/json", "application/fhir+json") or mimetype.endswith("+json")
+    ):
+        raise UnsupportedMediaTypeError(
+            "The request body must be JSON (Content-Type: application/json)."
+        )
+    data = request.get_data(cache=False)
+    try:
+        return json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidRequestError("The request body is not well-formed JSON.") from None
+
+
+@bp.get("")
+def discovery() -> Response:
+    """List the services (CDS Hooks discovery)."""
+    return _json_response(_state().pack.discovery_document())
+
+
+@bp.post("/<service_id>")
+def call_service(service_id: str) -> Response:
+    """Answer a hook call with cards."""
+    state = _state()
+    started = time.perf_counter()
+    find_service(state.pack, service_id)
+    body = _json_body()
+    result = handle_hook_call(state.pack, service_id, body)
+    state.store.record_issued_cards(service_id, result.issued)
+    logger.info(
+        "hook call answered",
+        extra={
+            "service": service_id,
+            "hook_instance": body.get("hookInstance") if isinstance(body, dict) else None,
+            "cards": len(result.issued),
+            "findings": sorted({code for _, code in result.issued}),
+            "skipped_resources": result.skipped_resources,
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+    return _json_response(result.response)
+
+
+@bp.post("/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    """Store card outcomes reported by the client."""
+    state = _state()
+    find_service(state.pack, service_id)
+    entries = parse_feedback_request(_json_body()).feedback
+    result = state.store.store_feedback(service_id, entries)
+    logger.info(
+        "feedback stored",
+        extra={
+            "service": service_id,
+            "stored": result.stored,
+            "duplicates": result.duplicates,
+            "unknown_cards": result.unknown_cards,
+        },
+    )
+    return _json_response(
+        {
+            "stored": result.stored,
+            "duplicates": result.duplicates,
+            "unknownCards": result.unknown_cards,
+        }
+    )

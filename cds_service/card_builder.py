@@ -1,0 +1,88 @@
+"""Turn findings into CDS Hooks cards using the rule pack's templates.
+
+UUIDs come from an injected factory so that tests can make them predictable; everything else is a
+pure function of the finding and the pack. Card extensions carry the stable finding code under
+``cpt20703.finding`` and the missing documentation keys under ``cpt20703.missing-documentation``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cds_service.json_discipline import prune_empty
+from cds_service.protocol import Action, Card, Coding, Source, Suggestion
+from cds_service.rule_pack import RulePack, render_template
+from cds_service.rules import Finding
+
+FINDING_EXTENSION = "cpt20703.finding"
+MISSING_DOCUMENTATION_EXTENSION = "cpt20703.missing-documentation"
+
+
+def build_cards(
+    findings: Sequence[Finding], pack: RulePack, new_uuid: Callable[[], str]
+) -> list[dict[str, Any]]:
+    """The JSON of one card per finding, without empty or null elements."""
+    return [prune_empty(build_card(finding, pack, new_uuid)) for finding in findings]
+
+
+def sources_section(pack: RulePack, keys: Sequence[str]) -> str:
+    """A markdown list citing each source with its tier and any caveat."""
+    lines = ["**Sources**"]
+    for key in keys:
+        source = pack.sources[key]
+        caveat = f"; {source.note}" if source.note else ""
+        lines.append(f"- [{source.label}]({source.url}) (tier {source.tier}{caveat})")
+    return "\n".join(lines)
+
+
+def build_card(finding: Finding, pack: RulePack, new_uuid: Callable[[], str]) -> dict[str, Any]:
+    """One card, validated against the CDS Hooks 2.0 card model."""
+    template = pack.findings.findings[finding.code]
+    topic = pack.findings.card_topic
+    extension: dict[str, Any] = {FINDING_EXTENSION: finding.code}
+    if finding.missing_documentation:
+        extension[MISSING_DOCUMENTATION_EXTENSION] = list(finding.missing_documentation)
+    suggestions = None
+    if finding.updated_claim is not None and template.suggestion is not None:
+        claim = finding.updated_claim
+        action = Action(
+            type="update",
+            description=render_template(template.suggestion.action_description, finding.variables),
+            resource=claim,
+            resourceId=f"Claim/{claim['id']}" if claim.get("id") else None,
+        )
+        suggestions = [
+            Suggestion(
+                label=template.suggestion.label,
+                uuid=new_uuid(),
+                isRecommended=True,
+                actions=[action],
+            )
+        ]
+    card = Card(
+        uuid=new_uuid(),
+        summary=render_template(template.summary, finding.variables),
+        detail=render_template(template.detail, finding.variables)
+        + "\n\n"
+        + sources_section(pack, template.source.sources),
+        indicator=template.indicator,
+        source=Source(
+            label=template.source.label,
+            url=template.source.url,
+            topic=Coding(system=topic.system, code=topic.code, display=topic.display),
+        ),
+        suggestions=suggestions,
+        selectionBehavior="at-most-one" if suggestions else None,
+        overrideReasons=[
+            Coding(
+                system=pack.findings.override_reason_system,
+                code=reason.code,
+                display=reason.display,
+            )
+            for reason in template.override_reasons
+        ]
+        or None,
+        extension=extension,
+    )
+    return card.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,134 @@
+"""The ``cds-service`` command: serve, evaluate, check-cards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cds_service.config import Settings
+from cds_service.errors import ConfigError
+from cds_service.rule_pack import (
+    RulePackError,
+    default_cards_dir,
+    export_json_schemas,
+    load_rule_pack,
+)
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except ConfigError as exc:
+        print(f"cds-service: configuration error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cds-service", description="CDS Hooks 2.0 service for CPT +20703."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the HTTP API with gunicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--timeout", type=int, default=30, help="worker timeout in seconds")
+    serve.set_defaults(run=_serve)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="print the response the endpoint gives for a request file"
+    )
+    evaluate.add_argument("request", type=Path, help="a CDS Hooks request body (JSON)")
+    evaluate.add_argument("--service", help="service id (default: the service for the hook)")
+    evaluate.set_defaults(run=_evaluate)
+
+    check = commands.add_parser("check-cards", help="validate the rule pack")
+    check.add_argument(
+        "--cards-dir", type=Path, help="rule pack directory (default: CDS_CARDS_DIR)"
+    )
+    check.add_argument(
+        "--write-schemas", action="store_true", help="rewrite <cards-dir>/schema/*.schema.json"
+    )
+    check.set_defaults(run=_check_cards)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cds_service.server import serve
+
+    settings = Settings.load()  # fail fast, before any worker starts
+    serve(settings, host=args.host, port=args.port, workers=args.workers, timeout=args.timeout)
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        body: Any = json.loads(args.request.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return _bad_input(f"cannot read {args.request}: {exc.strerror}")
+    except (UnicodeDecodeError, ValueError) as exc:
+        return _bad_input(f"{args.request} is not valid JSON: {exc}")
+    from cds_service import create_app
+
+    app = create_app({"DATABASE_URL": "sqlite://"})
+    service_id = args.service or _service_for(app, body)
+    if service_id is None:
+        return _bad_input(f"{args.request}: cannot tell the service from its 'hook'; use --service")
+    response = app.test_client().post(f"/cds-services/{service_id}", json=body)
+    sys.stdout.write(response.get_data(as_text=True) + "\n")
+    if response.status_code != 200:
+        outcome = response.get_json(silent=True) or {}
+        issues = outcome.get("issue") or [{}]
+        message = issues[0].get("diagnostics", f"HTTP {response.status_code}")
+        return _bad_input(f"{args.request}: HTTP {response.status_code}: {message}")
+    return EXIT_OK
+
+
+def _service_for(app: Any, body: Any) -> str | None:
+    hook = body.get("hook") if isinstance(body, dict) else None
+    matches = [svc.id for svc in app.extensions["cds_20703"].pack.services if svc.hook == hook]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _bad_input(message: str) -> int:
+    print(f"cds-service: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _check_cards(args: argparse.Namespace) -> int:
+    directory = args.cards_dir or Settings.load().cards_dir or default_cards_dir()
+    try:
+        pack = load_rule_pack(directory)
+    except RulePackError as exc:
+        for problem in exc.problems:
+            print(f"{directory / problem.file}:{problem.line}: {problem.message}", file=sys.stderr)
+        print(f"cds-service: {len(exc.problems)} problem(s) in the rule pack", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.write_schemas:
+        schema_dir = directory / "schema"
+        schema_dir.mkdir(exist_ok=True)
+        for name, text in export_json_schemas().items():
+            (schema_dir / name).write_text(text, encoding="utf-8")
+    print(
+        f"rule pack OK: {directory} ({len(pack.services)} services, "
+        f"{len(pack.findings.findings)} findings, {len(pack.coding.documentation)} documentation "
+        f"elements, {len(pack.sources)} sources)"
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

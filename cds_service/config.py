@@ -1,0 +1,137 @@
+"""Settings, read once in ``create_app`` from ``CDS_*`` environment variables and overrides.
+
+Precedence: built-in defaults, then the environment, then the mapping given to ``create_app``
+(keys without the ``CDS_`` prefix, e.g. ``{"DATABASE_URL": "sqlite://"}``). Every value is checked
+here, so a bad deploy stops at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from cds_service.errors import ConfigError
+from cds_service.rule_pack import default_cards_dir
+
+PREFIX = "CDS_"
+MAX_BODY_LIMIT = 100 * 1024 * 1024
+DEFAULTS: dict[str, str] = {
+    "PROFILE": "development",
+    "PUBLIC_BASE_URL": "http://127.0.0.1:8080",
+    "DATABASE_URL": "sqlite:///var/cds_service.sqlite3",
+    "CARDS_DIR": "",
+    "MAX_BODY_BYTES": str(5 * 1024 * 1024),
+    "CORS_ORIGINS": "*",
+    "LOG_LEVEL": "INFO",
+}
+SETTING_NAMES = frozenset(DEFAULTS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated service settings."""
+
+    profile: Literal["development", "production"]
+    public_base_url: str
+    database_url: str
+    cards_dir: Path
+    max_body_bytes: int
+    cors_origins: tuple[str, ...]
+    log_level: str
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Settings from the environment and overrides; raise ConfigError on a bad value."""
+        environ = os.environ if environ is None else environ
+        raw = dict(DEFAULTS)
+        raw |= {name: environ[PREFIX + name] for name in SETTING_NAMES if PREFIX + name in environ}
+        for key, value in (overrides or {}).items():
+            name = key.removeprefix(PREFIX).upper()
+            if name in SETTING_NAMES:
+                raw[name] = str(value)
+        return cls(
+            profile=_profile(raw["PROFILE"]),
+            public_base_url=_public_base_url(raw["PUBLIC_BASE_URL"], raw["PROFILE"]),
+            database_url=_database_url(raw["DATABASE_URL"]),
+            cards_dir=_cards_dir(raw["CARDS_DIR"]),
+            max_body_bytes=_max_body_bytes(raw["MAX_BODY_BYTES"]),
+            cors_origins=_cors_origins(raw["CORS_ORIGINS"]),
+            log_level=_log_level(raw["LOG_LEVEL"]),
+        )
+
+
+def _profile(value: str) -> Literal["development", "production"]:
+    if value == "development":
+        return "development"
+    if value == "production":
+        return "production"
+    raise ConfigError("CDS_PROFILE must be 'development' or 'production'.")
+
+
+def _public_base_url(value: str, profile: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            "CDS_PUBLIC_BASE_URL must be an absolute http(s) URL such as https://cds.example.org."
+        )
+    if profile == "production" and parts.scheme != "https":
+        raise ConfigError("CDS_PUBLIC_BASE_URL must use https in the production profile.")
+    return value.rstrip("/")
+
+
+def _database_url(value: str) -> str:
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ConfigError("CDS_DATABASE_URL is not a valid SQLAlchemy database URL.") from None
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError("CDS_DATABASE_URL must be a sqlite:// or postgresql:// URL.")
+    return value
+
+
+def _cards_dir(value: str) -> Path:
+    directory = Path(value) if value else default_cards_dir()
+    if not directory.is_dir():
+        raise ConfigError("CDS_CARDS_DIR must name an existing directory holding the rule pack.")
+    return directory
+
+
+def _max_body_bytes(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1024 <= number <= MAX_BODY_LIMIT:
+        raise ConfigError(
+            f"CDS_MAX_BODY_BYTES must be a whole number of bytes from 1024 to {MAX_BODY_LIMIT}."
+        )
+    return number
+
+
+def _cors_origins(value: str) -> tuple[str, ...]:
+    origins = tuple(origin.strip() for origin in value.split(",") if origin.strip())
+    if not origins:
+        raise ConfigError("CDS_CORS_ORIGINS must be '*' or a comma-separated list of origins.")
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ConfigError(
+                "CDS_CORS_ORIGINS must be '*' or origins like https://ehr.example.org."
+            )
+    return origins
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("CDS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR.")
+    return level

@@ -1,0 +1,129 @@
+"""Every error the service answers with, and the one place they become HTTP responses.
+
+Hierarchy::
+
+    CdsError                      an error that becomes a FHIR OperationOutcome response
+    +-- InvalidRequestError       400  the body is not a valid request for this service
+    +-- UnknownServiceError       404  no service with that id
+    +-- PrefetchUnavailableError  412  required data is neither prefetched nor obtainable
+    +-- UnsupportedMediaTypeError 415  the body is not JSON
+    ConfigError                   start-up: a CDS_* setting is invalid (never an HTTP response)
+
+Werkzeug's HTTP errors (routing 404, 405, 413) and anything unexpected (500) get the same
+OperationOutcome body. Diagnostics never contain request values, patient data or stack traces.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+_ISSUE_CODES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    412: "processing",
+    413: "too-long",
+    415: "not-supported",
+    429: "throttled",
+}
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message names the variable, never its value."""
+
+
+class CdsError(Exception):
+    """Base for errors that become an OperationOutcome response."""
+
+    status_code = 500
+    issue_code = "exception"
+
+    def __init__(self, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+
+
+class InvalidRequestError(CdsError):
+    """The body is malformed or is not a valid request for this service (400)."""
+
+    status_code = 400
+    issue_code = "invalid"
+
+
+class UnknownServiceError(CdsError):
+    """No CDS service with the requested id (404)."""
+
+    status_code = 404
+    issue_code = "not-found"
+
+
+class PrefetchUnavailableError(CdsError):
+    """Data the service requires is neither in prefetch nor obtainable (CDS Hooks: 412)."""
+
+    status_code = 412
+    issue_code = "processing"
+
+
+class UnsupportedMediaTypeError(CdsError):
+    """The request body is not JSON (415)."""
+
+    status_code = 415
+    issue_code = "not-supported"
+
+
+def operation_outcome(diagnostics: str, issue_code: str, severity: str = "error") -> dict[str, Any]:
+    """A FHIR R4 OperationOutcome with one issue."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": issue_code, "diagnostics": diagnostics}],
+    }
+
+
+def outcome_response(status: int, diagnostics: str, issue_code: str | None = None) -> Response:
+    """An error response whose body is an OperationOutcome."""
+    body = operation_outcome(diagnostics, issue_code or _ISSUE_CODES.get(status, "exception"))
+    return Response(json.dumps(body), status=status, mimetype=FHIR_JSON)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Register the handlers on the app (blueprint handlers never see routing errors)."""
+
+    @app.errorhandler(CdsError)
+    def _cds_error(error: CdsError) -> Response:
+        return outcome_response(error.status_code, error.diagnostics, error.issue_code)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        response = outcome_response(status, _http_diagnostics(status, error))
+        if status == 405 and error.get_response().headers.get("Allow"):
+            response.headers["Allow"] = error.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        # Log where it failed, not the exception message: messages can quote request data.
+        frames = traceback.extract_tb(error.__traceback__)
+        where = [f"{frame.filename}:{frame.lineno}:{frame.name}" for frame in frames[-5:]]
+        logger.error("unhandled error", extra={"error_type": type(error).__name__, "at": where})
+        return outcome_response(500, "Internal error while processing the request.")
+
+
+def _http_diagnostics(status: int, error: HTTPException) -> str:
+    if status == 404:
+        return "No such endpoint. CDS services are at /cds-services and /cds-services/{id}."
+    if status == 405:
+        return "Method not allowed on this endpoint."
+    if status == 413:
+        return "The request body is larger than the configured limit (CDS_MAX_BODY_BYTES)."
+    return error.name

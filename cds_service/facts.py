@@ -1,0 +1,506 @@
+"""Clinical and claim facts derived from the resources of one hook call (pure: no I/O).
+
+The rules never look at FHIR directly: they read :class:`ClinicalFacts`, which this module builds
+from a :class:`~cds_service.fhir_input.ResourceSet` and the rule pack's codes and text patterns.
+
+Session: the claim findings concern one operative session, the context's encounter. A Procedure,
+ServiceRequest, Condition or operative note belongs to it when its encounter reference names
+``Encounter/<encounterId>``; a draft Claim when one of its items does (or, when no item names an
+encounter, when an item's date of service is a date of the session's procedures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.procedure import Procedure
+from fhir.resources.R4B.reference import Reference
+
+from cds_service.fhir_input import ClaimInput, ResourceSet
+from cds_service.rule_pack import CompiledPatterns, RulePack
+
+PERFORMED_STATUSES = frozenset({"completed", "in-progress"})
+ORDER_STATUSES = frozenset({"draft", "active", "on-hold", "completed"})
+DRAFT_ORDER_STATUSES = frozenset({"draft", "active"})
+
+
+@dataclass(frozen=True)
+class ClaimLine:
+    """One item of a draft Claim, reduced to what the rules check."""
+
+    index: int  # position in Claim.item
+    sequence: int
+    code: str | None  # CPT code, when the item carries one
+    modifiers: frozenset[str]
+    quantity: Decimal | None
+    serviced_date: str | None
+    encounter_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class DraftClaim:
+    """The draft Claim of the session."""
+
+    source: ClaimInput
+    lines: tuple[ClaimLine, ...]
+    diagnosis_codes: frozenset[str]
+
+    def lines_with(self, code: str) -> list[ClaimLine]:
+        """Lines that report ``code``."""
+        return [line for line in self.lines if line.code == code]
+
+
+@dataclass(frozen=True)
+class ClinicalFacts:
+    """Everything the rules need to know about one hook call."""
+
+    hook: str
+    encounter_id: str | None
+    removal_evidence: tuple[str, ...] = ()
+    session_primaries: tuple[str, ...] = ()  # listed primaries of the session, claim lines first
+    other_session_procedures: int = 0  # session procedures that are neither removal nor primary
+    claim: DraftClaim | None = None
+    evidence: frozenset[str] = frozenset()  # structured documentation evidence that holds
+    texts: tuple[str, ...] = ()  # narrative searched for documentation evidence
+    draft_order_primaries: tuple[str, ...] = ()
+    device_in_place: tuple[str, ...] = ()
+
+
+def derive_facts(
+    resources: ResourceSet, pack: RulePack, hook: str, encounter_id: str | None
+) -> ClinicalFacts:
+    """Build the facts of one hook call from its resources."""
+    reader = _Reader(resources, pack, encounter_id)
+    return reader.facts(hook)
+
+
+def reference_id(reference: Reference | None, resource_type: str) -> str | None:
+    """The id in a ``Type/id`` (or absolute ``.../Type/id``) reference of the given type."""
+    if reference is None or not reference.reference:
+        return None
+    parts = reference.reference.rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == resource_type:
+        return parts[-1]
+    return None
+
+
+def _day(value: Any) -> str | None:
+    """The calendar day of a FHIR date/dateTime, or None when it is missing or partial."""
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str) and len(value) >= 10:
+        return value[:10]
+    return None
+
+
+def _codes(concept: CodeableConcept | None, system: str) -> list[str]:
+    if concept is None or not concept.coding:
+        return []
+    return [coding.code for coding in concept.coding if coding.system == system and coding.code]
+
+
+def _concept_text(concepts: Iterable[CodeableConcept | None]) -> str:
+    parts: list[str] = []
+    for concept in concepts:
+        if concept is None:
+            continue
+        if concept.text:
+            parts.append(concept.text)
+        parts.extend(coding.display for coding in concept.coding or [] if coding.display)
+    return " ".join(parts)
+
+
+class _Reader:
+    """Derives facts; holds the per-call indexes so each is built once."""
+
+    def __init__(self, resources: ResourceSet, pack: RulePack, encounter_id: str | None) -> None:
+        self.resources = resources
+        self.pack = pack
+        self.coding = pack.coding
+        self.patterns: CompiledPatterns = pack.patterns
+        self.encounter_id = encounter_id
+        self.cpt = self.coding.systems["cpt"]
+        self.devices = {device.id: device for device in resources.devices if device.id}
+        self.coded_intramedullary = self._devices_inserted_by(self.coding.insertion_code)
+
+    # -- generic helpers -------------------------------------------------------------------
+    def in_session(self, reference: Reference | None) -> bool:
+        return self.encounter_id is not None and (
+            reference_id(reference, "Encounter") == self.encounter_id
+        )
+
+    def procedure_codes(self, procedure: Procedure) -> list[str]:
+        return _codes(procedure.code, self.cpt)
+
+    def procedure_day(self, procedure: Procedure) -> str | None:
+        if procedure.performedDateTime is not None:
+            return _day(procedure.performedDateTime)
+        if procedure.performedPeriod is not None:
+            return _day(procedure.performedPeriod.start)
+        return None
+
+    def removal_action(self, action: CodeableConcept | None) -> bool:
+        snomed = self.coding.systems["snomed"]
+        return self.coding.device_actions.removal in _codes(action, snomed)
+
+    def describes_intramedullary_drug_device(self, text: str) -> bool:
+        patterns = self.patterns
+        return bool(
+            patterns.drug_carrier.search(text)
+            and patterns.device_form.search(text)
+            and patterns.intramedullary_site.search(text)
+        )
+
+    def device_text(self, device: Device) -> str:
+        parts = [_concept_text([device.type])]
+        parts.extend(name.name for name in device.deviceName or [] if name.name)
+        parts.extend(note.text for note in device.note or [] if note.text)
+        return " ".join(parts)
+
+    def procedure_text(self, procedure: Procedure) -> str:
+        parts = [_concept_text([procedure.code, *(procedure.bodySite or [])])]
+        parts.extend(note.text for note in procedure.note or [] if note.text)
+        return " ".join(parts)
+
+    def is_intramedullary_drug_device(self, device: Device) -> bool:
+        return device.id in self.coded_intramedullary or (
+            self.describes_intramedullary_drug_device(self.device_text(device))
+        )
+
+    def _devices_inserted_by(self, code: str) -> frozenset[str]:
+        """Devices placed by a completed Procedure coded ``code`` (e.g. 20702)."""
+        inserted: set[str] = set()
+        for procedure in self.resources.procedures:
+            if procedure.status in PERFORMED_STATUSES and code in self.procedure_codes(procedure):
+                for focal in procedure.focalDevice or []:
+                    device_id = reference_id(focal.manipulated, "Device")
+                    if device_id:
+                        inserted.add(device_id)
+        return frozenset(inserted)
+
+    # -- the facts -------------------------------------------------------------------------
+    def facts(self, hook: str) -> ClinicalFacts:
+        draft_primaries, in_place = self.order_facts()
+        if self.encounter_id is None:
+            return ClinicalFacts(
+                hook=hook,
+                encounter_id=None,
+                draft_order_primaries=draft_primaries,
+                device_in_place=in_place,
+            )
+        session = [
+            procedure
+            for procedure in self.resources.procedures
+            if procedure.status in PERFORMED_STATUSES and self.in_session(procedure.encounter)
+        ]
+        evidence, removal_procedures, removed_devices = self.removal(session)
+        claim = self.draft_claim(session)
+        primaries = self.session_primaries(session, claim)
+        primary_codes = self.coding.primary_codes
+        removal_ids = {id(procedure) for procedure in removal_procedures}
+        others = sum(
+            1
+            for procedure in session
+            if id(procedure) not in removal_ids
+            and not set(self.procedure_codes(procedure)) & set(primary_codes)
+        )
+        return ClinicalFacts(
+            hook=hook,
+            encounter_id=self.encounter_id,
+            removal_evidence=evidence,
+            session_primaries=primaries,
+            other_session_procedures=others,
+            claim=claim,
+            evidence=self.structured_evidence(
+                session, removal_procedures, removed_devices, claim, primaries
+            ),
+            texts=self.narrative(session, removed_devices),
+            draft_order_primaries=draft_primaries,
+            device_in_place=in_place,
+        )
+
+    def removal(
+        self, session: Sequence[Procedure]
+    ) -> tuple[tuple[str, ...], list[Procedure], list[Device]]:
+        """Evidence that an intramedullary drug-delivery device was removed in the session."""
+        kinds: list[str] = []
+        procedures: list[Procedure] = []
+        devices: list[Device] = []
+        add_on = self.coding.add_on.code
+        for procedure in session:
+            found: list[str] = []
+            if add_on in self.procedure_codes(procedure):
+                found.append("procedure-coded-20703")
+            text = self.procedure_text(procedure)
+            procedure_says_device = self.describes_intramedullary_drug_device(text)
+            for focal in procedure.focalDevice or []:
+                if not self.removal_action(focal.action):
+                    continue
+                device = self.devices.get(reference_id(focal.manipulated, "Device") or "")
+                device_qualifies = device is not None and self.is_intramedullary_drug_device(device)
+                if device_qualifies or procedure_says_device:
+                    found.append("focal-device-removal")
+                    if device is not None:
+                        devices.append(device)
+            if procedure_says_device and self.patterns.removal_verb.search(text):
+                found.append("procedure-text-removal")
+            if found:
+                procedures.append(procedure)
+                kinds.extend(kind for kind in found if kind not in kinds)
+        return tuple(kinds), procedures, devices
+
+    def draft_claim(self, session: Sequence[Procedure]) -> DraftClaim | None:
+        """The session's draft Claim: the one with most items in the session."""
+        session_days = {day for day in map(self.procedure_day, session) if day}
+        best: tuple[int, DraftClaim] | None = None
+        for claim_input in self.resources.claims:
+            claim = claim_input.model
+            if claim.status != "draft" or claim.use not in (None, "claim"):
+                continue
+            lines = tuple(
+                self.claim_line(index, item) for index, item in enumerate(claim.item or [])
+            )
+            if any(line.encounter_ids for line in lines):
+                matching = sum(1 for line in lines if self.encounter_id in line.encounter_ids)
+            else:
+                matching = sum(1 for line in lines if line.serviced_date in session_days)
+            if matching == 0:
+                continue
+            diagnoses = frozenset(
+                code
+                for diagnosis in claim.diagnosis or []
+                for code in _codes(
+                    diagnosis.diagnosisCodeableConcept, self.coding.systems["icd10cm"]
+                )
+            )
+            candidate = DraftClaim(claim_input, lines, diagnoses)
+            if best is None or matching > best[0]:
+                best = (matching, candidate)
+        return best[1] if best else None
+
+    def claim_line(self, index: int, item: Any) -> ClaimLine:
+        codes = _codes(item.productOrService, self.cpt)
+        modifiers = frozenset(
+            coding.code
+            for modifier in item.modifier or []
+            for coding in modifier.coding or []
+            if coding.code
+        )
+        encounters = frozenset(
+            encounter_id
+            for reference in item.encounter or []
+            if (encounter_id := reference_id(reference, "Encounter"))
+        )
+        serviced = _day(item.servicedDate)
+        if serviced is None and item.servicedPeriod is not None:
+            serviced = _day(item.servicedPeriod.start)
+        quantity = item.quantity.value if item.quantity is not None else None
+        return ClaimLine(
+            index=index,
+            sequence=int(item.sequence),
+            code=codes[0] if codes else None,
+            modifiers=modifiers,
+            quantity=quantity,
+            serviced_date=serviced,
+            encounter_ids=encounters,
+        )
+
+    def session_primaries(
+        self, session: Sequence[Procedure], claim: DraftClaim | None
+    ) -> tuple[str, ...]:
+        """Listed primaries of the session: claim lines first, then procedures, then orders."""
+        listed = self.coding.primary_codes
+        found: list[str] = []
+        if claim is not None:
+            found.extend(line.code for line in claim.lines if line.code in listed)
+        for procedure in session:
+            found.extend(code for code in self.procedure_codes(procedure) if code in listed)
+        for request in self.resources.service_requests:
+            if request.status in ORDER_STATUSES and self.in_session(request.encounter):
+                found.extend(code for code in _codes(request.code, self.cpt) if code in listed)
+        return tuple(dict.fromkeys(found))
+
+    def structured_evidence(
+        self,
+        session: Sequence[Procedure],
+        removal_procedures: Sequence[Procedure],
+        removed_devices: Sequence[Device],
+        claim: DraftClaim | None,
+        primaries: Sequence[str],
+    ) -> frozenset[str]:
+        """Names of the structured documentation evidence that holds (see coding.yaml)."""
+        holds: set[str] = set()
+        if any(device.type is not None for device in removed_devices):
+            holds.add("removed-device-typed")
+        site_text = _concept_text(
+            site for procedure in removal_procedures for site in procedure.bodySite or []
+        )
+        if self.patterns.bone.search(site_text):
+            holds.add("removal-site-bone")
+        if self.patterns.laterality.search(site_text):
+            holds.add("removal-site-laterality")
+        if claim is not None:
+            relevant = {self.coding.add_on.code, *primaries}
+            laterality = set(self.coding.laterality_modifiers)
+            if any(line.code in relevant and line.modifiers & laterality for line in claim.lines):
+                holds.add("claim-laterality-modifier")
+        listed = self.coding.primary_codes
+        if any(set(self.procedure_codes(procedure)) & set(listed) for procedure in session):
+            holds.add("primary-procedure-documented")
+        if any(p.reasonCode or p.reasonReference for p in removal_procedures):
+            holds.add("removal-reason-coded")
+        if any(
+            self.removal_action(focal.action)
+            for procedure in session
+            for focal in procedure.focalDevice or []
+        ):
+            holds.add("focal-device-removal")
+        if any(self.links_diagnosis(code) for code in self.diagnosis_codes(session, claim)):
+            holds.add("diagnosis-linkage-code")
+        if any(p.complication or p.complicationDetail for p in session):
+            holds.add("procedure-complication")
+        return frozenset(holds)
+
+    def diagnosis_codes(self, session: Sequence[Procedure], claim: DraftClaim | None) -> set[str]:
+        icd = self.coding.systems["icd10cm"]
+        codes: set[str] = set(claim.diagnosis_codes) if claim is not None else set()
+        for procedure in session:
+            for reason in procedure.reasonCode or []:
+                codes.update(_codes(reason, icd))
+        for condition in self.resources.conditions:
+            status = condition.verificationStatus
+            if status is not None and "entered-in-error" in _codes(
+                status, "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+            ):
+                continue
+            codes.update(_codes(condition.code, icd))
+        return codes
+
+    def links_diagnosis(self, code: str) -> bool:
+        linkage = self.coding.diagnosis_linkage
+        normalized = code.upper().strip()
+        if any(normalized.startswith(prefix) for prefix in linkage.icd10cm_prefixes):
+            return True
+        compact = normalized.replace(".", "")
+        return (
+            compact.startswith(linkage.fracture_prefix)
+            and len(compact) == 7
+            and compact[-1] in linkage.nonunion_seventh_characters
+        )
+
+    def narrative(self, session: Sequence[Procedure], removed: Sequence[Device]) -> tuple[str, ...]:
+        """Procedure notes, notes on removed devices, and the session's operative notes."""
+        texts = [note.text for procedure in session for note in procedure.note or [] if note.text]
+        texts.extend(note.text for device in removed for note in device.note or [] if note.text)
+        reported = {
+            document_id
+            for procedure in session
+            for reference in procedure.report or []
+            if (document_id := reference_id(reference, "DocumentReference"))
+        }
+        for document in self.resources.documents:
+            if self.is_operative_note(document, reported):
+                texts.extend(_attachment_texts(document))
+        return tuple(texts)
+
+    def is_operative_note(self, document: DocumentReference, reported: set[str]) -> bool:
+        if document.status not in (None, "current"):
+            return False
+        if document.id in reported:
+            return True
+        wanted = {(item.system, item.code) for item in self.coding.operative_note_types}
+        typed = document.type is not None and any(
+            (coding.system, coding.code) in wanted for coding in document.type.coding or []
+        )
+        context = document.context
+        encounters = context.encounter if context is not None else None
+        return typed and any(self.in_session(reference) for reference in encounters or [])
+
+    def order_facts(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Listed primaries among the draft orders, and evidence of a device in place."""
+        listed = self.coding.primary_codes
+        primaries = tuple(
+            dict.fromkeys(
+                code
+                for order in self.resources.draft_orders
+                if order.status in DRAFT_ORDER_STATUSES
+                for code in _codes(order.code, self.cpt)
+                if code in listed
+            )
+        )
+        if not primaries:
+            return primaries, ()
+        removed_devices, removal_days = self.removals_on_record()
+        in_place: list[str] = []
+        for device in self.resources.devices:
+            if (
+                device.status == "active"
+                and device.id not in removed_devices
+                and self.is_intramedullary_drug_device(device)
+            ):
+                in_place.append("active-device")
+                break
+        if self.insertion_without_later_removal(removed_devices, removal_days):
+            in_place.append("prior-insertion")
+        return primaries, tuple(in_place)
+
+    def removals_on_record(self) -> tuple[set[str], list[str | None]]:
+        """Devices removed by any procedure, and the days of procedures coded 20703."""
+        removed: set[str] = set()
+        days: list[str | None] = []
+        for procedure in self.resources.procedures:
+            if procedure.status not in PERFORMED_STATUSES:
+                continue
+            for focal in procedure.focalDevice or []:
+                device_id = reference_id(focal.manipulated, "Device")
+                if device_id and self.removal_action(focal.action):
+                    removed.add(device_id)
+            if self.coding.add_on.code in self.procedure_codes(procedure):
+                days.append(self.procedure_day(procedure))
+        return removed, days
+
+    def insertion_without_later_removal(
+        self, removed_devices: set[str], removal_days: list[str | None]
+    ) -> bool:
+        for procedure in self.resources.procedures:
+            if procedure.status not in PERFORMED_STATUSES:
+                continue
+            if self.coding.insertion_code not in self.procedure_codes(procedure):
+                continue
+            inserted_day = self.procedure_day(procedure)
+            devices = {
+                device_id
+                for focal in procedure.focalDevice or []
+                if (device_id := reference_id(focal.manipulated, "Device"))
+            }
+            if devices & removed_devices:
+                continue
+            later = any(
+                day is None or inserted_day is None or day >= inserted_day for day in removal_days
+            )
+            if not later:
+                return True
+        return False
+
+
+def _attachment_texts(document: DocumentReference) -> list[str]:
+    """Plain-text attachments (the R4B model has already base64-decoded ``data`` to bytes)."""
+    texts: list[str] = []
+    for content in document.content or []:
+        attachment = content.attachment
+        if attachment is None or not attachment.data:
+            continue
+        if not (attachment.contentType or "").startswith("text/plain"):
+            continue
+        data = attachment.data
+        texts.append(data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data)
+    return texts

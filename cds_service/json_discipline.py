@@ -1,0 +1,45 @@
+"""The CDS Hooks rule on JSON values: never ``null``, ``""``, ``[]`` or ``{}`` in a response.
+
+The one exception is the top-level ``"cards": []`` of a response with no advice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EMPTY: tuple[Any, ...] = (None, "", [], {})
+
+
+def prune_empty(value: Any) -> Any:
+    """``value`` with null and empty strings, arrays and objects removed at every depth."""
+    if isinstance(value, dict):
+        pruned = {key: prune_empty(item) for key, item in value.items()}
+        return {key: item for key, item in pruned.items() if not _is_empty(item)}
+    if isinstance(value, list):
+        pruned_items = [prune_empty(item) for item in value]
+        return [item for item in pruned_items if not _is_empty(item)]
+    return value
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | dict) and len(value) == 0)
+
+
+def violations(document: Any, path: str = "$") -> list[str]:
+    """JSON paths that break the rule (``$.cards`` may be an empty array)."""
+    found: list[str] = []
+    if isinstance(document, dict):
+        for key, item in document.items():
+            item_path = f"{path}.{key}"
+            if _is_empty(item) and not (item_path == "$.cards" and item == []):
+                found.append(item_path)
+            else:
+                found.extend(violations(item, item_path))
+    elif isinstance(document, list):
+        for index, item in enumerate(document):
+            item_path = f"{path}[{index}]"
+            if _is_empty(item):
+                found.append(item_path)
+            else:
+                found.extend(violations(item, item_path))
+    return found

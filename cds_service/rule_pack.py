@@ -1,0 +1,560 @@
+"""The rule pack: coding knowledge and card templates kept as data in ``cards/``.
+
+The pack is four YAML files, each validated by a pydantic model (``extra="forbid"`` so that a typo
+fails loudly) and then checked across files: every source key exists, every pattern compiles, every
+card template uses only the placeholders its rule fills, every summary stays under 140 characters.
+Errors carry the file and line, so ``cds-service check-cards`` can point at them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from cds_service.hooks import HOOKS, is_valid_prefetch_template
+
+Indicator = Literal["info", "warning", "critical"]
+StructuredEvidence = Literal[
+    "removed-device-typed",
+    "removal-site-bone",
+    "removal-site-laterality",
+    "claim-laterality-modifier",
+    "primary-procedure-documented",
+    "removal-reason-coded",
+    "focal-device-removal",
+    "diagnosis-linkage-code",
+    "procedure-complication",
+]
+PACK_FILES = ("sources.yaml", "coding.yaml", "findings.yaml", "services.yaml")
+SUMMARY_LIMIT = 140
+CPT_CODE = re.compile(r"^\d{4}[0-9A-Z]$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    label: str = Field(min_length=1)
+    url: str = Field(pattern=r"^https?://")
+    tier: Literal[1, 2, 3]
+    note: str | None = None
+
+
+class SourcesFile(_Strict):
+    sources: dict[str, Source]
+
+
+class CodedConcept(_Strict):
+    code: str
+    display: str
+    sources: list[str] = Field(default_factory=list)
+    short_descriptor: str | None = None
+    confidence: str | None = None
+
+
+class PrimaryCode(_Strict):
+    code: str = Field(pattern=CPT_CODE.pattern)
+    descriptor: str
+
+
+class PrimaryList(_Strict):
+    edit_type: Literal[1, 2, 3]
+    effective: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    file: str
+    sources: list[str]
+    codes: list[PrimaryCode] = Field(min_length=1)
+
+
+class DeviceActions(_Strict):
+    removal: str
+    implantation: str
+    sources: list[str]
+
+
+class Coding(_Strict):
+    system: str
+    code: str
+    display: str | None = None
+
+
+class DiagnosisLinkage(_Strict):
+    sources: list[str]
+    icd10cm_prefixes: list[str] = Field(min_length=1)
+    fracture_prefix: str
+    nonunion_seventh_characters: list[str]
+
+
+class TextPatterns(_Strict):
+    removal_verb: list[str] = Field(min_length=1)
+    insertion_verb: list[str] = Field(min_length=1)
+    drug_carrier: list[str] = Field(min_length=1)
+    device_form: list[str] = Field(min_length=1)
+    intramedullary_site: list[str] = Field(min_length=1)
+    bone: list[str] = Field(min_length=1)
+    laterality: list[str] = Field(min_length=1)
+
+
+class EvidenceGroup(_Strict):
+    """Satisfied when any structured check holds or any text pattern matches."""
+
+    structured: list[StructuredEvidence] = Field(default_factory=list)
+    text: list[str] = Field(default_factory=list)
+
+
+class DocumentationElement(_Strict):
+    key: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    label: str
+    why: str
+    sources: list[str]
+    applies_when: Literal["always", "assistant-modifier-on-claim"] = "always"
+    requires: list[EvidenceGroup] = Field(min_length=1)
+
+
+class CodingFile(_Strict):
+    systems: dict[Literal["cpt", "icd10cm", "snomed", "loinc", "hcpcs"], str]
+    add_on: CodedConcept
+    insertion_code: str = Field(pattern=CPT_CODE.pattern)
+    standalone_removal_code: CodedConcept
+    primaries: PrimaryList
+    device_actions: DeviceActions
+    operative_note_types: list[Coding]
+    laterality_modifiers: list[str]
+    assistant_modifiers: list[str]
+    diagnosis_linkage: DiagnosisLinkage
+    text_patterns: TextPatterns
+    documentation: list[DocumentationElement] = Field(min_length=1)
+
+    @cached_property
+    def primary_codes(self) -> dict[str, str]:
+        """Listed primary CPT code -> CMS short descriptor."""
+        return {primary.code: primary.descriptor for primary in self.primaries.codes}
+
+
+class CardSource(_Strict):
+    label: str
+    url: str = Field(pattern=r"^https://")
+    sources: list[str] = Field(min_length=1)
+
+
+class SuggestionTemplate(_Strict):
+    label: str
+    action_description: str
+
+
+class OverrideReason(_Strict):
+    code: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    display: str
+
+
+class FindingTemplate(_Strict):
+    hooks: list[str] = Field(min_length=1)
+    indicator: Indicator
+    summary: str
+    detail: str
+    notes: dict[str, str] = Field(default_factory=dict)
+    source: CardSource
+    suggestion: SuggestionTemplate | None = None
+    override_reasons: list[OverrideReason] = Field(default_factory=list)
+
+
+class TopicCoding(_Strict):
+    system: str
+    code: str
+    display: str
+
+
+class FindingsFile(_Strict):
+    override_reason_system: str = Field(pattern=r"^https?://")
+    card_topic: TopicCoding
+    findings: dict[str, FindingTemplate]
+    evidence_labels: dict[str, str]
+
+
+class PrefetchEntry(_Strict):
+    template: str
+    required: bool = False
+
+
+class ServiceDefinition(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    hook: str
+    title: str
+    description: str
+    usageRequirements: str
+    prefetch: dict[str, PrefetchEntry] = Field(default_factory=dict)
+
+    def discovery_entry(self) -> dict[str, Any]:
+        """The service object of the discovery response."""
+        entry: dict[str, Any] = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "usageRequirements": self.usageRequirements,
+        }
+        if self.prefetch:
+            entry["prefetch"] = {key: item.template for key, item in self.prefetch.items()}
+        return entry
+
+
+class ServicesFile(_Strict):
+    services: list[ServiceDefinition] = Field(min_length=1)
+
+
+FILE_MODELS: dict[str, type[BaseModel]] = {
+    "sources.yaml": SourcesFile,
+    "coding.yaml": CodingFile,
+    "findings.yaml": FindingsFile,
+    "services.yaml": ServicesFile,
+}
+
+
+@dataclass(frozen=True)
+class PackProblem:
+    """One error in the rule pack, located in its file."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class RulePackError(Exception):
+    """The rule pack is missing or invalid; carries every problem found."""
+
+    def __init__(self, problems: Sequence[PackProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+# Placeholders each finding's rule fills (see cds_service/rules.py); templates may use a subset.
+COMMON_VARIABLES = frozenset({"add_on_code", "aoc_file", "aoc_effective", "aoc_edit_type"})
+FINDING_VARIABLES: dict[str, frozenset[str]] = {
+    "add-on-suggested": frozenset(
+        {"primary_code", "primary_descriptor", "evidence", "note", "line_sequence"}
+    ),
+    "documentation-missing": frozenset({"missing_count", "missing_checklist"}),
+    "orphan-add-on": frozenset({"note", "primary_code", "primary_descriptor"}),
+    "planned-removal-reminder": frozenset(
+        {"primary_code", "primary_descriptor", "evidence", "documentation_checklist"}
+    ),
+}
+FINDING_NOTES: dict[str, frozenset[str]] = {
+    "add-on-suggested": frozenset({"claim-updated", "no-claim", "primary-not-on-claim"}),
+    "orphan-add-on": frozenset({"removal-only", "primary-not-on-claim", "other-procedures"}),
+}
+FINDINGS_WITH_SUGGESTION = frozenset({"add-on-suggested", "orphan-add-on"})
+EVIDENCE_KINDS = frozenset(
+    {
+        "procedure-coded-20703",
+        "focal-device-removal",
+        "procedure-text-removal",
+        "active-device",
+        "prior-insertion",
+    }
+)
+# Longest values a placeholder can take, used to prove summaries stay under the limit.
+_WORST_CASE_VALUES = {"primary_code": "99999", "missing_count": "99", "add_on_code": "99999"}
+
+
+@dataclass(frozen=True)
+class RulePack:
+    """The validated rule pack, with its patterns compiled once."""
+
+    directory: Path
+    sources: dict[str, Source]
+    coding: CodingFile
+    findings: FindingsFile
+    services: list[ServiceDefinition]
+
+    def service(self, service_id: str) -> ServiceDefinition | None:
+        """The service with this id, if the pack defines it."""
+        return next((svc for svc in self.services if svc.id == service_id), None)
+
+    def discovery_document(self) -> dict[str, Any]:
+        """The body of ``GET /cds-services``."""
+        return {"services": [svc.discovery_entry() for svc in self.services]}
+
+    @cached_property
+    def patterns(self) -> CompiledPatterns:
+        """Every text pattern of the pack, compiled."""
+        return CompiledPatterns.from_coding(self.coding)
+
+    def template_variables(self) -> dict[str, str]:
+        """Placeholder values shared by every card."""
+        primaries = self.coding.primaries
+        return {
+            "add_on_code": self.coding.add_on.code,
+            "aoc_file": primaries.file,
+            "aoc_effective": primaries.effective,
+            "aoc_edit_type": str(primaries.edit_type),
+        }
+
+
+@dataclass(frozen=True)
+class CompiledPatterns:
+    """Compiled regular expressions for the text evidence the rules look for."""
+
+    removal_verb: re.Pattern[str]
+    insertion_verb: re.Pattern[str]
+    drug_carrier: re.Pattern[str]
+    device_form: re.Pattern[str]
+    intramedullary_site: re.Pattern[str]
+    bone: re.Pattern[str]
+    laterality: re.Pattern[str]
+    documentation: dict[str, tuple[re.Pattern[str] | None, ...]]
+
+    @classmethod
+    def from_coding(cls, coding: CodingFile) -> CompiledPatterns:
+        text = coding.text_patterns
+        documentation = {
+            element.key: tuple(
+                _any_of(group.text) if group.text else None for group in element.requires
+            )
+            for element in coding.documentation
+        }
+        return cls(
+            removal_verb=_any_of(text.removal_verb),
+            insertion_verb=_any_of(text.insertion_verb),
+            drug_carrier=_any_of(text.drug_carrier),
+            device_form=_any_of(text.device_form),
+            intramedullary_site=_any_of(text.intramedullary_site),
+            bone=_any_of(text.bone),
+            laterality=_any_of(text.laterality),
+            documentation=documentation,
+        )
+
+
+def _any_of(patterns: Iterable[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{pattern})" for pattern in patterns), re.IGNORECASE)
+
+
+def default_cards_dir() -> Path:
+    """The packaged rule pack, or the source tree's ``cards/`` when running from a checkout."""
+    packaged = Path(str(resources.files("cds_service"))) / "cards"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "cards"
+
+
+def load_rule_pack(directory: Path) -> RulePack:
+    """Load and validate the pack in ``directory``; raise :class:`RulePackError` on any problem."""
+    problems: list[PackProblem] = []
+    documents: dict[str, Any] = {}
+    line_maps: dict[str, dict[tuple[str | int, ...], int]] = {}
+    for name in PACK_FILES:
+        path = directory / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(PackProblem(name, 0, f"cannot read the file ({exc.strerror})"))
+            continue
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else 0
+            problems.append(PackProblem(name, line, f"not valid YAML: {exc}"))
+            continue
+        line_maps[name] = _line_map(node)
+        try:
+            documents[name] = TypeAdapter(FILE_MODELS[name]).validate_python(data)
+        except ValidationError as exc:
+            for error in exc.errors(include_input=False, include_url=False):
+                loc = tuple(error["loc"])
+                problems.append(
+                    PackProblem(name, _line_of(line_maps[name], loc), _describe(loc, error["msg"]))
+                )
+    if problems:
+        raise RulePackError(problems)
+    pack = RulePack(
+        directory=directory,
+        sources=documents["sources.yaml"].sources,
+        coding=documents["coding.yaml"],
+        findings=documents["findings.yaml"],
+        services=documents["services.yaml"].services,
+    )
+    problems.extend(_cross_checks(pack, line_maps))
+    if problems:
+        raise RulePackError(problems)
+    return pack
+
+
+def _describe(loc: tuple[str | int, ...], message: str) -> str:
+    path = ".".join(str(part) for part in loc) or "(top level)"
+    return f"{path}: {message}"
+
+
+def _line_map(node: yaml.Node | None) -> dict[tuple[str | int, ...], int]:
+    """Map every path in a YAML document to the line where its value starts (1-based)."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(current: yaml.Node, path: tuple[str | int, ...]) -> None:
+        lines[path] = current.start_mark.line + 1
+        if isinstance(current, yaml.MappingNode):
+            for key_node, value_node in current.value:
+                key = key_node.value
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                walk(value_node, (*path, key))
+                lines[(*path, key)] = key_node.start_mark.line + 1
+        elif isinstance(current, yaml.SequenceNode):
+            for index, item in enumerate(current.value):
+                walk(item, (*path, index))
+
+    if node is not None:
+        walk(node, ())
+    return lines
+
+
+def _line_of(lines: Mapping[tuple[str | int, ...], int], loc: Sequence[str | int]) -> int:
+    """The line of the deepest known prefix of ``loc``."""
+    for end in range(len(loc), -1, -1):
+        line = lines.get(tuple(loc[:end]))
+        if line is not None:
+            return line
+    return 1
+
+
+def _cross_checks(
+    pack: RulePack, line_maps: Mapping[str, Mapping[tuple[str | int, ...], int]]
+) -> list[PackProblem]:
+    problems: list[PackProblem] = []
+
+    def problem(file: str, loc: tuple[str | int, ...], message: str) -> None:
+        problems.append(PackProblem(file, _line_of(line_maps[file], loc), _describe(loc, message)))
+
+    def check_sources(file: str, loc: tuple[str | int, ...], keys: Iterable[str]) -> None:
+        for key in keys:
+            if key not in pack.sources:
+                problem(file, loc, f"unknown source key {key!r} (not in sources.yaml)")
+
+    coding = pack.coding
+    check_sources("coding.yaml", ("add_on", "sources"), coding.add_on.sources)
+    check_sources("coding.yaml", ("primaries", "sources"), coding.primaries.sources)
+    check_sources("coding.yaml", ("device_actions", "sources"), coding.device_actions.sources)
+    check_sources("coding.yaml", ("diagnosis_linkage", "sources"), coding.diagnosis_linkage.sources)
+    for field_name in TextPatterns.model_fields:
+        for index, pattern in enumerate(getattr(coding.text_patterns, field_name)):
+            _check_regex(pattern, ("text_patterns", field_name, index), problem)
+    seen_keys: set[str] = set()
+    for index, element in enumerate(coding.documentation):
+        loc: tuple[str | int, ...] = ("documentation", index)
+        if element.key in seen_keys:
+            problem("coding.yaml", (*loc, "key"), f"duplicate documentation key {element.key!r}")
+        seen_keys.add(element.key)
+        check_sources("coding.yaml", (*loc, "sources"), element.sources)
+        for group_index, group in enumerate(element.requires):
+            if not group.structured and not group.text:
+                problem("coding.yaml", (*loc, "requires", group_index), "empty evidence group")
+            for pattern_index, pattern in enumerate(group.text):
+                _check_regex(
+                    pattern, (*loc, "requires", group_index, "text", pattern_index), problem
+                )
+
+    findings = pack.findings
+    for code in sorted(set(FINDING_VARIABLES) - set(findings.findings)):
+        problem("findings.yaml", ("findings",), f"no card template for finding {code!r}")
+    for code in sorted(set(findings.evidence_labels) ^ EVIDENCE_KINDS):
+        problem("findings.yaml", ("evidence_labels",), f"evidence label set differs at {code!r}")
+    for code, template in findings.findings.items():
+        loc = ("findings", code)
+        if code not in FINDING_VARIABLES:
+            problem("findings.yaml", loc, f"no rule raises finding {code!r}")
+            continue
+        allowed = FINDING_VARIABLES[code] | COMMON_VARIABLES
+        for hook_name in template.hooks:
+            if hook_name not in HOOKS:
+                problem("findings.yaml", (*loc, "hooks"), f"unknown hook {hook_name!r}")
+        texts = {"summary": template.summary, "detail": template.detail}
+        texts |= {f"notes.{name}": text for name, text in template.notes.items()}
+        if template.suggestion is not None:
+            texts["suggestion.action_description"] = template.suggestion.action_description
+        for field_name, text in texts.items():
+            field_loc = (*loc, *field_name.split("."))
+            try:
+                used = _placeholders(text)
+            except ValueError as exc:
+                problem("findings.yaml", field_loc, f"bad template: {exc}")
+                continue
+            for name in sorted(used - allowed):
+                problem("findings.yaml", field_loc, f"placeholder {{{name}}} is not filled here")
+        if len(_render(template.summary, _WorstCase())) >= SUMMARY_LIMIT:
+            problem("findings.yaml", (*loc, "summary"), "summary can reach 140 characters")
+        expected_notes = FINDING_NOTES.get(code, frozenset())
+        for name in sorted(expected_notes ^ set(template.notes)):
+            problem("findings.yaml", (*loc, "notes"), f"note set differs at {name!r}")
+        if (template.suggestion is not None) != (code in FINDINGS_WITH_SUGGESTION):
+            problem("findings.yaml", loc, "suggestion template present/absent contrary to rule")
+        check_sources("findings.yaml", (*loc, "source", "sources"), template.source.sources)
+
+    seen_ids: set[str] = set()
+    for index, service in enumerate(pack.services):
+        loc = ("services", index)
+        if service.id in seen_ids:
+            problem("services.yaml", (*loc, "id"), f"duplicate service id {service.id!r}")
+        seen_ids.add(service.id)
+        hook = HOOKS.get(service.hook)
+        if hook is None:
+            problem("services.yaml", (*loc, "hook"), f"unsupported hook {service.hook!r}")
+            continue
+        for key, entry in service.prefetch.items():
+            if not is_valid_prefetch_template(entry.template, hook):
+                problem(
+                    "services.yaml",
+                    (*loc, "prefetch", key),
+                    "template uses a token that is not a CDS Hooks 2.0 prefetch token "
+                    f"for {service.hook}",
+                )
+    return problems
+
+
+class _WorstCase(dict[str, str]):
+    """Placeholder values at their longest, to prove a summary stays under the limit."""
+
+    def __missing__(self, key: str) -> str:
+        return _WORST_CASE_VALUES.get(key, "")
+
+
+def _check_regex(pattern: str, loc: tuple[str | int, ...], problem: Any) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        problem("coding.yaml", loc, f"invalid regular expression: {exc}")
+
+
+def _placeholders(text: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+
+
+def _render(text: str, values: Mapping[str, str]) -> str:
+    return text.format_map(values)
+
+
+def render_template(text: str, values: Mapping[str, str]) -> str:
+    """Fill a card template; the pack check guarantees every placeholder has a value."""
+    return _render(text, values).strip()
+
+
+def export_json_schemas() -> dict[str, str]:
+    """JSON Schema text for each pack file, as committed under ``cards/schema/``."""
+    return {
+        name.replace(".yaml", ".schema.json"): json.dumps(
+            model.model_json_schema(), indent=2, sort_keys=True
+        )
+        + "\n"
+        for name, model in FILE_MODELS.items()
+    }

@@ -1,0 +1,207 @@
+"""Feedback and issued-card records in a SQL database (SQLite by default, PostgreSQL by URL).
+
+Nothing stored here identifies a patient: card and suggestion uuids, finding codes, outcomes,
+override reason codings and timestamps. A clinician's free-text override comment is not stored
+(it may name the patient); only whether one was given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.pool import StaticPool
+
+from cds_service.protocol import FeedbackEntry
+
+metadata = MetaData()
+
+issued_card = Table(
+    "issued_card",
+    metadata,
+    Column("card_uuid", String(36), primary_key=True),
+    Column("service_id", String(100), nullable=False),
+    Column("finding_code", String(100), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("entry_key", String(64), nullable=False, unique=True),
+    Column("service_id", String(100), nullable=False),
+    Column("card_uuid", String(200), nullable=False),
+    Column("card_issued", Boolean, nullable=False),
+    Column("outcome", String(20), nullable=False),
+    Column("accepted_suggestions", Text, nullable=True),
+    Column("override_code", String(200), nullable=True),
+    Column("override_system", String(500), nullable=True),
+    Column("has_user_comment", Boolean, nullable=False),
+    Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What happened to the entries of one feedback call."""
+
+    stored: int
+    duplicates: int
+    unknown_cards: int
+
+
+def create_database_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so several workers can share it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    if parsed.database in (None, "", ":memory:"):
+        return create_engine(
+            parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"timeout": 15})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
+def create_schema(engine: Engine, attempts: int = 3) -> None:
+    """Create missing tables; tolerate another worker creating them at the same moment."""
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            return
+        except (OperationalError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+class Store:
+    """Reads and writes the service's records."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record_issued_cards(self, service_id: str, cards: Iterable[tuple[str, str]]) -> None:
+        """Remember the uuids of the cards we answered with, to recognise them in feedback."""
+        now = datetime.now(UTC)
+        rows = [
+            {"card_uuid": uuid, "service_id": service_id, "finding_code": code, "issued_at": now}
+            for uuid, code in cards
+        ]
+        if rows:
+            with self.engine.begin() as connection:
+                connection.execute(insert(issued_card), rows)
+
+    def store_feedback(self, service_id: str, entries: Sequence[FeedbackEntry]) -> FeedbackResult:
+        """Store each entry once; an identical entry sent again is counted, not stored."""
+        now = datetime.now(UTC)
+        rows: dict[str, dict[str, Any]] = {}
+        for entry in entries:
+            row = _feedback_row(service_id, entry, now)
+            rows.setdefault(row["entry_key"], row)
+        with self.engine.begin() as connection:
+            issued = set(
+                connection.scalars(
+                    select(issued_card.c.card_uuid).where(
+                        issued_card.c.card_uuid.in_({row["card_uuid"] for row in rows.values()})
+                    )
+                )
+            )
+            stored = 0
+            for row in rows.values():
+                row["card_issued"] = row["card_uuid"] in issued
+                inserted = connection.execute(_insert_ignoring_duplicates(self.engine, row))
+                stored += len(inserted.fetchall())
+        unknown = len([row for row in rows.values() if not row["card_issued"]])
+        return FeedbackResult(
+            stored=stored, duplicates=len(entries) - stored, unknown_cards=unknown
+        )
+
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        """All stored feedback, oldest first (for reports and tests)."""
+        with self.engine.connect() as connection:
+            result = connection.execute(select(feedback).order_by(feedback.c.id))
+            return [dict(row._mapping) for row in result]
+
+    def count_issued_cards(self) -> int:
+        """How many card uuids have been recorded."""
+        with self.engine.connect() as connection:
+            return int(connection.scalar(select(func.count()).select_from(issued_card)) or 0)
+
+
+def _feedback_row(service_id: str, entry: FeedbackEntry, now: datetime) -> dict[str, Any]:
+    accepted = sorted(item.id for item in entry.acceptedSuggestions or [])
+    reason = entry.overrideReason.reason if entry.overrideReason else None
+    timestamp = entry.outcomeTimestamp.astimezone(UTC)
+    identity = {
+        "service": service_id,
+        "card": entry.card,
+        "outcome": entry.outcome,
+        "accepted": accepted,
+        "reason": [reason.system, reason.code] if reason else None,
+        "comment": bool(entry.overrideReason and entry.overrideReason.userComment),
+        "timestamp": timestamp.isoformat(),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return {
+        "entry_key": key,
+        "service_id": service_id,
+        "card_uuid": entry.card,
+        "card_issued": False,
+        "outcome": entry.outcome,
+        "accepted_suggestions": json.dumps(accepted) if accepted else None,
+        "override_code": reason.code if reason else None,
+        "override_system": reason.system if reason else None,
+        "has_user_comment": identity["comment"],
+        "outcome_timestamp": timestamp,
+        "received_at": now,
+    }
+
+
+def _insert_ignoring_duplicates(engine: Engine, row: dict[str, Any]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: one row back when the entry was new."""
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return (
+        dialect.insert(feedback)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=["entry_key"])
+        .returning(feedback.c.id)
+    )

@@ -1,0 +1,121 @@
+"""Shared test fixtures: the app on a fresh database, the fixture corpus, PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_service import create_app
+from cds_service.rule_pack import RulePack, default_cards_dir, load_rule_pack
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fhir_fixtures"
+EXPECTED: dict[str, dict[str, Any]] = json.loads((FIXTURES / "expected.json").read_text())
+FIXTURE_NAMES = sorted(EXPECTED)
+POSTGRES_URL = os.environ.get(
+    "CDS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    """A fixture request body, parsed."""
+    body: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return body
+
+
+@pytest.fixture(autouse=True)
+def _clean_cds_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CDS_* variable of the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("CDS_") and name != "CDS_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def pack() -> RulePack:
+    return load_rule_pack(default_cards_dir())
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cds.sqlite3'}"
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[..., Flask]]:
+    """create_app, with every database engine it opened disposed after the test."""
+    apps: list[Flask] = []
+
+    def make(config: dict[str, Any]) -> Flask:
+        app = create_app({"TESTING": True} | config)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["cds_20703"].store.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask], sqlite_url: str) -> Flask:
+    return make_app({"DATABASE_URL": sqlite_url})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def _postgres_available() -> bool:
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            return True
+    except sa.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL URL; in CI an unreachable server is a failure, not a skip."""
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}")
+        pytest.skip("PostgreSQL is not reachable (set CDS_TEST_POSTGRES_URL)")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
+    schema = f"cds_test_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(postgres_server)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.engine.make_url(postgres_server).update_query_dict(
+        {"options": f"-csearch_path={schema}"}
+    )
+    yield url.render_as_string(hide_password=False)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
+    """Each database the service supports."""
+    if request.param == "sqlite":
+        return sqlite_url
+    url: str = request.getfixturevalue("postgres_url")
+    return url

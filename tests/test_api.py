@@ -1,0 +1,421 @@
+"""The HTTP surface through Flask's client: discovery, hook calls, status codes, CORS, JSON rules."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from conftest import EXPECTED, FIXTURE_NAMES, load_fixture
+from fhir.resources.R4B.claim import Claim
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from cds_service import service
+from cds_service.json_discipline import violations
+from cds_service.rule_pack import RulePack, default_cards_dir
+
+RESPONSE_SCHEMA = json.loads(
+    (Path(__file__).parent / "schemas" / "cds-hooks-2.0-response.schema.json").read_text()
+)
+DISCHARGE = "/cds-services/cpt20703-encounter-discharge"
+ORDER_SIGN = "/cds-services/cpt20703-order-sign"
+STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
+
+
+def post(client: FlaskClient, fixture: str | dict[str, Any], url: str | None = None) -> Any:
+    """POST a fixture (by name) or a body to its service, or to ``url``."""
+    if isinstance(fixture, str):
+        body = load_fixture(fixture)
+        url = url or f"/cds-services/{EXPECTED[fixture]['service']}"
+    else:
+        body = fixture
+        url = url or (DISCHARGE if body.get("hook") == "encounter-discharge" else ORDER_SIGN)
+    return client.post(url, data=json.dumps(body), content_type="application/json")
+
+
+def assert_operation_outcome(response: TestResponse, status: int, *needles: str) -> str:
+    """The response is an OperationOutcome error with the status; return its diagnostics."""
+    assert response.status_code == status
+    assert response.mimetype == "application/fhir+json"
+    body = response.get_json()
+    assert body["resourceType"] == "OperationOutcome"
+    issue = body["issue"][0]
+    assert issue["severity"] == "error"
+    assert issue["code"]
+    diagnostics: str = issue["diagnostics"]
+    assert diagnostics
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert response.headers.get("Access-Control-Allow-Origin") == "*"
+    for needle in needles:
+        assert needle in diagnostics
+    return diagnostics
+
+
+def finding_codes(response: TestResponse) -> list[str]:
+    return sorted(card["extension"]["cpt20703.finding"] for card in response.get_json()["cards"])
+
+
+# -- discovery -------------------------------------------------------------------------------
+
+
+def test_discovery_lists_the_rule_pack_services(client: FlaskClient) -> None:
+    """GET /cds-services returns exactly the services written in cards/services.yaml."""
+    response = client.get("/cds-services")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    written = yaml.safe_load((default_cards_dir() / "services.yaml").read_text())["services"]
+    expected = [
+        {
+            "hook": svc["hook"],
+            "id": svc["id"],
+            "title": svc["title"],
+            "description": svc["description"],
+            "usageRequirements": svc["usageRequirements"],
+            "prefetch": {key: entry["template"] for key, entry in svc["prefetch"].items()},
+        }
+        for svc in written
+    ]
+    assert response.get_json() == {"services": expected}
+    assert {svc["hook"] for svc in expected} == {"order-sign", "encounter-discharge"}
+    assert violations(response.get_json()) == []
+
+
+# -- hook calls over the fixture corpus ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_fixture_answer_over_http(client: FlaskClient, name: str) -> None:
+    """Each fixture gets its expected status and cards, in valid CDS Hooks 2.0 JSON."""
+    response = post(client, name)
+    expected = EXPECTED[name]
+    if expected["status"] != 200:
+        assert_operation_outcome(response, expected["status"])
+        return
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    jsonschema.validate(body, RESPONSE_SCHEMA)
+    assert violations(body) == []
+    assert finding_codes(response) == expected["findings"]
+    uuids = [card["uuid"] for card in body["cards"]]
+    uuids += [s["uuid"] for card in body["cards"] for s in card.get("suggestions", [])]
+    assert len(uuids) == len(set(uuids))
+    for card in body["cards"]:
+        assert len(card["summary"]) < 140
+        assert card["source"]["topic"]["code"] == "claim"
+        assert "**Sources**\n- [" in card["detail"]
+        missing = card["extension"].get("cpt20703.missing-documentation")
+        if card["extension"]["cpt20703.finding"] == "documentation-missing":
+            assert sorted(missing) == expected["missing_documentation"]
+            for key in missing:
+                assert f"`{key}`" in card["detail"]
+        for suggestion in card.get("suggestions", []):
+            assert card["selectionBehavior"] == "at-most-one"
+            for action in suggestion["actions"]:
+                assert action["type"] == "update"
+                Claim.model_validate(action["resource"])
+                assert action["resourceId"] == f"Claim/{action['resource']['id']}"
+
+
+def test_response_time_field_free_and_cards_empty_when_nothing_applies(
+    client: FlaskClient,
+) -> None:
+    """No advice is 200 with exactly {"cards": []}."""
+    response = post(client, "encounter-discharge--no-device.json")
+    assert response.status_code == 200
+    assert response.get_json() == {"cards": []}
+
+
+def test_unknown_fields_are_ignored(client: FlaskClient) -> None:
+    """Unknown top-level, context and extension fields do not change the answer."""
+    body = load_fixture(STANDARD)
+    body["extension"] = {"com.example.trace": {"id": 1}}
+    body["somethingNew"] = [1, 2]
+    body["context"]["com.example.flag"] = True
+    response = post(client, body)
+    assert response.status_code == 200
+    assert finding_codes(response) == ["add-on-suggested"]
+
+
+def test_null_prefetch_for_a_required_key_means_no_data(client: FlaskClient) -> None:
+    """A required key sent as null is "no data": 200 without cards, not 412."""
+    body = load_fixture(STANDARD)
+    body["prefetch"]["procedures"] = None
+    response = post(client, body)
+    assert response.status_code == 200
+    assert response.get_json() == {"cards": []}
+
+
+def test_fhir_json_content_type_is_accepted(client: FlaskClient) -> None:
+    """application/fhir+json bodies are JSON too."""
+    response = client.post(
+        DISCHARGE, data=json.dumps(load_fixture(STANDARD)), content_type="application/fhir+json"
+    )
+    assert response.status_code == 200
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_malformed_json_is_400(client: FlaskClient) -> None:
+    """A body that does not parse is a 400 OperationOutcome."""
+    response = client.post(DISCHARGE, data='{"hook": ', content_type="application/json")
+    assert_operation_outcome(response, 400, "not well-formed JSON")
+
+
+@pytest.mark.parametrize("body", ["[]", '"text"', "42", "NaN"])
+def test_non_object_body_is_400(client: FlaskClient, body: str) -> None:
+    """JSON that is not an object (or uses NaN) is rejected with 400."""
+    response = client.post(DISCHARGE, data=body, content_type="application/json")
+    assert_operation_outcome(response, 400)
+
+
+@pytest.mark.parametrize("field", ["hook", "hookInstance", "context"])
+def test_missing_required_field_is_400(client: FlaskClient, field: str) -> None:
+    """hook, hookInstance and context are required; the diagnostics name the field."""
+    body = load_fixture(STANDARD)
+    body.pop(field)
+    assert_operation_outcome(post(client, body, DISCHARGE), 400, field)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda body: body.__setitem__("hook", "order-sign"), "encounter-discharge hook"),
+        (lambda body: body["context"].pop("encounterId"), "context.encounterId is required"),
+        (lambda body: body["context"].pop("patientId"), "context.patientId is required"),
+        (lambda body: body["context"].__setitem__("patientId", 12345), "context.patientId must"),
+        (lambda body: body["context"].__setitem__("userId", "not a reference"), "Type/id"),
+        (lambda body: body.__setitem__("hookInstance", 7), "hookInstance"),
+        (lambda body: body.__setitem__("context", []), "context"),
+        (lambda body: body.__setitem__("prefetch", "all"), "prefetch"),
+        (
+            lambda body: (
+                body.pop("fhirServer", None),
+                body.__setitem__(
+                    "fhirAuthorization",
+                    {"access_token": "secret-token-value", "token_type": "Bearer"},
+                ),
+            ),
+            "fhirAuthorization requires fhirServer",
+        ),
+    ],
+)
+def test_invalid_request_is_400(client: FlaskClient, mutate: Any, needle: str) -> None:
+    """Requests that are not valid for the service are 400 with a precise reason."""
+    body = load_fixture(STANDARD)
+    mutate(body)
+    diagnostics = assert_operation_outcome(post(client, body, DISCHARGE), 400, needle)
+    assert "secret-token-value" not in diagnostics
+
+
+def test_order_sign_needs_a_draft_orders_bundle(client: FlaskClient) -> None:
+    """draftOrders must be a FHIR Bundle."""
+    body = load_fixture("order-sign--planned-removal-reminder.json")
+    body["context"]["draftOrders"] = {"resourceType": "ServiceRequest"}
+    assert_operation_outcome(post(client, body, ORDER_SIGN), 400, "draftOrders must be a FHIR")
+
+
+def test_diagnostics_do_not_echo_patient_data(client: FlaskClient) -> None:
+    """An ill-typed context value is named but never quoted."""
+    body = load_fixture(STANDARD)
+    body["context"]["patientId"] = ["Jane Testpatient"]
+    diagnostics = assert_operation_outcome(post(client, body, DISCHARGE), 400)
+    assert "Jane" not in diagnostics
+
+
+def test_unknown_service_is_404(client: FlaskClient) -> None:
+    """POST to an id the server does not host is 404."""
+    response = post(client, load_fixture(STANDARD), "/cds-services/no-such-service")
+    assert_operation_outcome(response, 404, "Unknown CDS service")
+
+
+def test_unknown_path_is_404(client: FlaskClient) -> None:
+    """Routing errors are OperationOutcomes too."""
+    assert_operation_outcome(client.get("/nothing-here"), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [("get", DISCHARGE), ("put", "/cds-services"), ("delete", f"{DISCHARGE}/feedback")],
+)
+def test_wrong_method_is_405(client: FlaskClient, method: str, url: str) -> None:
+    """Wrong methods are 405 with an Allow header."""
+    response = getattr(client, method)(url)
+    assert_operation_outcome(response, 405)
+    assert "Allow" in response.headers
+
+
+def test_missing_required_prefetch_is_412(client: FlaskClient) -> None:
+    """A required prefetch key that is absent is a 412 naming the key."""
+    response = post(client, "encounter-discharge--missing-required-prefetch.json")
+    assert_operation_outcome(response, 412, "'procedures'")
+
+
+def test_operation_outcome_prefetch_value_is_412(client: FlaskClient) -> None:
+    """A prefetch that failed (OperationOutcome value) counts as missing."""
+    body = load_fixture(STANDARD)
+    body["prefetch"]["procedures"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout"}],
+    }
+    assert_operation_outcome(post(client, body, DISCHARGE), 412, "'procedures'")
+
+
+def test_body_over_the_limit_is_413(make_app: Any, sqlite_url: str) -> None:
+    """A body larger than CDS_MAX_BODY_BYTES is refused with 413."""
+    app = make_app({"DATABASE_URL": sqlite_url, "MAX_BODY_BYTES": "2048"})
+    body = load_fixture(STANDARD)
+    body["padding"] = "x" * 4096
+    assert_operation_outcome(post(app.test_client(), body, DISCHARGE), 413, "CDS_MAX_BODY_BYTES")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_non_json_body_is_415(client: FlaskClient, content_type: str | None) -> None:
+    """Bodies not declared as JSON are 415."""
+    data = json.dumps(load_fixture(STANDARD))
+    response = client.post(DISCHARGE, data=data, content_type=content_type)
+    assert_operation_outcome(response, 415, "must be JSON")
+
+
+def test_unexpected_error_is_500_without_details(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash becomes a 500 OperationOutcome that says nothing about the failure."""
+
+    def explode(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("Jane Testpatient broke it")
+
+    monkeypatch.setattr("cds_service.api.handle_hook_call", explode)
+    with caplog.at_level(logging.ERROR, logger="cds_service"):
+        response = post(client, STANDARD)
+    diagnostics = assert_operation_outcome(response, 500)
+    assert "Jane" not in diagnostics
+    assert "RuntimeError" not in diagnostics
+    assert "Jane" not in caplog.text
+    assert any(getattr(r, "error_type", None) == "RuntimeError" for r in caplog.records)
+
+
+# -- CORS ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["/cds-services", DISCHARGE, f"{DISCHARGE}/feedback"])
+def test_cors_preflight(client: FlaskClient, url: str) -> None:
+    """Preflight is answered without a token, allowing Authorization and Content-Type."""
+    response = client.options(
+        url,
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    allowed_headers = response.headers["Access-Control-Allow-Headers"].lower()
+    assert "authorization" in allowed_headers
+    assert "content-type" in allowed_headers
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+def test_cors_on_success_and_restricted_origins(make_app: Any, sqlite_url: str) -> None:
+    """Configured origins are echoed to allowed origins only."""
+    app = make_app({"DATABASE_URL": sqlite_url, "CORS_ORIGINS": "https://sandbox.cds-hooks.org"})
+    client = app.test_client()
+    allowed = client.get("/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
+    other = client.get("/cds-services", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+# -- privacy -----------------------------------------------------------------------------------
+
+
+def _sensitive_strings(body: dict[str, Any]) -> set[str]:
+    """Patient ids, names and identifiers that appear in a request body."""
+    found = {body["context"]["patientId"]}
+
+    def walk(value: Any, key: str = "") -> None:
+        if isinstance(value, dict):
+            if value.get("resourceType") == "Patient":
+                for name in value.get("name", []):
+                    found.update(name.get("given", []))
+                    if name.get("family"):
+                        found.add(name["family"])
+            for child_key, child in value.items():
+                if child_key in ("subject", "patient", "beneficiary") and isinstance(child, dict):
+                    if child.get("display"):
+                        found.add(child["display"])
+                    if isinstance(child.get("identifier"), dict):
+                        found.add(str(child["identifier"].get("value")))
+                if child_key == "subscriberId":
+                    found.add(str(child))
+                walk(child, child_key)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, key)
+
+    walk(body)
+    return {text for text in found if text and len(text) >= 4}
+
+
+def test_logs_hold_no_patient_data_or_tokens(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Across every fixture (one with a bearer token), the logs never name the patient."""
+    sensitive: set[str] = {"super-secret-access-token"}
+    with caplog.at_level(logging.DEBUG):
+        for name in FIXTURE_NAMES:
+            body = load_fixture(name)
+            sensitive |= _sensitive_strings(body)
+            if body.get("fhirServer"):
+                body["fhirAuthorization"] = {
+                    "access_token": "super-secret-access-token",
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "user/*.read",
+                    "subject": "cds-20703",
+                }
+            post(client, body, f"/cds-services/{EXPECTED[name]['service']}")
+    assert len(sensitive) > 10
+    assert any(record.name.startswith("cds_service") for record in caplog.records)
+    text = caplog.text + "".join(json.dumps(vars(record), default=str) for record in caplog.records)
+    leaked = sorted(value for value in sensitive if value in text)
+    assert leaked == []
+
+
+def test_skipped_resources_are_logged_without_values(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An invalid resource is skipped and logged by type and error kind only."""
+    with caplog.at_level(logging.WARNING, logger="cds_service"):
+        response = post(client, "order-sign--sandbox-sloppy.json")
+    assert response.status_code == 200
+    skipped = [r for r in caplog.records if r.getMessage() == "skipped unreadable FHIR resource"]
+    assert skipped
+    assert skipped[0].resource_type == "Procedure"  # type: ignore[attr-defined]
+
+
+def test_evaluation_matches_pure_service_call(app: Flask, pack: RulePack) -> None:
+    """The HTTP answer and the pure service function agree, card for card (uuids aside)."""
+    body = load_fixture("encounter-discharge--missing-documentation.json")
+    counter = iter(range(1000))
+    pure = service.handle_hook_call(
+        pack, "cpt20703-encounter-discharge", copy.deepcopy(body), lambda: f"id-{next(counter)}"
+    )
+    over_http = post(app.test_client(), body, DISCHARGE).get_json()
+
+    def strip(document: Any) -> Any:
+        if isinstance(document, dict):
+            return {k: strip(v) for k, v in document.items() if k != "uuid"}
+        if isinstance(document, list):
+            return [strip(item) for item in document]
+        return document
+
+    assert strip(pure.response) == strip(over_http)

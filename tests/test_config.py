@@ -1,0 +1,82 @@
+"""Settings: defaults, environment, overrides, and start-up errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cds_service import create_app
+from cds_service.config import Settings
+from cds_service.errors import ConfigError
+from cds_service.rule_pack import default_cards_dir
+
+
+def test_defaults() -> None:
+    """With no environment the service runs the development profile on local SQLite."""
+    settings = Settings.load(environ={})
+    assert settings.profile == "development"
+    assert settings.public_base_url == "http://127.0.0.1:8080"
+    assert settings.database_url == "sqlite:///var/cds_service.sqlite3"
+    assert settings.cards_dir == default_cards_dir()
+    assert settings.max_body_bytes == 5 * 1024 * 1024
+
+
+def test_environment_then_overrides() -> None:
+    """CDS_* variables are read, and create_app's mapping wins over them."""
+    environ = {"CDS_PUBLIC_BASE_URL": "https://cds.example.org/", "CDS_MAX_BODY_BYTES": "4096"}
+    settings = Settings.load(environ=environ, overrides={"MAX_BODY_BYTES": 8192})
+    assert settings.public_base_url == "https://cds.example.org"
+    assert settings.max_body_bytes == 8192
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CDS_PROFILE", "staging"),
+        ("CDS_PUBLIC_BASE_URL", "cds.example.org"),
+        ("CDS_DATABASE_URL", "not a url"),
+        ("CDS_DATABASE_URL", "mysql://root@localhost/db"),
+        ("CDS_CARDS_DIR", "/no/such/directory"),
+        ("CDS_MAX_BODY_BYTES", "lots"),
+        ("CDS_MAX_BODY_BYTES", "10"),
+        ("CDS_CORS_ORIGINS", "ehr.example.org"),
+        ("CDS_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_bad_value_names_the_variable(variable: str, value: str) -> None:
+    """Start-up fails with a message naming the variable and not echoing the value."""
+    with pytest.raises(ConfigError) as error:
+        Settings.load(environ={variable: value})
+    assert variable in str(error.value)
+
+
+def test_production_requires_https_public_url() -> None:
+    """The production profile refuses a plain-http public base URL."""
+    with pytest.raises(ConfigError, match="CDS_PUBLIC_BASE_URL"):
+        Settings.load(environ={"CDS_PROFILE": "production"})
+    settings = Settings.load(
+        environ={"CDS_PROFILE": "production", "CDS_PUBLIC_BASE_URL": "https://cds.example.org"}
+    )
+    assert settings.profile == "production"
+
+
+def test_create_app_reads_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """create_app takes its settings from CDS_* variables."""
+    monkeypatch.setenv("CDS_DATABASE_URL", f"sqlite:///{tmp_path / 'env.sqlite3'}")
+    monkeypatch.setenv("CDS_MAX_BODY_BYTES", "2048")
+    app = create_app()
+    assert app.config["MAX_CONTENT_LENGTH"] == 2048
+    assert (tmp_path / "env.sqlite3").exists()
+
+
+def test_create_app_refuses_a_broken_rule_pack(tmp_path: Path, sqlite_url: str) -> None:
+    """An invalid rule pack stops start-up with the file and line of the problem."""
+    for source in default_cards_dir().glob("*.yaml"):
+        (tmp_path / source.name).write_text(source.read_text())
+    coding = tmp_path / "coding.yaml"
+    coding.write_text(coding.read_text().replace("edit_type: 3", "edit_type: seven"))
+    with pytest.raises(
+        ConfigError, match=r"CDS_CARDS_DIR(.|\n)*coding.yaml:\d+: primaries.edit_type"
+    ):
+        create_app({"DATABASE_URL": sqlite_url, "CARDS_DIR": str(tmp_path)})

@@ -1,0 +1,194 @@
+"""The +20703 rules as pure functions, over the fixture corpus and on targeted variations."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from conftest import EXPECTED, FIXTURE_NAMES, load_fixture
+from fhir.resources.R4B.claim import Claim
+
+from cds_service.facts import ClinicalFacts, derive_facts
+from cds_service.fhir_input import read_resources
+from cds_service.rule_pack import RulePack
+from cds_service.rules import Finding, evaluate, missing_documentation
+from cds_service.service import usable_prefetch
+
+ANSWERED = [name for name in FIXTURE_NAMES if EXPECTED[name]["status"] == 200]
+
+
+def facts_for(body: dict[str, Any], pack: RulePack) -> ClinicalFacts:
+    service = next(svc for svc in pack.services if svc.hook == body["hook"])
+    prefetch = usable_prefetch(service, body.get("prefetch") or {})
+    resources = read_resources(prefetch, body["context"].get("draftOrders"))
+    return derive_facts(resources, pack, body["hook"], body["context"].get("encounterId"))
+
+
+def findings_for(body: dict[str, Any], pack: RulePack) -> list[Finding]:
+    return evaluate(facts_for(body, pack), pack)
+
+
+def by_code(findings: list[Finding]) -> dict[str, Finding]:
+    return {finding.code: finding for finding in findings}
+
+
+def claim_items(finding: Finding) -> list[dict[str, Any]]:
+    assert finding.updated_claim is not None
+    items: list[dict[str, Any]] = finding.updated_claim["item"]
+    return items
+
+
+def cpt(item: dict[str, Any]) -> str:
+    code: str = item["productOrService"]["coding"][0]["code"]
+    return code
+
+
+@pytest.mark.parametrize("name", ANSWERED)
+def test_fixture_raises_expected_findings(name: str, pack: RulePack) -> None:
+    """Each fixture raises exactly the findings its README promises."""
+    findings = findings_for(load_fixture(name), pack)
+    assert sorted(finding.code for finding in findings) == EXPECTED[name]["findings"]
+
+
+@pytest.mark.parametrize(
+    "name", [name for name in ANSWERED if "documentation-missing" in EXPECTED[name]["findings"]]
+)
+def test_fixture_lists_expected_missing_documentation(name: str, pack: RulePack) -> None:
+    """The documentation card lists exactly the elements the fixture lacks."""
+    finding = by_code(findings_for(load_fixture(name), pack))["documentation-missing"]
+    assert sorted(finding.missing_documentation) == EXPECTED[name]["missing_documentation"]
+
+
+def test_rules_are_deterministic(pack: RulePack) -> None:
+    """The same facts give the same findings twice (no clock, no randomness in the rules)."""
+    body = load_fixture("encounter-discharge--missing-documentation.json")
+    assert findings_for(body, pack) == findings_for(copy.deepcopy(body), pack)
+
+
+def test_suggested_line_is_linked_like_the_primary(pack: RulePack) -> None:
+    """The new 20703 line copies date, diagnosis and care-team pointers and laterality."""
+    body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
+    finding = by_code(findings_for(body, pack))["add-on-suggested"]
+    items = claim_items(finding)
+    original = next(
+        entry["resource"]
+        for entry in body["prefetch"]["claims"]["entry"]
+        if entry["resource"]["resourceType"] == "Claim"
+    )
+    assert items[: len(original["item"])] == original["item"]
+    new_line = items[-1]
+    primary = next(item for item in original["item"] if cpt(item) == "27722")
+    assert cpt(new_line) == "20703"
+    assert new_line["quantity"] == {"value": 1}
+    assert new_line["sequence"] == max(item["sequence"] for item in original["item"]) + 1
+    for element in ("servicedDate", "diagnosisSequence", "careTeamSequence"):
+        assert new_line[element] == primary[element]
+    laterality = {
+        coding["code"]
+        for modifier in primary.get("modifier", [])
+        for coding in modifier["coding"]
+        if coding["code"] in ("RT", "LT")
+    }
+    assert {m["coding"][0]["code"] for m in new_line.get("modifier", [])} == laterality
+    Claim.model_validate(finding.updated_claim)
+
+
+def test_suggested_line_never_carries_modifier_51(pack: RulePack) -> None:
+    """A 51 on the primary line is not copied: add-on codes are exempt from modifier 51."""
+    body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
+    claim = body["prefetch"]["claims"]["entry"][0]["resource"]
+    primary = next(item for item in claim["item"] if cpt(item) == "27722")
+    primary.setdefault("modifier", []).append(
+        {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "51"}]}
+    )
+    finding = by_code(findings_for(body, pack))["add-on-suggested"]
+    new_line = claim_items(finding)[-1]
+    codes = {coding["code"] for m in new_line.get("modifier", []) for coding in m["coding"]}
+    assert "51" not in codes
+    assert codes == {"LT"}
+
+
+def test_no_claim_means_no_action(pack: RulePack) -> None:
+    """Without a draft claim the finding still holds but carries no claim update."""
+    body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
+    body["prefetch"]["claims"] = None
+    finding = by_code(findings_for(body, pack))["add-on-suggested"]
+    assert finding.updated_claim is None
+    assert "No draft claim was available" in finding.variables["note"]
+
+
+def test_claim_without_primary_line_gets_no_action(pack: RulePack) -> None:
+    """A claim that lacks the primary line is not given an orphan 20703 line."""
+    body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
+    claim = body["prefetch"]["claims"]["entry"][0]["resource"]
+    for item in claim["item"]:
+        item["productOrService"]["coding"][0]["code"] = "99213"
+    finding = by_code(findings_for(body, pack))["add-on-suggested"]
+    assert finding.updated_claim is None
+    assert "has no 27722 line" in finding.variables["note"]
+
+
+def test_orphan_removal_only_replaces_line_with_20680(pack: RulePack) -> None:
+    """When removal is the only procedure, the 20703 line becomes 20680, nothing else changes."""
+    body = load_fixture("encounter-discharge--orphan-removal-only.json")
+    finding = by_code(findings_for(body, pack))["orphan-add-on"]
+    items = claim_items(finding)
+    assert [cpt(item) for item in items].count("20703") == 0
+    assert [cpt(item) for item in items].count("20680") == 1
+    Claim.model_validate(finding.updated_claim)
+
+
+def test_orphan_with_other_procedure_has_no_mechanical_fix(pack: RulePack) -> None:
+    """With another (unlisted) procedure on the claim, no replacement is suggested."""
+    body = load_fixture("encounter-discharge--orphan-with-debridement.json")
+    finding = by_code(findings_for(body, pack))["orphan-add-on"]
+    assert finding.updated_claim is None
+    assert "Type 3" in finding.variables["note"]
+
+
+def test_removal_without_encounter_context_raises_no_claim_finding(pack: RulePack) -> None:
+    """Claim findings need the session: without encounterId they are not evaluated."""
+    body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
+    body["context"].pop("encounterId")
+    facts = facts_for(body, pack)
+    assert facts.removal_evidence == ()
+    assert evaluate(facts, pack) == []
+
+
+def test_procedure_in_other_encounter_is_not_session_evidence(pack: RulePack) -> None:
+    """A removal documented in another encounter does not support this encounter's claim."""
+    body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
+    for entry in body["prefetch"]["procedures"]["entry"]:
+        entry["resource"]["encounter"] = {"reference": "Encounter/some-other-visit"}
+    assert findings_for(body, pack) == []
+
+
+def test_assistant_role_is_checked_only_with_an_assistant_modifier(pack: RulePack) -> None:
+    """assistant-role is missing with modifier 80 and not applicable without it."""
+    body = load_fixture("encounter-discharge--assistant-modifier.json")
+    assert "assistant-role" in missing_documentation(facts_for(body, pack), pack)
+    for entry in body["prefetch"]["claims"]["entry"]:
+        for item in entry["resource"].get("item", []):
+            item.pop("modifier", None)
+    assert "assistant-role" not in missing_documentation(facts_for(body, pack), pack)
+
+
+def test_text_evidence_needs_intramedullary_site(pack: RulePack) -> None:
+    """Removing antibiotic beads from soft tissue is not 20703; in the canal it is."""
+    body = load_fixture("encounter-discharge--text-only-evidence.json")
+    assert "add-on-suggested" in by_code(findings_for(body, pack))
+    for entry in body["prefetch"]["procedures"]["entry"]:
+        code = entry["resource"].get("code", {})
+        if "text" in code and "canal" in code["text"]:
+            code["text"] = "Removal of antibiotic cement beads, subfascial soft tissue of thigh"
+    assert "add-on-suggested" not in by_code(findings_for(body, pack))
+
+
+def test_reminder_needs_a_device_in_place(pack: RulePack) -> None:
+    """The order-sign reminder disappears once the device is no longer active."""
+    body = load_fixture("order-sign--planned-removal-reminder.json")
+    assert [f.code for f in findings_for(body, pack)] == ["planned-removal-reminder"]
+    body["prefetch"]["devices"] = None
+    body["prefetch"]["procedures"] = None
+    assert findings_for(body, pack) == []
