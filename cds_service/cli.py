@@ -83,11 +83,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _bad_input(f"{args.request} is not valid JSON: {exc}")
     from cds_service import create_app
 
-    app = create_app({"DATABASE_URL": "sqlite://"})
+    # A private in-memory database: evaluating a file must not write next to it.
+    app = create_app({"DATABASE_URL": "sqlite://", "LOG_LEVEL": "WARNING"})
     service_id = args.service or _service_for(app, body)
     if service_id is None:
         return _bad_input(f"{args.request}: cannot tell the service from its 'hook'; use --service")
-    response = app.test_client().post(f"/cds-services/{service_id}", json=body)
+    response = app.test_client().post(
+        f"/cds-services/{service_id}", data=json.dumps(body), content_type="application/json"
+    )
     sys.stdout.write(response.get_data(as_text=True) + "\n")
     if response.status_code != 200:
         outcome = response.get_json(silent=True) or {}

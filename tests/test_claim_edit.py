@@ -1,0 +1,87 @@
+"""Whole-Claim updates: only the intended change, and only when the result is a valid Claim."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+from typing import Any
+
+from fhir.resources.R4B.claim import Claim
+
+from cds_service.claim_edit import add_add_on_line, replace_line_code
+from cds_service.facts import ClaimLine
+
+CPT = "http://www.ama-assn.org/go/cpt"
+CLAIM: dict[str, Any] = {
+    "resourceType": "Claim",
+    "id": "c1",
+    "status": "draft",
+    "type": {
+        "coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}
+        ]
+    },
+    "use": "claim",
+    "patient": {"reference": "Patient/x"},
+    "created": "2026-03-01",
+    "provider": {"reference": "Organization/o"},
+    "priority": {"coding": [{"code": "normal"}]},
+    "insurance": [{"sequence": 1, "focal": True, "coverage": {"reference": "Coverage/c"}}],
+    "item": [
+        {
+            "sequence": 3,
+            "productOrService": {"coding": [{"system": CPT, "code": "27470"}]},
+            "modifier": [{"coding": [{"code": "RT"}]}, {"coding": [{"code": "51"}]}],
+            "servicedPeriod": {"start": "2026-03-01", "end": "2026-03-01"},
+            "diagnosisSequence": [2, 1],
+            "careTeamSequence": [1],
+            "quantity": {"value": 1},
+        }
+    ],
+}
+LINE = ClaimLine(0, 3, "27470", frozenset({"RT", "51"}), Decimal(1), "2026-03-01", frozenset())
+ADD_ON = {
+    "system": CPT,
+    "code": "20703",
+    "display": "Removal of drug-delivery device(s), intramedullary",
+}
+
+
+def test_add_line_appends_one_linked_unit_and_leaves_the_rest() -> None:
+    """The original is untouched; the new line follows the highest sequence."""
+    original = copy.deepcopy(CLAIM)
+    result = add_add_on_line(CLAIM, LINE, ADD_ON, frozenset({"RT", "LT"}))
+    assert result is not None
+    updated, sequence = result
+    assert original == CLAIM
+    assert sequence == 4
+    assert updated["item"][0] == CLAIM["item"][0]
+    assert updated["item"][1] == {
+        "sequence": 4,
+        "productOrService": {"coding": [ADD_ON], "text": ADD_ON["display"]},
+        "quantity": {"value": 1},
+        "servicedPeriod": {"start": "2026-03-01", "end": "2026-03-01"},
+        "diagnosisSequence": [2, 1],
+        "careTeamSequence": [1],
+        "modifier": [{"coding": [{"code": "RT"}]}],
+    }
+    Claim.model_validate(updated)
+
+
+def test_add_line_refuses_to_produce_an_invalid_claim() -> None:
+    """If the starting Claim is not valid FHIR, no update is proposed."""
+    broken = copy.deepcopy(CLAIM)
+    del broken["patient"]
+    assert add_add_on_line(broken, LINE, ADD_ON, frozenset({"RT"})) is None
+
+
+def test_replace_line_changes_only_the_code() -> None:
+    """The replaced line keeps its sequence, pointers and modifiers."""
+    standalone = {"system": CPT, "code": "20680", "display": "Removal of implant; deep"}
+    updated = replace_line_code(CLAIM, LINE, standalone)
+    assert updated is not None
+    item = updated["item"][0]
+    assert item["productOrService"]["coding"] == [standalone]
+    assert {k: v for k, v in item.items() if k != "productOrService"} == {
+        k: v for k, v in CLAIM["item"][0].items() if k != "productOrService"
+    }

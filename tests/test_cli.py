@@ -1,0 +1,185 @@
+"""The cds-service command: evaluate, check-cards and serve (a real gunicorn over real HTTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import EXPECTED, FIXTURES, ROOT, load_fixture
+
+from cds_service.cli import main
+from cds_service.rule_pack import default_cards_dir
+
+STANDARD = FIXTURES / "encounter-discharge--tibia-nonunion-removal.json"
+
+
+def without_uuids(document: Any) -> Any:
+    if isinstance(document, dict):
+        return {key: without_uuids(value) for key, value in document.items() if key != "uuid"}
+    if isinstance(document, list):
+        return [without_uuids(item) for item in document]
+    return document
+
+
+def test_evaluate_prints_the_endpoint_response(
+    capsys: pytest.CaptureFixture[str], client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate prints what POST /cds-services/{id} answers, and exits 0."""
+    caller_dir = tmp_path / "caller"
+    caller_dir.mkdir()
+    monkeypatch.chdir(caller_dir)
+    assert main(["evaluate", str(STANDARD)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    over_http = client.post(
+        "/cds-services/cpt20703-encounter-discharge",
+        data=STANDARD.read_text(),
+        content_type="application/json",
+    ).get_json()
+    assert without_uuids(printed) == without_uuids(over_http)
+    assert printed["cards"]
+    assert list(caller_dir.iterdir()) == []  # nothing written beside the caller
+
+
+def test_evaluate_infers_the_service_and_accepts_an_explicit_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The service comes from the hook, or from --service."""
+    name = "order-sign--planned-removal-reminder.json"
+    assert main(["evaluate", str(FIXTURES / name), "--service", EXPECTED[name]["service"]]) == 0
+    cards = json.loads(capsys.readouterr().out)["cards"]
+    assert [card["extension"]["cpt20703.finding"] for card in cards] == EXPECTED[name]["findings"]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "cannot read"),
+        ("{not json", "is not valid JSON"),
+        ('{"hook": "patient-view"}', "cannot tell the service"),
+        (json.dumps({"hook": "encounter-discharge", "hookInstance": "x"}), "HTTP 400"),
+    ],
+)
+def test_evaluate_bad_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, needle: str
+) -> None:
+    """A file that cannot be evaluated exits 2 with a clear message."""
+    path = tmp_path / "request.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["evaluate", str(path)]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_evaluate_412_exits_2_and_prints_the_outcome(capsys: pytest.CaptureFixture[str]) -> None:
+    """A request the endpoint refuses exits 2; the OperationOutcome is still printed."""
+    path = FIXTURES / "encounter-discharge--missing-required-prefetch.json"
+    assert main(["evaluate", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["resourceType"] == "OperationOutcome"
+    assert "HTTP 412" in captured.err
+
+
+def test_check_cards_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    """check-cards passes on the shipped pack."""
+    assert main(["check-cards"]) == 0
+    assert "rule pack OK" in capsys.readouterr().out
+
+
+def test_check_cards_reports_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-cards exits non-zero and prints path:line: message for each problem."""
+    for source in default_cards_dir().glob("*.yaml"):
+        (tmp_path / source.name).write_text(source.read_text())
+    findings = tmp_path / "findings.yaml"
+    findings.write_text(findings.read_text().replace("indicator: warning", "indicator: loud", 1))
+    assert main(["check-cards", "--cards-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    line = next(
+        number
+        for number, text in enumerate(findings.read_text().splitlines(), 1)
+        if "indicator: loud" in text
+    )
+    assert f"{findings}:{line}: findings.documentation-missing.indicator" in err
+
+
+def test_bad_configuration_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad CDS_* value stops the command with the variable's name."""
+    monkeypatch.setenv("CDS_MAX_BODY_BYTES", "many")
+    assert main(["check-cards"]) == 2
+    assert "CDS_MAX_BODY_BYTES" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_serve_answers_over_real_http(tmp_path: Path) -> None:
+    """cds-service serve starts gunicorn workers that answer discovery, hooks and feedback."""
+    port = free_port()
+    environment = os.environ | {"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'served.sqlite3'}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", "2"],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                discovery = requests.get(f"{base}/cds-services", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None, "server exited"
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert discovery.status_code == 200
+        assert len(discovery.json()["services"]) == 2
+        answer = requests.post(
+            f"{base}/cds-services/cpt20703-encounter-discharge",
+            json=load_fixture(STANDARD.name),
+            timeout=10,
+        )
+        assert answer.status_code == 200
+        card = answer.json()["cards"][0]
+        feedback = requests.post(
+            f"{base}/cds-services/cpt20703-encounter-discharge/feedback",
+            json={
+                "feedback": [
+                    {
+                        "card": card["uuid"],
+                        "outcome": "accepted",
+                        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+                        "outcomeTimestamp": "2026-03-02T10:15:00Z",
+                    }
+                ]
+            },
+            timeout=10,
+        )
+        assert feedback.json() == {"stored": 1, "duplicates": 0, "unknownCards": 0}
+        refused = requests.post(
+            f"{base}/cds-services/cpt20703-encounter-discharge", data="nope", timeout=10
+        )
+        assert refused.status_code == 415
+        assert refused.json()["resourceType"] == "OperationOutcome"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output

@@ -1,0 +1,87 @@
+"""Reading resources leniently from prefetch and draftOrders."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from cds_service.fhir_input import iter_resources, read_resources
+
+PROCEDURE: dict[str, Any] = {
+    "resourceType": "Procedure",
+    "id": "p1",
+    "status": "completed",
+    "subject": {"reference": "Patient/x"},
+}
+
+
+def bundle(*resources: dict[str, Any], with_type: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {"resourceType": "Bundle", "entry": [{"resource": r} for r in resources]}
+    if with_type:
+        body["type"] = "searchset"
+    return body
+
+
+def test_bundle_without_type_is_read() -> None:
+    """The sandbox sends Bundles with no type; their entries are still read."""
+    assert list(iter_resources(bundle(PROCEDURE, with_type=False))) == [PROCEDURE]
+
+
+@pytest.mark.parametrize("value", [None, "123", 42, [PROCEDURE], {"no": "resourceType"}])
+def test_values_that_are_not_resources_are_ignored(value: Any) -> None:
+    """Bare strings, lists and objects without resourceType carry no resources."""
+    assert list(iter_resources(value)) == []
+
+
+def test_unknown_fields_are_dropped_and_the_resource_kept() -> None:
+    """A field R4 does not define (e.g. from R5) does not cost the whole resource."""
+    resource = PROCEDURE | {"futureField": {"x": 1}, "note": [{"text": "n", "newThing": 1}]}
+    result = read_resources({"procedures": bundle(resource)})
+    assert len(result.procedures) == 1
+    assert result.procedures[0].note[0].text == "n"
+    assert result.skipped == 0
+
+
+def test_invalid_resource_is_skipped_and_logged_without_values(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Procedure without status is skipped; the log names the type and the error, not data."""
+    broken = {"resourceType": "Procedure", "id": "p2", "subject": {"display": "Jane Testpatient"}}
+    with caplog.at_level(logging.WARNING, logger="cds_service"):
+        result = read_resources({"procedures": bundle(broken, PROCEDURE)})
+    assert [procedure.id for procedure in result.procedures] == ["p1"]
+    assert result.skipped == 1
+    (record,) = caplog.records
+    assert record.resource_type == "Procedure"  # type: ignore[attr-defined]
+    assert "status:model_field_validation.missing" in record.errors  # type: ignore[attr-defined]
+    assert "Jane" not in caplog.text + str(vars(record))
+
+
+def test_duplicates_across_keys_are_read_once() -> None:
+    """The same resource under two prefetch keys is one resource."""
+    result = read_resources({"a": bundle(PROCEDURE), "b": PROCEDURE})
+    assert len(result.procedures) == 1
+
+
+def test_operation_outcome_entries_and_unused_types_are_ignored() -> None:
+    """OperationOutcomes in a Bundle and types the rules never read are not parsed."""
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]}
+    patient = {"resourceType": "Patient", "id": "x", "name": [{"family": "Testpatient"}]}
+    result = read_resources({"a": bundle(outcome, patient, PROCEDURE)})
+    assert len(result.procedures) == 1
+    assert result.skipped == 0
+
+
+def test_draft_orders_are_kept_apart() -> None:
+    """ServiceRequests of draftOrders are the orders being signed, not history."""
+    order = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/x"},
+    }
+    result = read_resources({}, bundle(order, with_type=False))
+    assert len(result.draft_orders) == 1
+    assert result.service_requests == []
