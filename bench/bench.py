@@ -1,0 +1,732 @@
+"""Benchmark of the +20703 hook services (``make bench``). A measurement, not a test.
+
+For each standard fixture it measures
+
+1. in-process evaluation: ``json.loads`` + ``handle_hook_call`` + ``json.dumps``, no HTTP;
+2. HTTP: ``cds-service serve --workers 2`` next to a bare Flask echo app (``bench/echo_app.py``)
+   under the same gunicorn settings, both loaded by wrk with the same request body, interleaved
+   round by round so that both see the same machine conditions.
+
+It prints a table, writes the figures to ``bench/results/latest.json`` and exits 0 even when a
+target is missed. It exits 1 only when the run itself failed (a server did not start, wrk is
+missing and cannot be installed, a response was not 2xx/3xx, ...). See ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from cds_service.rule_pack import RulePack, default_cards_dir, load_rule_pack
+from cds_service.service import handle_hook_call
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "bench"
+FIXTURE_DIR = ROOT / "fhir_fixtures"
+DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.json"
+VENV_BIN = Path(sys.executable).parent
+
+# (fixture file, service id): the two standard fixtures of the product issue.
+FIXTURES: tuple[tuple[str, str], ...] = (
+    ("encounter-discharge--tibia-nonunion-removal.json", "cpt20703-encounter-discharge"),
+    ("order-sign--planned-removal-reminder.json", "cpt20703-order-sign"),
+)
+
+TARGET_IN_PROCESS_P50_MS = 2.0
+TARGET_HTTP_RATIO = 0.5
+
+# The settings cds_service/server.py gives gunicorn, repeated for the echo app.
+WORKERS = 2
+WORKER_CLASS = "sync"
+TIMEOUT_S = 30
+HOST = "127.0.0.1"
+SERVICE_LOG_LEVEL = "WARNING"
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+WRK_SCRIPT = """\
+local file = assert(io.open({path}, "rb"))
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+class BenchError(Exception):
+    """The run itself failed: no figures can be trusted."""
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What the run does; written to the JSON results as they are."""
+
+    iterations: int
+    warmup_iterations: int
+    duration_s: int
+    warmup_duration_s: int
+    connections: int
+    threads: int
+    rounds: int
+    quick: bool
+    in_process_only: bool
+    workers: int = WORKERS
+    worker_class: str = WORKER_CLASS
+    timeout_s: int = TIMEOUT_S
+    service_log_level: str = SERVICE_LOG_LEVEL
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path]:
+    """Command-line options into settings and the results path."""
+    parser = argparse.ArgumentParser(
+        prog="bench.py", description="In-process and HTTP benchmark of the +20703 services."
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (10)")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (8)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="(echo, service) rounds (3)")
+    parser.add_argument(
+        "--iterations", type=int, default=3000, help="timed in-process iterations (3000)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="untimed in-process iterations first (200)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 3 s wrk runs, 1000 iterations"
+    )
+    parser.add_argument(
+        "--in-process-only", action="store_true", help="skip the HTTP part (no wrk needed)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file (%(default)s)"
+    )
+    args = parser.parse_args(argv)
+    duration = 3 if args.quick else args.duration
+    iterations = min(args.iterations, 1000) if args.quick else args.iterations
+    for name, value in (
+        ("--duration", duration),
+        ("--connections", args.connections),
+        ("--threads", args.threads),
+        ("--rounds", args.rounds),
+        ("--iterations", iterations),
+    ):
+        if value < 1:
+            parser.error(f"{name} must be at least 1")
+    if args.connections < args.threads:
+        parser.error("--connections must be at least --threads (wrk needs one per thread)")
+    settings = BenchSettings(
+        iterations=iterations,
+        warmup_iterations=max(args.warmup, 0),
+        duration_s=duration,
+        warmup_duration_s=1 if args.quick else 2,
+        connections=args.connections,
+        threads=args.threads,
+        rounds=args.rounds,
+        quick=args.quick,
+        in_process_only=args.in_process_only,
+    )
+    return settings, args.output
+
+
+# --------------------------------------------------------------------------------------------
+# In-process evaluation
+
+
+@dataclass(frozen=True)
+class InProcessResult:
+    """Milliseconds per call (parse + rules + serialise) and per stage."""
+
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    parse_p50_ms: float
+    rules_p50_ms: float
+    serialise_p50_ms: float
+    cards: int
+    findings: list[str]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` in 0..1) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
+    return ordered[rank - 1]
+
+
+def bench_in_process(
+    pack: RulePack, body_bytes: bytes, service_id: str, settings: BenchSettings
+) -> InProcessResult:
+    """Time ``settings.iterations`` evaluations after ``settings.warmup_iterations`` untimed."""
+    result = handle_hook_call(pack, service_id, json.loads(body_bytes))
+    for _ in range(settings.warmup_iterations):
+        json.dumps(handle_hook_call(pack, service_id, json.loads(body_bytes)).response)
+    totals: list[float] = []
+    parse: list[float] = []
+    rules: list[float] = []
+    serialise: list[float] = []
+    clock = time.perf_counter_ns
+    for _ in range(settings.iterations):
+        t0 = clock()
+        body = json.loads(body_bytes)
+        t1 = clock()
+        result = handle_hook_call(pack, service_id, body)
+        t2 = clock()
+        json.dumps(result.response, ensure_ascii=False)  # as cds_service.api does
+        t3 = clock()
+        totals.append((t3 - t0) / 1e6)
+        parse.append((t1 - t0) / 1e6)
+        rules.append((t2 - t1) / 1e6)
+        serialise.append((t3 - t2) / 1e6)
+    return InProcessResult(
+        p50_ms=percentile(totals, 0.50),
+        p99_ms=percentile(totals, 0.99),
+        mean_ms=statistics.fmean(totals),
+        parse_p50_ms=percentile(parse, 0.50),
+        rules_p50_ms=percentile(rules, 0.50),
+        serialise_p50_ms=percentile(serialise, 0.50),
+        cards=len(result.issued),
+        findings=sorted({code for _, code in result.issued}),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# wrk
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """One wrk run, as wrk reported it."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx_3xx: int
+    socket_errors: dict[str, int]
+
+    def problems(self) -> list[str]:
+        """Why the run cannot be trusted, if it cannot."""
+        found = []
+        if self.non_2xx_3xx:
+            found.append(f"{self.non_2xx_3xx} non-2xx/3xx responses")
+        errors = {kind: count for kind, count in self.socket_errors.items() if count}
+        if errors:
+            found.append("socket errors " + ", ".join(f"{k} {v}" for k, v in errors.items()))
+        if self.requests == 0:
+            found.append("no request completed")
+        return found
+
+
+_TIME_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_LATENCY_LINE = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
+_RPS_LINE = re.compile(r"^Requests/sec:\s+([\d.]+)\s*$", re.MULTILINE)
+_REQUESTS_LINE = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
+_NON_2XX_LINE = re.compile(r"^\s*Non-2xx or 3xx responses:\s+(\d+)\s*$", re.MULTILINE)
+_SOCKET_ERRORS_LINE = re.compile(
+    r"^\s*Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)\s*$", re.MULTILINE
+)
+
+
+def parse_wrk_output(text: str) -> WrkRun:
+    """The figures of ``wrk --latency`` output; BenchError when a line is missing."""
+    latencies = {
+        match.group(1): float(match.group(2)) * _TIME_UNITS_MS[match.group(3)]
+        for match in _LATENCY_LINE.finditer(text)
+    }
+    rps = _RPS_LINE.search(text)
+    total = _REQUESTS_LINE.search(text)
+    if rps is None or total is None or set(latencies) != {"50", "99"}:
+        raise BenchError(f"cannot read the wrk output:\n{text}")
+    non_2xx = _NON_2XX_LINE.search(text)
+    socket_errors = _SOCKET_ERRORS_LINE.search(text)
+    counts = [int(value) for value in socket_errors.groups()] if socket_errors else [0] * 4
+    return WrkRun(
+        requests_per_s=float(rps.group(1)),
+        p50_ms=latencies["50"],
+        p99_ms=latencies["99"],
+        requests=int(total.group(1)),
+        non_2xx_3xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=dict(zip(("connect", "read", "write", "timeout"), counts, strict=True)),
+    )
+
+
+def ensure_wrk() -> str:
+    """The path of wrk, installing Debian's package first when it is missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise BenchError("wrk is not installed and this is not root: apt-get install wrk")
+    print("wrk not found: installing it with apt-get (apt-get update; apt-get install wrk)")
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        print("  $ " + " ".join(command), flush=True)
+        if subprocess.run(command, env=env, check=False).returncode != 0:
+            raise BenchError(f"'{' '.join(command)}' failed; install wrk and run again")
+    found = shutil.which("wrk")
+    if not found:
+        raise BenchError("apt-get installed wrk but it is not on PATH")
+    return found
+
+
+def wrk_version(wrk: str) -> str:
+    """First line of ``wrk -v`` (wrk exits 1 after printing it)."""
+    completed = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    lines = (completed.stdout + completed.stderr).strip().splitlines()
+    return lines[0].split(" Copyright")[0].strip() if lines else "unknown"
+
+
+def run_wrk(wrk: str, url: str, script: Path, duration_s: int, settings: BenchSettings) -> WrkRun:
+    """One wrk run against ``url``."""
+    command = [
+        wrk,
+        f"-t{settings.threads}",
+        f"-c{settings.connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    completed = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=duration_s + 60
+    )
+    if completed.returncode != 0:
+        raise BenchError(
+            f"wrk failed ({completed.returncode}): {completed.stderr.strip() or completed.stdout}"
+        )
+    return parse_wrk_output(completed.stdout)
+
+
+# --------------------------------------------------------------------------------------------
+# Servers
+
+
+@dataclass
+class Server:
+    """A gunicorn server started by the bench, in its own process group."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def url(self, service_id: str) -> str:
+        return f"http://{HOST}:{self.port}/cds-services/{service_id}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(
+    name: str, command: list[str], env: dict[str, str], workdir: Path, port: int
+) -> Server:
+    """Start ``command`` in a new session (so that stopping it stops its workers too)."""
+    log = workdir / f"{name}.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Server(name, process, port, log)
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM the server's process group (gunicorn stops its workers); SIGKILL it if slow."""
+    group = server.process.pid  # start_new_session: the group id is the leader's pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    try:
+        server.process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        server.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def wait_until_answering(server: Server, service_id: str, body: bytes) -> requests.Response:
+    """POST ``body`` until the server answers; the first answer it gives."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        if server.process.poll() is not None:
+            raise BenchError(
+                f"{server.name} exited with {server.process.returncode} while starting:\n"
+                + server.log_tail()
+            )
+        try:
+            return requests.post(
+                server.url(service_id),
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=5,
+            )
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{server.name} did not answer within {STARTUP_TIMEOUT_S:.0f} s:\n"
+                    + server.log_tail()
+                ) from None
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_servers(workdir: Path, settings: BenchSettings) -> Iterator[tuple[Server, Server]]:
+    """The echo app and the service, both under gunicorn with the same settings."""
+    servers: list[Server] = []
+    try:
+        echo_port = free_port()
+        echo_command = [
+            str(VENV_BIN / "gunicorn"),
+            "--workers",
+            str(settings.workers),
+            "--worker-class",
+            settings.worker_class,
+            "--timeout",
+            str(settings.timeout_s),
+            "--graceful-timeout",
+            str(settings.timeout_s),
+            "--log-level",
+            "warning",
+            "--bind",
+            f"{HOST}:{echo_port}",
+            "--chdir",
+            str(BENCH_DIR),
+            "echo_app:app",
+        ]
+        servers.append(start_server("echo", echo_command, dict(os.environ), workdir, echo_port))
+        service_port = free_port()
+        service_command = [
+            str(VENV_BIN / "cds-service"),
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(service_port),
+            "--workers",
+            str(settings.workers),
+            "--timeout",
+            str(settings.timeout_s),
+        ]
+        service_env = os.environ | {
+            "CDS_DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+            "CDS_LOG_LEVEL": settings.service_log_level,
+        }
+        servers.append(start_server("service", service_command, service_env, workdir, service_port))
+        yield servers[0], servers[1]
+    finally:
+        for server in servers:
+            stop_server(server)
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP comparison
+
+
+@dataclass(frozen=True)
+class HttpSide:
+    """Medians across rounds for one server, plus every round."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    rounds: list[WrkRun]
+
+
+def summarise(runs: list[WrkRun]) -> HttpSide:
+    return HttpSide(
+        requests_per_s=statistics.median(run.requests_per_s for run in runs),
+        p50_ms=statistics.median(run.p50_ms for run in runs),
+        p99_ms=statistics.median(run.p99_ms for run in runs),
+        rounds=runs,
+    )
+
+
+def check_answers(
+    echo: Server, service: Server, service_id: str, body: bytes, fixture: str
+) -> None:
+    """Before measuring: the service answers the fixture with 200 and cards; the echo echoes."""
+    answer = wait_until_answering(service, service_id, body)
+    if answer.status_code != 200:
+        raise BenchError(
+            f"the service answered {fixture} with HTTP {answer.status_code}: {answer.text[:500]}"
+        )
+    payload = answer.json()
+    if not isinstance(payload, dict) or not isinstance(payload.get("cards"), list):
+        raise BenchError(f"the service answered {fixture} without a cards list")
+    echoed = wait_until_answering(echo, service_id, body)
+    if echoed.status_code != 200 or echoed.content != body:
+        raise BenchError(f"the echo app did not echo {fixture} (HTTP {echoed.status_code})")
+
+
+def measured(run: WrkRun, label: str) -> WrkRun:
+    """The run, after printing it; BenchError when wrk saw failures."""
+    problems = run.problems()
+    print(
+        f"    {label:<8} {run.requests_per_s:>9.1f} req/s  p50 {run.p50_ms:>7.2f} ms  "
+        f"p99 {run.p99_ms:>7.2f} ms  ({run.requests} requests)"
+        + (f"  !! {'; '.join(problems)}" if problems else ""),
+        flush=True,
+    )
+    if problems:
+        raise BenchError(f"{label}: {'; '.join(problems)}")
+    return run
+
+
+def bench_http(
+    wrk: str,
+    echo: Server,
+    service: Server,
+    fixture: str,
+    service_id: str,
+    body: bytes,
+    workdir: Path,
+    settings: BenchSettings,
+) -> tuple[HttpSide, HttpSide]:
+    """Warm both servers up, then ``settings.rounds`` rounds of (echo, service)."""
+    check_answers(echo, service, service_id, body, fixture)
+    body_file = workdir / fixture
+    body_file.write_bytes(body)
+    script = workdir / f"{fixture}.lua"
+    script.write_text(WRK_SCRIPT.format(path=json.dumps(str(body_file))), encoding="utf-8")
+    for server in (echo, service):  # untimed: lazy imports, first connections, caches
+        measured(
+            run_wrk(wrk, server.url(service_id), script, settings.warmup_duration_s, settings),
+            f"{server.name} (warm-up)",
+        )
+    runs: dict[str, list[WrkRun]] = {"echo": [], "service": []}
+    for round_number in range(1, settings.rounds + 1):
+        for server in (echo, service):
+            run = run_wrk(wrk, server.url(service_id), script, settings.duration_s, settings)
+            runs[server.name].append(measured(run, f"{server.name} #{round_number}"))
+    return summarise(runs["echo"]), summarise(runs["service"])
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+@dataclass(frozen=True)
+class FixtureResult:
+    fixture: str
+    service_id: str
+    body_bytes: int
+    in_process: InProcessResult
+    echo: HttpSide | None
+    service: HttpSide | None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.echo is None or self.service is None or not self.echo.requests_per_s:
+            return None
+        return self.service.requests_per_s / self.echo.requests_per_s
+
+    @property
+    def in_process_target_met(self) -> bool:
+        return self.in_process.p50_ms <= TARGET_IN_PROCESS_P50_MS
+
+    @property
+    def http_target_met(self) -> bool | None:
+        return None if self.ratio is None else self.ratio >= TARGET_HTTP_RATIO
+
+
+def _verdict(met: bool | None) -> str:
+    return "n/a" if met is None else ("met" if met else "MISSED")
+
+
+def print_report(results: list[FixtureResult], settings: BenchSettings) -> None:
+    print()
+    print(
+        f"Targets: in-process p50 <= {TARGET_IN_PROCESS_P50_MS:g} ms; "
+        f"HTTP req/s ratio service/echo >= {TARGET_HTTP_RATIO:g}"
+    )
+    header = (
+        f"{'fixture':<48} {'in-process p50/p99 ms':>22}  {'echo req/s p50/p99 ms':>24}  "
+        f"{'service req/s p50/p99 ms':>24}  {'ratio':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for result in results:
+        ip = result.in_process
+        print(
+            f"{result.fixture.removesuffix('.json'):<48} "
+            f"{ip.p50_ms:>10.3f} / {ip.p99_ms:>8.3f}  "
+            f"{_http_cell(result.echo):>24}  {_http_cell(result.service):>24}  "
+            f"{'' if result.ratio is None else f'{result.ratio:.2f}':>5}"
+        )
+    print()
+    for result in results:
+        ip = result.in_process
+        print(
+            f"{result.service_id} ({result.fixture}, {result.body_bytes} bytes, "
+            f"{ip.cards} card(s): {', '.join(ip.findings) or 'none'})"
+        )
+        print(
+            f"  in-process p50 {ip.p50_ms:.3f} ms (parse {ip.parse_p50_ms:.3f} + rules "
+            f"{ip.rules_p50_ms:.3f} + serialise {ip.serialise_p50_ms:.3f}), "
+            f"p99 {ip.p99_ms:.3f} ms, mean {ip.mean_ms:.3f} ms: "
+            f"target {_verdict(result.in_process_target_met)}"
+        )
+        if result.ratio is not None:
+            print(f"  HTTP ratio {result.ratio:.2f}: target {_verdict(result.http_target_met)}")
+    print()
+    print(
+        f"In-process: {settings.iterations} timed iterations after {settings.warmup_iterations} "
+        "warm-up iterations, one process, no HTTP and no database."
+    )
+    if not settings.in_process_only:
+        print(
+            f"HTTP: wrk -t{settings.threads} -c{settings.connections} -d{settings.duration_s}s "
+            f"--latency, medians of {settings.rounds} interleaved (echo, service) rounds after a "
+            f"{settings.warmup_duration_s} s warm-up each; gunicorn {settings.workers} "
+            f"{settings.worker_class} workers, timeout {settings.timeout_s} s, no access log. "
+            f"The service ran with CDS_LOG_LEVEL={settings.service_log_level} (at INFO it writes "
+            "one JSON log line per request; WARNING keeps log I/O out of the figures) and a "
+            "fresh SQLite database (it still records the issued cards of every call). "
+            "wrk runs on the same machine and competes with the servers for the CPUs."
+        )
+
+
+def _http_cell(side: HttpSide | None) -> str:
+    if side is None:
+        return "-"
+    return f"{side.requests_per_s:.0f} {side.p50_ms:.2f}/{side.p99_ms:.2f}"
+
+
+def write_results(
+    path: Path, results: list[FixtureResult], settings: BenchSettings, wrk: str | None
+) -> None:
+    document: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "nproc": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "wrk": wrk_version(wrk) if wrk else None,
+        },
+        "settings": asdict(settings),
+        "targets": {
+            "in_process_p50_ms": TARGET_IN_PROCESS_P50_MS,
+            "http_ratio_service_over_echo": TARGET_HTTP_RATIO,
+        },
+        "fixtures": [
+            {
+                "fixture": result.fixture,
+                "service_id": result.service_id,
+                "body_bytes": result.body_bytes,
+                "in_process": asdict(result.in_process),
+                "http": None
+                if result.echo is None or result.service is None
+                else {
+                    "echo": asdict(result.echo),
+                    "service": asdict(result.service),
+                    "ratio_requests_per_s": result.ratio,
+                },
+                "targets_met": {
+                    "in_process_p50": result.in_process_target_met,
+                    "http_ratio": result.http_target_met,
+                },
+            }
+            for result in results
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    print(f"Results written to {path}")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run(settings: BenchSettings, output: Path) -> None:
+    pack = load_rule_pack(default_cards_dir())
+    bodies = {fixture: (FIXTURE_DIR / fixture).read_bytes() for fixture, _ in FIXTURES}
+
+    in_process: dict[str, InProcessResult] = {}
+    for fixture, service_id in FIXTURES:
+        print(f"in-process: {fixture} ({service_id})", flush=True)
+        in_process[fixture] = bench_in_process(pack, bodies[fixture], service_id, settings)
+
+    http: dict[str, tuple[HttpSide, HttpSide]] = {}
+    wrk: str | None = None
+    if not settings.in_process_only:
+        wrk = ensure_wrk()
+        print(f"HTTP: {wrk_version(wrk)}", flush=True)
+        with (
+            tempfile.TemporaryDirectory(prefix="cds-bench-") as tmp,
+            running_servers(Path(tmp), settings) as (echo, service),
+        ):
+            for fixture, service_id in FIXTURES:
+                print(f"  {fixture} ({service_id})", flush=True)
+                http[fixture] = bench_http(
+                    wrk, echo, service, fixture, service_id, bodies[fixture], Path(tmp), settings
+                )
+
+    results = [
+        FixtureResult(
+            fixture=fixture,
+            service_id=service_id,
+            body_bytes=len(bodies[fixture]),
+            in_process=in_process[fixture],
+            echo=http[fixture][0] if fixture in http else None,
+            service=http[fixture][1] if fixture in http else None,
+        )
+        for fixture, service_id in FIXTURES
+    ]
+    print_report(results, settings)
+    write_results(output, results, settings, wrk)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings, output = parse_args(argv)
+    try:
+        run(settings, output)
+    except BenchError as exc:
+        print(f"bench: the run failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
