@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.errors import InvalidRequestError, UnsupportedMediaTypeError
 from cds_service.service import find_service, handle_hook_call, parse_feedback_request
@@ -15,6 +17,7 @@ from cds_service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__, url_prefix="/cds-services")
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 
 
 def _state() -> ServiceState:
@@ -26,6 +29,11 @@ def _json_response(body: Any, status: int = 200) -> Response:
     return Response(
         json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json"
     )
+
+
+def _loggable_id(value: Any) -> str:
+    """hookInstance as logged: a UUID-like token, or a placeholder for anything else."""
+    return value if isinstance(value, str) and _ID.match(value) else "(not an id)"
 
 
 def _reject_constant(name: str) -> Any:
@@ -62,12 +70,16 @@ def call_service(service_id: str) -> Response:
     find_service(state.pack, service_id)
     body = _json_body()
     result = handle_hook_call(state.pack, service_id, body)
-    state.store.record_issued_cards(service_id, result.issued)
+    try:
+        state.store.record_issued_cards(service_id, result.issued)
+    except SQLAlchemyError as exc:
+        # The cards are still right; only feedback on them will count as "unknown".
+        logger.warning("issued cards not recorded", extra={"error_type": type(exc).__name__})
     logger.info(
         "hook call answered",
         extra={
             "service": service_id,
-            "hook_instance": body.get("hookInstance") if isinstance(body, dict) else None,
+            "hook_instance": _loggable_id(body.get("hookInstance")),
             "cards": len(result.issued),
             "findings": sorted({code for _, code in result.issued}),
             "skipped_resources": result.skipped_resources,

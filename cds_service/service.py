@@ -9,9 +9,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cds_service.card_builder import FINDING_EXTENSION, build_cards
 from cds_service.errors import InvalidRequestError, PrefetchUnavailableError, UnknownServiceError
@@ -21,6 +21,8 @@ from cds_service.hooks import HOOKS, context_problems
 from cds_service.protocol import FeedbackRequest, HookRequest
 from cds_service.rule_pack import RulePack, ServiceDefinition
 from cds_service.rules import evaluate
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -77,20 +79,19 @@ def handle_hook_call(
 
 def parse_hook_request(body: Any) -> HookRequest:
     """The request model, or a 400 that names the invalid fields (never their values)."""
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    try:
-        return HookRequest.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidRequestError(describe_validation_error(exc)) from None
+    return _parse(HookRequest, body, "request")
 
 
 def parse_feedback_request(body: Any) -> FeedbackRequest:
     """The feedback model, or a 400 that names the invalid fields."""
+    return _parse(FeedbackRequest, body, "feedback")
+
+
+def _parse(model: type[ModelT], body: Any, what: str) -> ModelT:
     if not isinstance(body, dict):
-        raise InvalidRequestError("The feedback body must be a JSON object.")
+        raise InvalidRequestError(f"The {what} body must be a JSON object.")
     try:
-        return FeedbackRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise InvalidRequestError(describe_validation_error(exc)) from None
 

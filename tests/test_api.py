@@ -10,8 +10,9 @@ from typing import Any
 
 import jsonschema
 import pytest
+import sqlalchemy
 import yaml
-from conftest import EXPECTED, FIXTURE_NAMES, load_fixture
+from conftest import EXPECTED, FIXTURE_NAMES, load_fixture, without_uuids
 from fhir.resources.R4B.claim import Claim
 from flask import Flask
 from flask.testing import FlaskClient
@@ -302,6 +303,34 @@ def test_unexpected_error_is_500_without_details(
     assert any(getattr(r, "error_type", None) == "RuntimeError" for r in caplog.records)
 
 
+def test_cards_are_answered_when_recording_them_fails(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database fault while recording issued cards does not cost the clinician the cards."""
+    store = client.application.extensions["cds_20703"].store
+
+    def unavailable(*_args: Any) -> None:
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(store, "record_issued_cards", unavailable)
+    with caplog.at_level(logging.WARNING, logger="cds_service"):
+        response = post(client, STANDARD)
+    assert response.status_code == 200
+    assert finding_codes(response) == ["add-on-suggested"]
+    assert "issued cards not recorded" in caplog.text
+
+
+def test_odd_hook_instance_is_not_logged_verbatim(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only id-like hookInstance values reach the log."""
+    body = load_fixture(STANDARD)
+    body["hookInstance"] = "Jane Testpatient 1970-01-01"
+    with caplog.at_level(logging.INFO, logger="cds_service"):
+        assert post(client, body).status_code == 200
+    assert "Jane" not in caplog.text + str([vars(r) for r in caplog.records])
+
+
 # -- CORS ----------------------------------------------------------------------------------
 
 
@@ -410,12 +439,4 @@ def test_evaluation_matches_pure_service_call(app: Flask, pack: RulePack) -> Non
         pack, "cpt20703-encounter-discharge", copy.deepcopy(body), lambda: f"id-{next(counter)}"
     )
     over_http = post(app.test_client(), body, DISCHARGE).get_json()
-
-    def strip(document: Any) -> Any:
-        if isinstance(document, dict):
-            return {k: strip(v) for k, v in document.items() if k != "uuid"}
-        if isinstance(document, list):
-            return [strip(item) for item in document]
-        return document
-
-    assert strip(pure.response) == strip(over_http)
+    assert without_uuids(pure.response) == without_uuids(over_http)

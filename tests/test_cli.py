@@ -14,20 +14,12 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import EXPECTED, FIXTURES, ROOT, load_fixture
+from conftest import EXPECTED, FIXTURES, ROOT, load_fixture, without_uuids
 
 from cds_service.cli import main
 from cds_service.rule_pack import default_cards_dir
 
 STANDARD = FIXTURES / "encounter-discharge--tibia-nonunion-removal.json"
-
-
-def without_uuids(document: Any) -> Any:
-    if isinstance(document, dict):
-        return {key: without_uuids(value) for key, value in document.items() if key != "uuid"}
-    if isinstance(document, list):
-        return [without_uuids(item) for item in document]
-    return document
 
 
 def test_evaluate_prints_the_endpoint_response(
