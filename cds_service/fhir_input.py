@@ -1,7 +1,8 @@
 """Read the FHIR R4 resources a hook call carries, leniently.
 
 Resources come from ``context.draftOrders`` and from prefetch values (single resources or Bundles).
-Each resource type the rules read is parsed with the ``fhir.resources`` R4B models (R4B is the
+Only the resource types the rules read are parsed (validation is most of a hook call's cost); each
+is parsed with the ``fhir.resources`` R4B models (R4B is the
 closest to R4 4.0.1; the package's default is R5). Real clients are sloppy: fields unknown to R4
 are dropped and the resource parsed again, and a resource that still fails validation is skipped
 and logged by type and error kind only, never by value, so no patient data reaches the log.
@@ -17,10 +18,8 @@ from typing import Any
 
 from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.documentreference import DocumentReference
-from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import BaseModel, ValidationError
@@ -32,10 +31,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "ServiceRequest": ServiceRequest,
     "Claim": Claim,
     "Device": Device,
-    "Coverage": Coverage,
     "Condition": Condition,
     "DocumentReference": DocumentReference,
-    "Encounter": Encounter,
 }
 
 
@@ -56,10 +53,8 @@ class ResourceSet:
     draft_orders: list[ServiceRequest] = field(default_factory=list)
     claims: list[ClaimInput] = field(default_factory=list)
     devices: list[Device] = field(default_factory=list)
-    coverages: list[Coverage] = field(default_factory=list)
     conditions: list[Condition] = field(default_factory=list)
     documents: list[DocumentReference] = field(default_factory=list)
-    encounters: list[Encounter] = field(default_factory=list)
     skipped: int = 0
 
 
@@ -107,14 +102,10 @@ def _file(parsed: BaseModel, raw: dict[str, Any], result: ResourceSet) -> None:
         result.claims.append(ClaimInput(parsed, raw))
     elif isinstance(parsed, Device):
         result.devices.append(parsed)
-    elif isinstance(parsed, Coverage):
-        result.coverages.append(parsed)
     elif isinstance(parsed, Condition):
         result.conditions.append(parsed)
     elif isinstance(parsed, DocumentReference):
         result.documents.append(parsed)
-    elif isinstance(parsed, Encounter):
-        result.encounters.append(parsed)
 
 
 def _parse(resource: dict[str, Any], origin: str, result: ResourceSet) -> BaseModel | None:

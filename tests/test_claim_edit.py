@@ -69,9 +69,9 @@ def test_add_line_appends_one_linked_unit_and_leaves_the_rest() -> None:
 
 
 def test_add_line_refuses_to_produce_an_invalid_claim() -> None:
-    """If the starting Claim is not valid FHIR, no update is proposed."""
+    """If the new line would not be a valid Claim item, no update is proposed."""
     broken = copy.deepcopy(CLAIM)
-    del broken["patient"]
+    broken["item"][0]["servicedDate"] = "the first of March"
     assert add_add_on_line(broken, LINE, ADD_ON, frozenset({"RT"})) is None
 
 
