@@ -1,11 +1,12 @@
 """Whole-Claim updates proposed by suggestions (pure functions).
 
-CDS Hooks ``update`` actions carry the whole updated resource, not a diff. Each function starts from
-the Claim JSON exactly as the client sent it (which already validated as an R4 Claim), changes only
-what the suggestion says (new containers for what changes, shared JSON values for the rest: nothing
-here or downstream mutates a request value), and returns ``None`` when the changed item does not validate as an R4
-Claim item (the card then has no action). Validating the one item, not the whole Claim again, keeps
-the cost of a suggestion low; the tests validate every suggested Claim whole.
+CDS Hooks ``update`` actions carry the whole updated resource, not a diff. Each function starts
+from the Claim JSON exactly as the client sent it (it already validated as an R4 Claim) and
+changes only what the suggestion says: new containers for what changes, shared JSON values for the
+rest (nothing here or downstream mutates a request value). It returns ``None`` when the changed
+item does not validate as an R4 Claim item, and the card then has no action. Validating the one
+item rather than the whole Claim keeps a suggestion cheap; the tests validate every suggested
+Claim whole.
 """
 
 from __future__ import annotations
