@@ -59,7 +59,9 @@ def mutated_requests(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(mutated_requests())
-def test_mutated_requests_never_crash(client: FlaskClient, case: tuple[str, dict[str, Any]]) -> None:
+def test_mutated_requests_never_crash(
+    client: FlaskClient, case: tuple[str, dict[str, Any]]
+) -> None:
     """No 5xx; 200 answers obey the JSON rules; errors are OperationOutcomes."""
     service_id, body = case
     response = client.post(
