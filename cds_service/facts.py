@@ -77,7 +77,7 @@ def derive_facts(
     resources: ResourceSet, pack: RulePack, hook: str, encounter_id: str | None
 ) -> ClinicalFacts:
     """Build the facts of one hook call from its resources."""
-    reader = _Reader(resources, pack, encounter_id)
+    reader = FactReader(resources, pack, encounter_id)
     return reader.facts(hook)
 
 
@@ -119,7 +119,7 @@ def _concept_text(concepts: Iterable[CodeableConcept | None]) -> str:
     return " ".join(parts)
 
 
-class _Reader:
+class FactReader:
     """Derives facts; holds the per-call indexes so each is built once."""
 
     def __init__(self, resources: ResourceSet, pack: RulePack, encounter_id: str | None) -> None:

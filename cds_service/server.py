@@ -28,7 +28,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
 
 def serve(settings: Settings, host: str, port: int, workers: int, timeout: int) -> None:
     """Create the schema once, then start ``workers`` sync workers, each with its own app."""
-    create_schema(create_database_engine(settings.database_url))
+    engine = create_database_engine(settings.database_url)
+    create_schema(engine)
+    engine.dispose()  # workers open their own connections after the fork
     _Gunicorn(
         {
             "bind": f"{host}:{port}",
