@@ -5,6 +5,7 @@ WSGI entry point: ``cds_service:create_app()``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from flask_cors import CORS
 
 from cds_service.config import SETTING_NAMES, Settings
 from cds_service.errors import ConfigError
+from cds_service.fhir_fetch import FhirFetcher
 from cds_service.logs import configure_logging
 from cds_service.rule_pack import RulePackError, load_rule_pack
 from cds_service.state import ServiceState
@@ -25,6 +27,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Create the service. ``config`` overrides ``CDS_*`` settings (keys without the prefix)."""
     settings = Settings.load(overrides=config)
     configure_logging(settings.log_level)
+    if settings.fetch.refuse_all:
+        logging.getLogger(__name__).warning(
+            "CDS_FHIR_SERVER_ALLOWLIST is empty in production: no FHIR server will be called"
+        )
     try:
         pack = load_rule_pack(settings.cards_dir)
     except RulePackError as exc:
@@ -38,7 +44,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for key, value in (config or {}).items():
         if key.removeprefix("CDS_").upper() not in SETTING_NAMES:
             app.config[key] = value
-    app.extensions["cds_20703"] = ServiceState(settings, pack, Store(engine))
+    app.extensions["cds_20703"] = ServiceState(
+        settings, pack, Store(engine), FhirFetcher(settings.fetch)
+    )
 
     from cds_service import api, errors
 

@@ -69,7 +69,7 @@ def call_service(service_id: str) -> Response:
     started = time.perf_counter()
     find_service(state.pack, service_id)
     body = _json_body()
-    result = handle_hook_call(state.pack, service_id, body)
+    result = handle_hook_call(state.pack, service_id, body, fetcher=state.fetcher)
     try:
         state.store.record_issued_cards(service_id, result.issued)
     except SQLAlchemyError as exc:
@@ -83,6 +83,7 @@ def call_service(service_id: str) -> Response:
             "cards": len(result.issued),
             "findings": sorted({code for _, code in result.issued}),
             "skipped_resources": result.skipped_resources,
+            "fetch": result.fetch_stats.as_log() if result.fetch_stats else None,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
         },
     )

@@ -20,10 +20,25 @@ MISSING_DOCUMENTATION_EXTENSION = "cpt20703.missing-documentation"
 
 
 def build_cards(
-    findings: Sequence[Finding], pack: RulePack, new_uuid: Callable[[], str]
+    findings: Sequence[Finding],
+    pack: RulePack,
+    new_uuid: Callable[[], str],
+    caveats: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """The JSON of one card per finding, without empty or null elements."""
-    return [prune_empty(build_card(finding, pack, new_uuid)) for finding in findings]
+    """The JSON of one card per finding, without empty or null elements.
+
+    ``caveats`` name data that could not be checked; every card says so, since any finding may
+    have come out differently with that data.
+    """
+    return [prune_empty(build_card(finding, pack, new_uuid, caveats)) for finding in findings]
+
+
+def not_checked_section(caveats: Sequence[str]) -> str:
+    """A markdown list of the data this advice could not take into account."""
+    if not caveats:
+        return ""
+    lines = "\n".join(f"- {caveat}" for caveat in caveats)
+    return f"\n\n**Not checked** (this data could not be obtained):\n{lines}"
 
 
 def sources_section(pack: RulePack, keys: Sequence[str]) -> str:
@@ -36,7 +51,12 @@ def sources_section(pack: RulePack, keys: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def build_card(finding: Finding, pack: RulePack, new_uuid: Callable[[], str]) -> dict[str, Any]:
+def build_card(
+    finding: Finding,
+    pack: RulePack,
+    new_uuid: Callable[[], str],
+    caveats: Sequence[str] = (),
+) -> dict[str, Any]:
     """One card, validated against the CDS Hooks 2.0 card model."""
     template = pack.findings.findings[finding.code]
     topic = pack.findings.card_topic
@@ -64,6 +84,7 @@ def build_card(finding: Finding, pack: RulePack, new_uuid: Callable[[], str]) ->
         uuid=new_uuid(),
         summary=render_template(template.summary, finding.variables),
         detail=render_template(template.detail, finding.variables)
+        + not_checked_section(caveats)
         + "\n\n"
         + sources_section(pack, template.source.sources),
         indicator=template.indicator,

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from cds_service.errors import ConfigError
+from cds_service.fhir_fetch import FetchPolicy
 from cds_service.rule_pack import default_cards_dir
 
 PREFIX = "CDS_"
@@ -30,6 +31,13 @@ DEFAULTS: dict[str, str] = {
     "MAX_BODY_BYTES": str(5 * 1024 * 1024),
     "CORS_ORIGINS": "*",
     "LOG_LEVEL": "INFO",
+    "FHIR_SERVER_ALLOWLIST": "",
+    "FHIR_DEADLINE_SECONDS": "3",
+    "FHIR_CONNECT_TIMEOUT_SECONDS": "1",
+    "FHIR_READ_TIMEOUT_SECONDS": "2.5",
+    "FHIR_MAX_PAGES": "5",
+    "FHIR_MAX_RESPONSE_BYTES": str(10 * 1024 * 1024),
+    "FHIR_MAX_CONCURRENCY": "8",
 }
 SETTING_NAMES = frozenset(DEFAULTS)
 
@@ -45,6 +53,7 @@ class Settings:
     max_body_bytes: int
     cors_origins: tuple[str, ...]
     log_level: str
+    fetch: FetchPolicy
 
     @classmethod
     def load(
@@ -66,6 +75,7 @@ class Settings:
             max_body_bytes=_max_body_bytes(raw["MAX_BODY_BYTES"]),
             cors_origins=_cors_origins(raw["CORS_ORIGINS"]),
             log_level=_log_level(raw["LOG_LEVEL"]),
+            fetch=_fetch_policy(raw),
         )
 
 
@@ -135,3 +145,46 @@ def _log_level(value: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("CDS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR.")
     return level
+
+
+def _fetch_policy(raw: Mapping[str, str]) -> FetchPolicy:
+    production = raw["PROFILE"] == "production"
+    prefixes: list[str] = []
+    for prefix in (item.strip() for item in raw["FHIR_SERVER_ALLOWLIST"].split(",")):
+        if not prefix:
+            continue
+        parts = urlsplit(prefix)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ConfigError(
+                "CDS_FHIR_SERVER_ALLOWLIST must be a comma-separated list of FHIR base URLs."
+            )
+        if production and parts.scheme != "https":
+            raise ConfigError("CDS_FHIR_SERVER_ALLOWLIST may list only https URLs in production.")
+        prefixes.append(prefix.rstrip("/") + "/")
+    deadline = _number(raw, "FHIR_DEADLINE_SECONDS", 0.1, 60.0)
+    return FetchPolicy(
+        allowlist=tuple(prefixes),
+        https_only=production,
+        refuse_all=production and not prefixes,
+        connect_timeout=_number(raw, "FHIR_CONNECT_TIMEOUT_SECONDS", 0.05, 60.0),
+        read_timeout=_number(raw, "FHIR_READ_TIMEOUT_SECONDS", 0.05, 60.0),
+        deadline=deadline,
+        max_pages=int(_number(raw, "FHIR_MAX_PAGES", 1, 100, whole=True)),
+        max_response_bytes=int(
+            _number(raw, "FHIR_MAX_RESPONSE_BYTES", 1024, 1024 * 1024 * 1024, whole=True)
+        ),
+        max_concurrency=int(_number(raw, "FHIR_MAX_CONCURRENCY", 1, 64, whole=True)),
+    )
+
+
+def _number(
+    raw: Mapping[str, str], name: str, low: float, high: float, whole: bool = False
+) -> float:
+    try:
+        value = int(raw[name]) if whole else float(raw[name])
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"CDS_{name} must be {kind} from {low:g} to {high:g}.")
+    return float(value)

@@ -1,22 +1,26 @@
 """One hook call, from parsed JSON to response JSON, without Flask.
 
 The HTTP layer, the ``evaluate`` command and the benchmark all go through :func:`handle_hook_call`,
-so they answer identically. Nothing here does I/O: storing issued cards is the caller's business.
+so they answer identically. The only I/O is the optional ``fetcher`` (FHIR reads of data the
+client did not prefetch); without one the call is a pure function. Storing issued cards is the
+caller's business.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from cds_service.card_builder import FINDING_EXTENSION, build_cards
-from cds_service.errors import InvalidRequestError, PrefetchUnavailableError, UnknownServiceError
+from cds_service.errors import InvalidRequestError, UnknownServiceError
 from cds_service.facts import derive_facts
+from cds_service.fhir_fetch import FetchStats, FhirFetcher
 from cds_service.fhir_input import read_resources
+from cds_service.hook_data import REASONS, HookData, gather
 from cds_service.hooks import HOOKS, context_problems
 from cds_service.protocol import FeedbackRequest, HookRequest
 from cds_service.rule_pack import RulePack, ServiceDefinition
@@ -32,6 +36,7 @@ class HookResult:
     response: dict[str, Any]
     issued: list[tuple[str, str]]  # (card uuid, finding code)
     skipped_resources: int
+    fetch_stats: FetchStats | None = None
 
 
 def new_uuid() -> str:
@@ -54,8 +59,9 @@ def handle_hook_call(
     service_id: str,
     body: Any,
     uuid_factory: Callable[[], str] = new_uuid,
+    fetcher: FhirFetcher | None = None,
 ) -> HookResult:
-    """Validate a hook request and answer it with cards."""
+    """Validate a hook request, complete its data, and answer it with cards."""
     service = find_service(pack, service_id)
     request = parse_hook_request(body)
     if request.hook != service.hook:
@@ -66,15 +72,25 @@ def handle_hook_call(
     problems = context_problems(hook, request.context)
     if problems:
         raise InvalidRequestError("Invalid context: " + "; ".join(problems) + ".")
-    prefetch = usable_prefetch(service, request.prefetch or {})
-    resources = read_resources(prefetch, request.context.get("draftOrders"))
+    data = gather(service, request, fetcher)
+    resources = read_resources(data.values, request.context.get("draftOrders"))
     encounter_id = request.context.get("encounterId")
     facts = derive_facts(
         resources, pack, service.hook, encounter_id if isinstance(encounter_id, str) else None
     )
-    cards = build_cards(evaluate(facts, pack), pack, uuid_factory)
+    caveats = data_caveats(data)
+    cards = build_cards(evaluate(facts, pack), pack, uuid_factory, caveats)
     issued = [(card["uuid"], card["extension"][FINDING_EXTENSION]) for card in cards]
-    return HookResult({"cards": cards}, issued, resources.skipped)
+    return HookResult({"cards": cards}, issued, resources.skipped, data.fetch_stats)
+
+
+def data_caveats(data: HookData) -> list[str]:
+    """Sentences for the cards about data that could not be checked (names and reasons only)."""
+    caveats = [
+        f"`{name}`: {REASONS.get(kind, kind)}" for name, kind in sorted(data.not_checked.items())
+    ]
+    caveats += [f"`{key}`: only the first pages of the search were read" for key in data.truncated]
+    return caveats
 
 
 def parse_hook_request(body: Any) -> HookRequest:
@@ -103,29 +119,3 @@ def describe_validation_error(exc: ValidationError) -> str:
         location = ".".join(str(part) for part in error["loc"]) or "body"
         parts.append(f"{location}: {error['msg']}")
     return "Invalid request: " + "; ".join(parts) + "."
-
-
-def usable_prefetch(service: ServiceDefinition, prefetch: Mapping[str, Any]) -> dict[str, Any]:
-    """The declared prefetch values that carry data; 412 when a required key is unusable.
-
-    A key sent as ``null`` means "no data" and is fine. An absent key, a value that is not a JSON
-    object, or an OperationOutcome (a failed prefetch) means the data is missing; fetching it from
-    ``fhirServer`` is not implemented yet, so a required key missing is a 412.
-    """
-    usable: dict[str, Any] = {}
-    unavailable: list[str] = []
-    for key, entry in service.prefetch.items():
-        if key in prefetch and prefetch[key] is None:
-            continue
-        value = prefetch.get(key)
-        if isinstance(value, dict) and value.get("resourceType") not in (None, "OperationOutcome"):
-            usable[key] = value
-        elif entry.required:
-            unavailable.append(key)
-    if unavailable:
-        keys = ", ".join(f"'{key}' ({service.prefetch[key].template})" for key in unavailable)
-        raise PrefetchUnavailableError(
-            f"Required prefetch data is missing or failed: {keys}. This service does not yet "
-            "fetch missing prefetch data from fhirServer: send these prefetch keys."
-        )
-    return usable

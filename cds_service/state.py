@@ -1,10 +1,11 @@
-"""What one application instance holds: its settings, rule pack and store."""
+"""What one application instance holds: settings, rule pack, store and FHIR fetcher."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from cds_service.config import Settings
+from cds_service.fhir_fetch import FhirFetcher
 from cds_service.rule_pack import RulePack
 from cds_service.storage import Store
 
@@ -16,3 +17,4 @@ class ServiceState:
     settings: Settings
     pack: RulePack
     store: Store
+    fetcher: FhirFetcher

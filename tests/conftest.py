@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fhir_fixtures"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((FIXTURES / "expected.json").read_text())
 FIXTURE_NAMES = sorted(EXPECTED)
+NO_FHIR_SERVER = "http://127.0.0.1:9/no-fhir-server"
 POSTGRES_URL = os.environ.get(
     "CDS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -47,6 +48,8 @@ def _clean_cds_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CDS_") and name != "CDS_TEST_POSTGRES_URL":
             monkeypatch.delenv(name)
+    # Tests call no FHIR server but the ones they start on loopback: refuse all others.
+    monkeypatch.setenv("CDS_FHIR_SERVER_ALLOWLIST", NO_FHIR_SERVER)
 
 
 @pytest.fixture(scope="session")

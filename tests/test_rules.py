@@ -11,16 +11,16 @@ from fhir.resources.R4B.claim import Claim
 
 from cds_service.facts import ClinicalFacts, derive_facts
 from cds_service.fhir_input import read_resources
+from cds_service.hook_data import split_prefetch
 from cds_service.rule_pack import RulePack
 from cds_service.rules import Finding, evaluate, missing_documentation
-from cds_service.service import usable_prefetch
 
 ANSWERED = [name for name in FIXTURE_NAMES if EXPECTED[name]["status"] == 200]
 
 
 def facts_for(body: dict[str, Any], pack: RulePack) -> ClinicalFacts:
     service = next(svc for svc in pack.services if svc.hook == body["hook"])
-    prefetch = usable_prefetch(service, body.get("prefetch") or {})
+    prefetch, _missing = split_prefetch(service, body.get("prefetch") or {})
     resources = read_resources(prefetch, body["context"].get("draftOrders"))
     return derive_facts(resources, pack, body["hook"], body["context"].get("encounterId"))
 
