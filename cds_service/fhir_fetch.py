@@ -53,7 +53,6 @@ class FetchStats:
     keys_fetched: int = 0
     references_requested: int = 0
     references_fetched: int = 0
-    requests_sent: int = 0
     rounds: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     elapsed_ms: float = 0.0
@@ -65,7 +64,6 @@ class FetchStats:
             "keys_fetched": self.keys_fetched,
             "references_requested": self.references_requested,
             "references_fetched": self.references_fetched,
-            "requests_sent": self.requests_sent,
             "rounds": self.rounds,
             "failures": dict(sorted(self.failures.items())),
             "elapsed_ms": round(self.elapsed_ms, 1),

@@ -1,0 +1,288 @@
+"""The FHIR fetcher against a misbehaving loopback server: every fault is a kind, never a hang."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import load_fixture
+from fault_server import FaultServer, fault_server
+from flask.testing import FlaskClient
+
+from cds_service.fhir_fetch import (
+    FetchPolicy,
+    FetchStats,
+    FhirFetcher,
+    references_to_resolve,
+    render_template,
+)
+
+POLICY = FetchPolicy(connect_timeout=0.5, read_timeout=0.5, deadline=2.0, max_response_bytes=50_000)
+DISCHARGE = "/cds-services/cpt20703-encounter-discharge"
+STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FaultServer]:
+    with fault_server() as running:
+        yield running
+
+
+@pytest.fixture
+def fetcher() -> Iterator[FhirFetcher]:
+    instance = FhirFetcher(POLICY)
+    yield instance
+    instance.close()
+
+
+def fetch_one(fetcher: FhirFetcher, base: str, query: str, token: str | None = None) -> Any:
+    stats = FetchStats()
+    deadline = time.monotonic() + fetcher.policy.deadline
+    return fetcher.fetch_round(base, token, {"key": query}, deadline, stats)["key"], stats
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind"),
+    [
+        ("status-401", "http-401"),
+        ("status-403", "http-403"),
+        ("status-404", "http-404"),
+        ("status-429", "http-4xx"),
+        ("status-500", "http-5xx"),
+        ("status-503", "http-5xx"),
+        ("garbage", "not-json"),
+        ("html", "not-json"),
+        ("outcome", "operation-outcome"),
+        ("wrong-type", "not-fhir"),
+        ("array", "not-fhir"),
+        ("huge", "too-large"),
+        ("redirect", "redirect"),
+        ("reset", "connection"),
+        ("delay-1500", "timeout"),
+    ],
+)
+def test_fault_becomes_a_failure_kind(
+    server: FaultServer, fetcher: FhirFetcher, scenario: str, kind: str
+) -> None:
+    """Each fault yields its failure kind, counted in the statistics."""
+    fetched, stats = fetch_one(fetcher, f"{server.url}/{scenario}/fhir", "Procedure?patient=p")
+    assert fetched.value is None
+    assert fetched.failure == kind
+    assert stats.failures == {kind: 1}
+
+
+def test_unreachable_server_is_a_connection_failure(fetcher: FhirFetcher) -> None:
+    """Nothing listening on the port: connection failure, quickly."""
+    fetched, _ = fetch_one(fetcher, "http://127.0.0.1:9/fhir", "Procedure?patient=p")
+    assert fetched.failure == "connection"
+
+
+def test_endless_body_stops_at_the_deadline(server: FaultServer) -> None:
+    """A body that drips forever is abandoned by the deadline, not waited on."""
+    fetcher = FhirFetcher(FetchPolicy(read_timeout=5, deadline=1.0))
+    started = time.monotonic()
+    fetched, _ = fetch_one(fetcher, f"{server.url}/drip/fhir", "Procedure?patient=p")
+    elapsed = time.monotonic() - started
+    fetcher.close()
+    assert fetched.failure == "deadline"
+    assert elapsed < 1.5
+
+
+def test_read_of_one_resource(server: FaultServer, fetcher: FhirFetcher) -> None:
+    """A read expects the named resource type; a Bundle answer to a read is not FHIR we asked for."""
+    fetched, _ = fetch_one(fetcher, f"{server.url}/ok/fhir", "Encounter/e1")
+    assert fetched.failure == "not-fhir"
+
+
+def test_pages_are_followed_up_to_the_cap(server: FaultServer) -> None:
+    """next links below the base are followed until max_pages, then marked truncated."""
+    fetcher = FhirFetcher(FetchPolicy(max_pages=3))
+    fetched, stats = fetch_one(fetcher, f"{server.url}/pages/fhir", "Procedure?patient=p")
+    fetcher.close()
+    ids = [entry["resource"]["id"] for entry in fetched.value["entry"]]
+    assert ids == ["page-1", "page-2", "page-3"]
+    assert fetched.truncated is True
+    assert "link" not in fetched.value
+    assert stats.failures == {}
+
+
+def test_next_link_to_another_host_is_not_followed(
+    server: FaultServer, fetcher: FhirFetcher
+) -> None:
+    """A next link outside the FHIR base is never called."""
+    before = len(server.received)
+    fetched, _ = fetch_one(fetcher, f"{server.url}/foreign-next/fhir", "Procedure?patient=p")
+    assert fetched.truncated is True
+    assert len(server.received) == before + 1
+
+
+def test_bearer_token_is_sent_only_when_given(server: FaultServer, fetcher: FhirFetcher) -> None:
+    """Authorization: Bearer <token> with a token, no Authorization header without one."""
+    server.received.clear()
+    fetch_one(fetcher, f"{server.url}/ok/fhir", "Device?patient=p", token="tok-123")
+    fetch_one(fetcher, f"{server.url}/ok/fhir", "Device?patient=p")
+    assert [auth for _, auth in server.received] == ["Bearer tok-123", None]
+
+
+def test_round_runs_concurrently(server: FaultServer, fetcher: FhirFetcher) -> None:
+    """Four queries delayed 300 ms each take about one delay, not four."""
+    delay = 0.3
+    queries = {f"k{i}": f"Procedure?patient=p{i}" for i in range(4)}
+    stats = FetchStats()
+    started = time.monotonic()
+    results = fetcher.fetch_round(
+        f"{server.url}/delay-300/fhir", None, queries, started + 2.0, stats
+    )
+    elapsed = time.monotonic() - started
+    assert all(result.value is not None for result in results.values())
+    assert elapsed < 1.5 * delay  # sequential fetching would take about 4 * delay
+
+
+@pytest.mark.parametrize(
+    ("policy", "base", "refusal"),
+    [
+        (FetchPolicy(), "http://anything.example/fhir", None),
+        (FetchPolicy(https_only=True), "http://ehr.example.org/fhir", "not-allowed"),
+        (FetchPolicy(allowlist=("https://ehr.example.org/fhir/",)), "https://ehr.example.org/fhir", None),
+        (FetchPolicy(allowlist=("https://ehr.example.org/fhir/",)), "https://ehr.example.org/fhir/", None),
+        (FetchPolicy(allowlist=("https://ehr.example.org/fhir/",)), "https://ehr.example.org/fhirx", "not-allowed"),
+        (FetchPolicy(allowlist=("https://ehr.example.org/fhir/",)), "https://evil.example/fhir", "not-allowed"),
+        (FetchPolicy(refuse_all=True), "https://ehr.example.org/fhir", "not-allowed"),
+        (FetchPolicy(), "ftp://ehr.example.org/fhir", "invalid-fhir-server"),
+        (FetchPolicy(), "https://ehr.example.org/fhir?x=1", "invalid-fhir-server"),
+    ],
+)  # fmt: skip
+def test_outbound_allowlist(policy: FetchPolicy, base: str, refusal: str | None) -> None:
+    """Only allowed FHIR base URLs are called (prefix match on whole path segments)."""
+    assert FhirFetcher(policy).refusal(base) == refusal
+
+
+def test_template_rendering() -> None:
+    """Context and user tokens are substituted and percent-encoded; a missing one gives None."""
+    context = {"patientId": "p 1&x=y", "encounterId": "e1", "userId": "Practitioner/dr-7"}
+    assert (
+        render_template(
+            "Procedure?patient={{context.patientId}}&x={{ context.encounterId }}", context
+        )
+        == "Procedure?patient=p%201%26x%3Dy&x=e1"
+    )
+    assert render_template("Practitioner/{{userPractitionerId}}", context) == "Practitioner/dr-7"
+    assert render_template("PractitionerRole/{{userPractitionerRoleId}}", context) is None
+    assert render_template("Encounter/{{context.missing}}", context) is None
+
+
+def test_references_to_resolve() -> None:
+    """Devices, operative notes, coverages and payers are followed; absolute URLs never are."""
+    resources = [
+        {
+            "resourceType": "Procedure",
+            "focalDevice": [{"manipulated": {"reference": "Device/d1"}}, {"manipulated": {}}],
+            "report": [{"reference": "DocumentReference/n1"}, {"reference": "DiagnosticReport/x"}],
+        },
+        {"resourceType": "Claim", "insurance": [{"coverage": {"reference": "Coverage/c1"}}]},
+        {
+            "resourceType": "Coverage",
+            "payor": [
+                {"reference": "Organization/o1"},
+                {"reference": "http://evil/Organization/o2"},
+            ],
+        },
+    ]
+    assert references_to_resolve(resources) == {
+        "Device/d1",
+        "DocumentReference/n1",
+        "Coverage/c1",
+        "Organization/o1",
+    }
+
+
+# -- through the service -------------------------------------------------------------------
+
+
+@pytest.fixture
+def fault_client(make_app: Any, sqlite_url: str, server: FaultServer) -> FlaskClient:
+    app = make_app(
+        {
+            "DATABASE_URL": sqlite_url,
+            "FHIR_SERVER_ALLOWLIST": server.url,
+            "FHIR_DEADLINE_SECONDS": "1.5",
+            "FHIR_READ_TIMEOUT_SECONDS": "0.5",
+        }
+    )
+    return app.test_client()
+
+
+def call(client: FlaskClient, body: dict[str, Any]) -> Any:
+    return client.post(DISCHARGE, data=json.dumps(body), content_type="application/json")
+
+
+@pytest.mark.parametrize("scenario", ["status-503", "garbage", "drip", "delay-3000", "redirect"])
+def test_required_key_unobtainable_is_412_within_the_deadline(
+    fault_client: FlaskClient, server: FaultServer, scenario: str
+) -> None:
+    """Required data that cannot be fetched is a 412 naming it, in bounded time, without the token."""
+    body = load_fixture(STANDARD)
+    del body["prefetch"]["procedures"]
+    body["fhirServer"] = f"{server.url}/{scenario}/fhir"
+    body["fhirAuthorization"] = {"access_token": "secret-tok", "token_type": "Bearer"}
+    started = time.monotonic()
+    response = call(fault_client, body)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 412
+    diagnostics = response.get_json()["issue"][0]["diagnostics"]
+    assert "'procedures'" in diagnostics
+    assert "secret-tok" not in diagnostics
+    assert body["context"]["patientId"] not in diagnostics
+    assert elapsed < 1.5 + 1.0
+
+
+def test_optional_key_unobtainable_gives_cards_that_say_so(
+    fault_client: FlaskClient, server: FaultServer
+) -> None:
+    """Optional data that cannot be fetched: the cards still come, and say what was not checked."""
+    body = load_fixture(STANDARD)
+    del body["prefetch"]["conditions"]
+    body["fhirServer"] = f"{server.url}/status-500/fhir"
+    response = call(fault_client, body)
+    assert response.status_code == 200
+    (card,) = response.get_json()["cards"]
+    assert "**Not checked**" in card["detail"]
+    assert "`conditions`: the FHIR server failed (5xx)" in card["detail"]
+
+
+def test_null_keys_are_not_fetched(fault_client: FlaskClient, server: FaultServer) -> None:
+    """A key sent as null means no data: no search is run for it (references may still be read)."""
+    body = load_fixture(STANDARD)
+    for key in body["prefetch"]:
+        if key != "procedures":
+            body["prefetch"][key] = None
+    body["fhirServer"] = f"{server.url}/ok/fhir"
+    server.received.clear()
+    assert call(fault_client, body).status_code == 200
+    assert [path for path, _ in server.received if "?" in path] == []
+    assert [path.split("/")[3] for path, _ in server.received] == ["Device"]
+
+
+def test_production_refuses_plain_http_fhir_servers(
+    make_app: Any, sqlite_url: str, server: FaultServer
+) -> None:
+    """In production only https servers on the allowlist are called."""
+    app = make_app(
+        {
+            "DATABASE_URL": sqlite_url,
+            "PROFILE": "production",
+            "PUBLIC_BASE_URL": "https://cds.example.org",
+            "FHIR_SERVER_ALLOWLIST": "https://ehr.example.org/fhir",
+        }
+    )
+    body = load_fixture(STANDARD)
+    del body["prefetch"]["procedures"]
+    body["fhirServer"] = f"{server.url}/ok/fhir"
+    server.received.clear()
+    response = call(app.test_client(), body)
+    assert response.status_code == 412
+    assert "not an allowed FHIR server" in response.get_json()["issue"][0]["diagnostics"]
+    assert server.received == []
