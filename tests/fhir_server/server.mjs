@@ -253,15 +253,18 @@ async function handleFhir(router, repo, method, url, body, baseUrl) {
     if (problem) {
       return [400, outcome('error', 'not-supported', problem)];
     }
-    rewriteReferences(params);
+    const rewritten = new URLSearchParams(params); // the paging links keep the client's form
+    rewriteReferences(rewritten);
     if (method === 'POST') {
       // For POST <type>/_search, FhirRouter reads the search parameters from `body`, as an object.
       request.url = path;
-      request.body = Object.fromEntries(
-        [...new Set(params.keys())].map((k) => [k, params.getAll(k).length > 1 ? params.getAll(k) : params.get(k)])
-      );
+      request.body = {};
+      for (const key of new Set(rewritten.keys())) {
+        const all = rewritten.getAll(key);
+        request.body[key] = all.length > 1 ? all : all[0];
+      }
     } else {
-      const query = params.toString();
+      const query = rewritten.toString();
       request.url = query ? `${path}?${query}` : path;
     }
   }
@@ -310,7 +313,9 @@ function send(res, status, body, contentType = FHIR_JSON) {
 }
 
 async function main() {
-  const { values } = parseArgs({
+  // `--seed a.json --seed b.json` and `--seed a.json b.json` both work.
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
     options: {
       port: { type: 'string', default: '0' },
       seed: { type: 'string', multiple: true, default: [] },
@@ -326,8 +331,9 @@ async function main() {
 
   const repo = new MemoryRepository();
   const router = new FhirRouter();
-  const seeded = await seed(repo, values.seed);
-  log(`seeded ${seeded.count} resources from ${values.seed.length} files, ${seeded.skipped.length} skipped`);
+  const seedFiles = [...values.seed, ...positionals];
+  const seeded = await seed(repo, seedFiles);
+  log(`seeded ${seeded.count} resources from ${seedFiles.length} files, ${seeded.skipped.length} skipped`);
 
   const state = { delayMs: 0, requests: [] };
   const server = http.createServer(async (req, res) => {
