@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 
+FHIR_SERVER_DEPS := tests/fhir_server/node_modules/.package-lock.json
+
 .PHONY: run test lint bench check-cards clean
 
 $(BIN)/python:
@@ -30,16 +32,20 @@ lint: $(TEST_STAMP)
 	$(BIN)/mypy
 	$(BIN)/cds-service check-cards
 
+# The Medplum FHIR server the integration tests start (skipped with a reason where Node is absent).
+$(FHIR_SERVER_DEPS): tests/fhir_server/package-lock.json
+	if command -v npm >/dev/null; then cd tests/fhir_server && npm ci --no-audit --no-fund --loglevel=error; fi
+
 ## test: the whole suite, after lint
-test: lint
+test: lint $(FHIR_SERVER_DEPS)
 	$(BIN)/pytest
 
 ## bench: in-process and HTTP benchmark (not a test; installs wrk when missing)
-bench: $(TEST_STAMP)
+bench: $(TEST_STAMP) $(FHIR_SERVER_DEPS)
 	$(BIN)/python bench/bench.py
 
 check-cards: $(RUNTIME_STAMP)
 	$(BIN)/cds-service check-cards
 
 clean:
-	rm -rf $(VENV) var dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var dist build .pytest_cache .mypy_cache .ruff_cache tests/fhir_server/node_modules

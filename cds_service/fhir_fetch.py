@@ -77,6 +77,7 @@ class Fetched:
     value: dict[str, Any] | None = None
     failure: str | None = None
     truncated: bool = False  # a searchset had more pages than the cap allowed
+    absent: bool = False  # a read answered 404: the resource does not exist (no data)
 
 
 class _Failure(Exception):
@@ -138,6 +139,8 @@ class FhirFetcher:
         for result in results.values():
             if result.failure:
                 stats.failures[result.failure] += 1
+            elif result.absent:
+                stats.failures["not-found"] += 1
         return results
 
     def close(self) -> None:
@@ -161,7 +164,12 @@ class FhirFetcher:
             if absolute and not _below(query, base):
                 raise _Failure("foreign-link")
             url = query if absolute else f"{base}/{query.lstrip('/')}"
-            document = self._get_json(url, token, deadline)
+            try:
+                document = self._get_json(url, token, deadline)
+            except _Failure as failure:
+                if failure.kind == "http-404" and not expect_bundle:
+                    return Fetched(absent=True)
+                raise
             if not expect_bundle:
                 return Fetched(_checked_resource(document, query.split("/")[0]))
             return self._collect_pages(base, document, token, deadline)

@@ -124,6 +124,8 @@ def gather(
                     truncated.append(key)
             elif key in continued:
                 truncated.append(key)
+            elif fetched.absent:
+                continue  # a read of a resource that does not exist: no data, like null
             else:
                 not_checked[key] = fetched.failure or "request-error"
         resolved = _resolve_references(fetcher, server, token, values, deadline, stats)
@@ -183,7 +185,8 @@ def _resolve_references(
             found[reference] = fetched.value
         else:
             # Named by type only: a resource id can be an identifier worth keeping out of cards.
-            failed.setdefault(f"referenced {reference.split('/')[0]}", fetched.failure or "")
+            kind = "http-404" if fetched.absent else fetched.failure or "request-error"
+            failed.setdefault(f"referenced {reference.split('/')[0]}", kind)
     stats.references_fetched = len(found)
     return HookData(found, failed)
 

@@ -91,6 +91,15 @@ def test_endless_body_stops_at_the_deadline(server: FaultServer) -> None:
     assert elapsed < 1.5
 
 
+def test_read_of_a_missing_resource_is_no_data(server: FaultServer, fetcher: FhirFetcher) -> None:
+    """A read answered 404 means the resource does not exist: no data, not a failure."""
+    fetched, stats = fetch_one(fetcher, f"{server.url}/status-404/fhir", "Encounter/e1")
+    assert fetched.value is None
+    assert fetched.failure is None
+    assert fetched.absent is True
+    assert stats.failures == {"not-found": 1}
+
+
 def test_read_of_one_resource(server: FaultServer, fetcher: FhirFetcher) -> None:
     """A read expects the named resource type; a Bundle answer to a read is not FHIR we asked for."""
     fetched, _ = fetch_one(fetcher, f"{server.url}/ok/fhir", "Encounter/e1")

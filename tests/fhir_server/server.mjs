@@ -30,9 +30,9 @@ const BASE_PATH = '/fhir';
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 const MAX_BODY_BYTES = 1024 * 1024;
 
-// Search parameters given as a bare id that must become a full reference (see rewriteReferences).
-const BARE_REFERENCE_TYPES = { patient: 'Patient', subject: 'Patient', encounter: 'Encounter' };
-// Search-result parameters the memory repository honours; _include, _revinclude, _has and chained
+// Search-result parameters accepted. The memory repository honours _count, _offset, _sort and
+// _summary=count; it ignores _elements and _summary=true (full resources come back, which FHIR
+// allows) and _total (the total is always exact). _include, _revinclude, _has and chained
 // parameters are silently ignored or never match there, so they are refused (400) instead.
 const RESULT_PARAMETERS = new Set([
   '_count', '_offset', '_sort', '_total', '_summary', '_elements', '_format', '_pretty',
@@ -134,18 +134,28 @@ async function seed(repo, files) {
 
 /**
  * Medplum quirk: MemoryRepository matches a reference search only against full references, so a
- * bare id as real servers accept it (`patient=123`) matches nothing. Rewrite it to `Patient/123`.
+ * bare id as real servers accept it (`patient=123`) matches nothing. Rewrite a bare id to the
+ * full reference of every type the parameter can point to, as OR values: `patient=Patient/123`,
+ * `encounter=Encounter/123`, `subject=Group/123,Patient/123` (a real server matches a bare id of
+ * any target type). A type modifier narrows it: `subject:Patient=123` -> `subject=Patient/123`.
  */
-function rewriteReferences(params) {
-  for (const [name, type] of Object.entries(BARE_REFERENCE_TYPES)) {
-    const values = params.getAll(name);
-    if (values.length === 0) {
+function rewriteReferences(resourceType, params) {
+  const searchParams = globalSchema.types[resourceType]?.searchParams ?? {};
+  for (const key of [...new Set(params.keys())]) {
+    const [code, modifier] = key.split(':');
+    const param = searchParams[code];
+    if (param?.type !== 'reference' || (modifier && !isResourceType(modifier))) {
+      continue; // not a reference, or a modifier like :missing / :identifier
+    }
+    const targets = modifier ? [modifier] : (param.target ?? []);
+    if (targets.length === 0 || targets.includes('Resource')) {
       continue;
     }
-    params.delete(name);
+    const values = params.getAll(key);
+    params.delete(key);
     for (const value of values) {
-      const parts = value.split(',').map((v) => (v && !v.includes('/') ? `${type}/${v}` : v));
-      params.append(name, parts.join(','));
+      const full = (v) => (v && !v.includes('/') ? targets.map((t) => `${t}/${v}`).join(',') : v);
+      params.append(code, value.split(',').map(full).join(','));
     }
   }
 }
@@ -254,7 +264,7 @@ async function handleFhir(router, repo, method, url, body, baseUrl) {
       return [400, outcome('error', 'not-supported', problem)];
     }
     const rewritten = new URLSearchParams(params); // the paging links keep the client's form
-    rewriteReferences(rewritten);
+    rewriteReferences(resourceType, rewritten);
     if (method === 'POST') {
       // For POST <type>/_search, FhirRouter reads the search parameters from `body`, as an object.
       request.url = path;
@@ -343,7 +353,8 @@ async function main() {
       const body = await readBody(req);
 
       if (url.pathname === '/__health' && method === 'GET') {
-        return send(res, 200, { status: 'ok', resources: seeded.count, skipped: seeded.skipped }, 'application/json');
+        const health = { status: 'ok', resources: seeded.count, skipped: seeded.skipped };
+        return send(res, 200, health, 'application/json');
       }
       if (url.pathname === '/__requests' && method === 'GET') {
         return send(res, 200, state.requests, 'application/json');
