@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -259,6 +260,9 @@ def next_link(bundle: Mapping[str, Any]) -> str | None:
 def _pooled_session(pool_size: int) -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # no proxy or .netrc credentials picked up from the environment
+    # The session serves every hook call of the process: a cookie set during one patient's call
+    # must never ride along on another's, so cookies are refused outright.
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

@@ -34,6 +34,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.record(self.path, self.headers.get("Authorization"))
+        self.server.cookies.append(self.headers.get("Cookie"))
         scenario = self.path.strip("/").split("/")[0]
         base = f"http://127.0.0.1:{self.server.server_port}/{scenario}/fhir"
         if scenario.startswith("status-"):
@@ -43,6 +44,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, EMPTY_BUNDLE)
         elif scenario == "ok":
             self._send(200, EMPTY_BUNDLE)
+        elif scenario == "cookie":
+            self.send_response(200)
+            self.send_header("Set-Cookie", "session=abc; Path=/")
+            data = json.dumps(EMPTY_BUNDLE).encode()
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif scenario == "garbage":
             self._raw(200, b"{this is not json", "application/fhir+json")
         elif scenario == "html":
@@ -111,6 +120,7 @@ class FaultServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.received: list[tuple[str, str | None]] = []
+        self.cookies: list[str | None] = []
         self.stopping = threading.Event()
         self._lock = threading.Lock()
 

@@ -136,6 +136,14 @@ def test_bearer_token_is_sent_only_when_given(server: FaultServer, fetcher: Fhir
     assert [auth for _, auth in server.received] == ["Bearer tok-123", None]
 
 
+def test_cookies_are_never_sent_back(server: FaultServer, fetcher: FhirFetcher) -> None:
+    """A cookie set by the FHIR server during one call never rides along on the next."""
+    fetch_one(fetcher, f"{server.url}/cookie/fhir", "Device?patient=p1")
+    server.cookies.clear()
+    fetch_one(fetcher, f"{server.url}/cookie/fhir", "Device?patient=p2")
+    assert server.cookies == [None]
+
+
 def test_round_runs_concurrently(server: FaultServer, fetcher: FhirFetcher) -> None:
     """Four queries delayed 300 ms each take about one delay, not four."""
     delay = 0.3
