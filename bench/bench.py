@@ -5,7 +5,14 @@ For each standard fixture it measures
 1. in-process evaluation: ``json.loads`` + ``handle_hook_call`` + ``json.dumps``, no HTTP;
 2. HTTP: ``cds-service serve --workers 2`` next to a bare Flask echo app (``bench/echo_app.py``)
    under the same gunicorn settings, both loaded by wrk with the same request body, interleaved
-   round by round so that both see the same machine conditions.
+   round by round so that both see the same machine conditions;
+3. FHIR fetch: the same service loaded with the fixture (prefetched) and with the fixture without
+   its ``prefetch`` (the service fetches every key from a local Medplum FHIR server, the one of
+   ``tests/medplum.py``), interleaved the same way; then the latency of the no-prefetch call with
+   100 ms injected into every FHIR answer, and the number of fetch rounds it takes.
+
+The service may call only that local FHIR server (``CDS_FHIR_SERVER_ALLOWLIST``), or none at all
+when Node.js is missing (the fetch section is then skipped, with the reason).
 
 It prints a table, writes the figures to ``bench/results/latest.json`` and exits 0 even when a
 target is missed. It exits 1 only when the run itself failed (a server did not start, wrk is
@@ -29,14 +36,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
+from cds_service.card_builder import FINDING_EXTENSION
+from cds_service.fhir_fetch import FetchPolicy, FhirFetcher
 from cds_service.rule_pack import RulePack, default_cards_dir, load_rule_pack
 from cds_service.service import handle_hook_call
 
@@ -54,6 +63,16 @@ FIXTURES: tuple[tuple[str, str], ...] = (
 
 TARGET_IN_PROCESS_P50_MS = 2.0
 TARGET_HTTP_RATIO = 0.5
+# The FHIR fetch section (product issue 3): no-prefetch req/s >= 0.5 x prefetched req/s; with
+# FHIR_DELAY_MS added to every FHIR answer, p50 <= 250 ms for the discharge fixture (two rounds).
+TARGET_FETCH_RATIO = 0.5
+TARGET_DELAYED_P50_MS = 250.0
+TARGET_MAX_ROUNDS = 2
+FHIR_DELAY_MS = 100
+LATENCY_FIXTURE = FIXTURES[0]
+# The allowlist when there is no local FHIR server: a loopback address nothing listens on, so the
+# service never calls any FHIR server (the fixtures' own fhirServer is refused).
+NO_FHIR_SERVER = "http://127.0.0.1:9/none"
 
 # The settings cds_service/server.py gives gunicorn, repeated for the echo app.
 WORKERS = 2
@@ -94,6 +113,10 @@ class BenchSettings:
     rounds: int
     quick: bool
     in_process_only: bool
+    latency_requests: int = 30
+    latency_warmup: int = 3
+    fetch_stats_calls: int = 5
+    fhir_delay_ms: int = FHIR_DELAY_MS
     workers: int = WORKERS
     worker_class: str = WORKER_CLASS
     timeout_s: int = TIMEOUT_S
@@ -116,7 +139,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path]:
         "--warmup", type=int, default=200, help="untimed in-process iterations first (200)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 3 s wrk runs, 1000 iterations"
+        "--latency-requests",
+        type=int,
+        default=30,
+        help=f"sequential no-prefetch requests with {FHIR_DELAY_MS} ms per FHIR answer (30)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 3 s wrk runs, 1000 iterations, 10 delayed requests",
     )
     parser.add_argument(
         "--in-process-only", action="store_true", help="skip the HTTP part (no wrk needed)"
@@ -127,12 +158,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path]:
     args = parser.parse_args(argv)
     duration = 3 if args.quick else args.duration
     iterations = min(args.iterations, 1000) if args.quick else args.iterations
+    latency_requests = min(args.latency_requests, 10) if args.quick else args.latency_requests
     for name, value in (
         ("--duration", duration),
         ("--connections", args.connections),
         ("--threads", args.threads),
         ("--rounds", args.rounds),
         ("--iterations", iterations),
+        ("--latency-requests", latency_requests),
     ):
         if value < 1:
             parser.error(f"{name} must be at least 1")
@@ -148,6 +181,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path]:
         rounds=args.rounds,
         quick=args.quick,
         in_process_only=args.in_process_only,
+        latency_requests=latency_requests,
+        fetch_stats_calls=3 if args.quick else 5,
     )
     return settings, args.output
 
@@ -409,8 +444,13 @@ def wait_until_answering(server: Server, service_id: str, body: bytes) -> reques
 
 
 @contextlib.contextmanager
-def running_servers(workdir: Path, settings: BenchSettings) -> Iterator[tuple[Server, Server]]:
-    """The echo app and the service, both under gunicorn with the same settings."""
+def running_servers(
+    workdir: Path, settings: BenchSettings, fhir_allowlist: str
+) -> Iterator[tuple[Server, Server]]:
+    """The echo app and the service, both under gunicorn with the same settings.
+
+    The service may fetch only from ``fhir_allowlist`` (the local FHIR server, or nothing).
+    """
     servers: list[Server] = []
     try:
         echo_port = free_port()
@@ -449,6 +489,7 @@ def running_servers(workdir: Path, settings: BenchSettings) -> Iterator[tuple[Se
         service_env = os.environ | {
             "CDS_DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
             "CDS_LOG_LEVEL": settings.service_log_level,
+            "CDS_FHIR_SERVER_ALLOWLIST": fhir_allowlist,
         }
         servers.append(start_server("service", service_command, service_env, workdir, service_port))
         yield servers[0], servers[1]
@@ -523,21 +564,367 @@ def bench_http(
 ) -> tuple[HttpSide, HttpSide]:
     """Warm both servers up, then ``settings.rounds`` rounds of (echo, service)."""
     check_answers(echo, service, service_id, body, fixture)
-    body_file = workdir / fixture
-    body_file.write_bytes(body)
-    script = workdir / f"{fixture}.lua"
-    script.write_text(WRK_SCRIPT.format(path=json.dumps(str(body_file))), encoding="utf-8")
-    for server in (echo, service):  # untimed: lazy imports, first connections, caches
-        measured(
-            run_wrk(wrk, server.url(service_id), script, settings.warmup_duration_s, settings),
-            f"{server.name} (warm-up)",
-        )
-    runs: dict[str, list[WrkRun]] = {"echo": [], "service": []}
-    for round_number in range(1, settings.rounds + 1):
-        for server in (echo, service):
-            run = run_wrk(wrk, server.url(service_id), script, settings.duration_s, settings)
-            runs[server.name].append(measured(run, f"{server.name} #{round_number}"))
+    script = wrk_script(workdir, fixture, body)
+    runs = interleaved(
+        wrk,
+        {server.name: (server.url(service_id), script) for server in (echo, service)},
+        settings,
+    )
     return summarise(runs["echo"]), summarise(runs["service"])
+
+
+def wrk_script(workdir: Path, name: str, body: bytes) -> Path:
+    """A wrk Lua script that POSTs ``body`` (written next to it as ``name``)."""
+    body_file = workdir / name
+    body_file.write_bytes(body)
+    script = workdir / f"{name}.lua"
+    script.write_text(WRK_SCRIPT.format(path=json.dumps(str(body_file))), encoding="utf-8")
+    return script
+
+
+def interleaved(
+    wrk: str,
+    targets: dict[str, tuple[str, Path]],
+    settings: BenchSettings,
+    between_runs: Callable[[], None] | None = None,
+) -> dict[str, list[WrkRun]]:
+    """A warm-up run per target (label -> (url, script)), then rounds of one run per target."""
+    for label, (url, script) in targets.items():  # untimed: lazy imports, connections, caches
+        measured(
+            run_wrk(wrk, url, script, settings.warmup_duration_s, settings), f"{label} (warm-up)"
+        )
+        if between_runs is not None:
+            between_runs()
+    runs: dict[str, list[WrkRun]] = {label: [] for label in targets}
+    for round_number in range(1, settings.rounds + 1):
+        for label, (url, script) in targets.items():
+            run = run_wrk(wrk, url, script, settings.duration_s, settings)
+            runs[label].append(measured(run, f"{label} #{round_number}"))
+            if between_runs is not None:
+                between_runs()
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+# FHIR fetch: the no-prefetch path against a local FHIR server
+
+
+class FhirServer(Protocol):
+    """What the bench uses of ``MedplumServer`` (``tests/medplum.py``)."""
+
+    startup_seconds: float | None
+
+    @property
+    def base_url(self) -> str: ...
+
+    def set_delay(self, ms: float) -> None: ...
+
+    def requests(self) -> list[dict[str, Any]]: ...
+
+    def clear_requests(self) -> None: ...
+
+
+def start_fhir_server(
+    stack: contextlib.ExitStack, settings: BenchSettings
+) -> tuple[FhirServer | None, str | None]:
+    """The local FHIR server seeded with the bench fixtures (stopped by ``stack``), or why not.
+
+    No Node.js is not a failure: the fetch section is skipped. A server that cannot start is.
+    """
+    if settings.in_process_only:
+        return None, "--in-process-only (no servers)"
+    tests_dir = str(ROOT / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    try:
+        from medplum import MedplumServer, MedplumServerError, NodeUnavailable
+    except ImportError as exc:  # tests/medplum.py needs pytest, a test dependency
+        return None, f"tests/medplum.py cannot be imported ({exc})"
+    print("FHIR server: starting Medplum (tests/medplum.py)", flush=True)
+    try:
+        server: FhirServer = stack.enter_context(
+            MedplumServer([FIXTURE_DIR / fixture for fixture, _ in FIXTURES])
+        )
+    except NodeUnavailable as exc:
+        return None, f"Node.js is not available: {exc}"
+    except MedplumServerError as exc:
+        raise BenchError(f"the Medplum FHIR server did not start: {exc}") from None
+    return server, None
+
+
+def pointed_at(body: bytes, fhir_server: str, prefetch: bool = True) -> bytes:
+    """The fixture ``body`` with ``fhirServer`` replaced, and without ``prefetch`` if asked.
+
+    Written as the fixture files are (2-space indent), so that the prefetched body differs from
+    the file only in the URL.
+    """
+    document = json.loads(body)
+    document["fhirServer"] = fhir_server
+    if not prefetch:
+        document.pop("prefetch", None)
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def _comparable(document: Any) -> Any:
+    """``document`` without uuids (random) and ``meta`` (stamped by the FHIR server)."""
+    if isinstance(document, dict):
+        return {k: _comparable(v) for k, v in document.items() if k not in ("uuid", "meta")}
+    if isinstance(document, list):
+        return [_comparable(item) for item in document]
+    return document
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The service's answer to one body, checked before measuring."""
+
+    findings: list[str]
+    cards: Any  # comparable: no uuids, no meta
+    fhir_requests: int  # FHIR requests the call made
+
+
+def checked_answer(
+    service: Server, service_id: str, body: bytes, label: str, fhir: FhirServer
+) -> Answer:
+    """POST ``body`` once: 200 with cards that carry a finding code, else BenchError."""
+    fhir.clear_requests()
+    answer = requests.post(
+        service.url(service_id),
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=TIMEOUT_S,
+    )
+    if answer.status_code != 200:
+        raise BenchError(
+            f"the service answered {label} with HTTP {answer.status_code}: {answer.text[:500]}"
+        )
+    payload = answer.json()
+    cards = payload.get("cards") if isinstance(payload, dict) else None
+    if not isinstance(cards, list):
+        raise BenchError(f"the service answered {label} without a cards list")
+    findings = []
+    for card in cards:
+        extension = card.get("extension") if isinstance(card, dict) else None
+        code = extension.get(FINDING_EXTENSION) if isinstance(extension, dict) else None
+        if not isinstance(code, str):
+            raise BenchError(f"a card answering {label} has no {FINDING_EXTENSION} code")
+        findings.append(code)
+    return Answer(sorted(findings), _comparable(cards), len(fhir.requests()))
+
+
+@dataclass(frozen=True)
+class FetchHttpResult:
+    """One fixture, prefetched and without prefetch, under the same wrk load."""
+
+    fixture: str
+    service_id: str
+    findings: list[str]
+    cards_identical: bool  # apart from uuids and FHIR server meta
+    fhir_requests_prefetched: int  # per call
+    fhir_requests_no_prefetch: int  # per call
+    prefetched: HttpSide
+    no_prefetch: HttpSide
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.prefetched.requests_per_s:
+            return None
+        return self.no_prefetch.requests_per_s / self.prefetched.requests_per_s
+
+    @property
+    def target_met(self) -> bool | None:
+        return None if self.ratio is None else self.ratio >= TARGET_FETCH_RATIO
+
+
+def bench_fetch_http(
+    wrk: str,
+    service: Server,
+    fhir: FhirServer,
+    fixture: str,
+    service_id: str,
+    body: bytes,
+    workdir: Path,
+    settings: BenchSettings,
+) -> FetchHttpResult:
+    """Check both bodies give the same findings, then rounds of (prefetched, no-prefetch)."""
+    bodies = {
+        "prefetched": pointed_at(body, fhir.base_url),
+        "no-prefetch": pointed_at(body, fhir.base_url, prefetch=False),
+    }
+    answers = {
+        label: checked_answer(service, service_id, data, f"{fixture} ({label})", fhir)
+        for label, data in bodies.items()
+    }
+    full, bare = answers["prefetched"], answers["no-prefetch"]
+    if full.findings != bare.findings:
+        raise BenchError(
+            f"{fixture}: the findings differ: prefetched {full.findings}, "
+            f"no prefetch {bare.findings}"
+        )
+    if not bare.fhir_requests:
+        raise BenchError(f"{fixture}: the no-prefetch call made no FHIR request")
+    print(
+        f"    findings {', '.join(full.findings) or 'none'} both ways; FHIR requests per call: "
+        f"prefetched {full.fhir_requests}, no prefetch {bare.fhir_requests}",
+        flush=True,
+    )
+    stem = fixture.removesuffix(".json")
+    targets = {
+        label: (service.url(service_id), wrk_script(workdir, f"{stem}--{label}.json", data))
+        for label, data in bodies.items()
+    }
+    # The FHIR server keeps a list of the requests it received: empty it after every run.
+    runs = interleaved(wrk, targets, settings, between_runs=fhir.clear_requests)
+    return FetchHttpResult(
+        fixture=fixture,
+        service_id=service_id,
+        findings=full.findings,
+        cards_identical=full.cards == bare.cards,
+        fhir_requests_prefetched=full.fhir_requests,
+        fhir_requests_no_prefetch=bare.fhir_requests,
+        prefetched=summarise(runs["prefetched"]),
+        no_prefetch=summarise(runs["no-prefetch"]),
+    )
+
+
+@dataclass(frozen=True)
+class DelayedLatency:
+    """The no-prefetch call, one at a time, with a delay added to every FHIR answer."""
+
+    fixture: str
+    service_id: str
+    delay_ms: int
+    requests: int
+    warmup_requests: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    fhir_requests_per_call: float
+    # The same call in-process (handle_hook_call with a FhirFetcher), for its fetch statistics.
+    in_process_calls: int
+    in_process_p50_ms: float
+    rounds: list[int]
+    keys_fetched: list[int]
+    references_fetched: list[int]
+    fetch_elapsed_ms: list[float]
+
+    @property
+    def max_rounds(self) -> int:
+        return max(self.rounds)
+
+    @property
+    def target_met(self) -> bool:
+        return self.p50_ms <= TARGET_DELAYED_P50_MS
+
+    @property
+    def rounds_target_met(self) -> bool:
+        return self.max_rounds <= TARGET_MAX_ROUNDS
+
+
+def bench_delayed_latency(
+    pack: RulePack, service: Server, fhir: FhirServer, settings: BenchSettings
+) -> DelayedLatency:
+    """Sequential no-prefetch calls over HTTP, then in-process, with the FHIR delay on."""
+    fixture, service_id = LATENCY_FIXTURE
+    body = pointed_at((FIXTURE_DIR / fixture).read_bytes(), fhir.base_url, prefetch=False)
+    url = service.url(service_id)
+
+    def call() -> float:
+        started = time.perf_counter()
+        answer = requests.post(
+            url, data=body, headers={"Content-Type": "application/json"}, timeout=TIMEOUT_S
+        )
+        elapsed = (time.perf_counter() - started) * 1000
+        if answer.status_code != 200:
+            raise BenchError(
+                f"the service answered {fixture} (no prefetch, FHIR delay) with HTTP "
+                f"{answer.status_code}: {answer.text[:500]}"
+            )
+        return elapsed
+
+    fetcher = FhirFetcher(FetchPolicy(allowlist=(fhir.base_url.rstrip("/") + "/",)))
+    fhir.set_delay(settings.fhir_delay_ms)
+    try:
+        for _ in range(settings.latency_warmup):
+            call()
+        fhir.clear_requests()
+        times = [call() for _ in range(settings.latency_requests)]
+        fhir_requests = len(fhir.requests())
+        handle_hook_call(pack, service_id, json.loads(body), fetcher=fetcher)  # warm-up
+        in_process: list[float] = []
+        stats = []
+        for _ in range(settings.fetch_stats_calls):
+            started = time.perf_counter()
+            result = handle_hook_call(pack, service_id, json.loads(body), fetcher=fetcher)
+            in_process.append((time.perf_counter() - started) * 1000)
+            if result.fetch_stats is None:
+                raise BenchError(f"{fixture}: the in-process call recorded no fetch statistics")
+            stats.append(result.fetch_stats)
+    finally:
+        fetcher.close()
+        fhir.set_delay(0)
+    return DelayedLatency(
+        fixture=fixture,
+        service_id=service_id,
+        delay_ms=settings.fhir_delay_ms,
+        requests=len(times),
+        warmup_requests=settings.latency_warmup,
+        p50_ms=percentile(times, 0.50),
+        p99_ms=percentile(times, 0.99),
+        mean_ms=statistics.fmean(times),
+        max_ms=max(times),
+        fhir_requests_per_call=fhir_requests / len(times),
+        in_process_calls=len(in_process),
+        in_process_p50_ms=percentile(in_process, 0.50),
+        rounds=[stat.rounds for stat in stats],
+        keys_fetched=[stat.keys_fetched for stat in stats],
+        references_fetched=[stat.references_fetched for stat in stats],
+        fetch_elapsed_ms=[round(stat.elapsed_ms, 1) for stat in stats],
+    )
+
+
+@dataclass(frozen=True)
+class FetchSection:
+    """The FHIR fetch figures, or why there are none."""
+
+    skipped: str | None = None
+    fhir_server: str | None = None
+    fhir_server_startup_s: float | None = None
+    fixtures: tuple[FetchHttpResult, ...] = ()
+    latency: DelayedLatency | None = None
+
+
+def bench_fetch(
+    wrk: str,
+    pack: RulePack,
+    service: Server,
+    fhir: FhirServer,
+    bodies: dict[str, bytes],
+    workdir: Path,
+    settings: BenchSettings,
+) -> FetchSection:
+    """The whole FHIR fetch section: both fixtures under wrk, then the delayed latency."""
+    fixtures: list[FetchHttpResult] = []
+    for fixture, service_id in FIXTURES:
+        print(f"FHIR fetch: {fixture} ({service_id})", flush=True)
+        fixtures.append(
+            bench_fetch_http(
+                wrk, service, fhir, fixture, service_id, bodies[fixture], workdir, settings
+            )
+        )
+    print(
+        f"FHIR fetch: {LATENCY_FIXTURE[0]} without prefetch, {settings.fhir_delay_ms} ms per "
+        "FHIR answer",
+        flush=True,
+    )
+    latency = bench_delayed_latency(pack, service, fhir, settings)
+    return FetchSection(
+        fhir_server=fhir.base_url,
+        fhir_server_startup_s=fhir.startup_seconds,
+        fixtures=tuple(fixtures),
+        latency=latency,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,7 +959,9 @@ def _verdict(met: bool | None) -> str:
     return "n/a" if met is None else ("met" if met else "MISSED")
 
 
-def print_report(results: list[FixtureResult], settings: BenchSettings) -> None:
+def print_report(
+    results: list[FixtureResult], settings: BenchSettings, fetch: FetchSection
+) -> None:
     print()
     print(
         f"Targets: in-process p50 <= {TARGET_IN_PROCESS_P50_MS:g} ms; "
@@ -623,6 +1012,111 @@ def print_report(results: list[FixtureResult], settings: BenchSettings) -> None:
             "fresh SQLite database (it still records the issued cards of every call). "
             "wrk runs on the same machine and competes with the servers for the CPUs."
         )
+    print_fetch_report(fetch, settings)
+
+
+def print_fetch_report(fetch: FetchSection, settings: BenchSettings) -> None:
+    print()
+    if fetch.skipped is not None:
+        print(f"FHIR fetch section skipped: {fetch.skipped}.")
+        return
+    discharge = LATENCY_FIXTURE[0].removesuffix(".json")
+    print(f"FHIR fetch: prefetched vs no prefetch, local FHIR server {fetch.fhir_server}")
+    print(
+        f"Targets: req/s ratio no-prefetch/prefetched >= {TARGET_FETCH_RATIO:g}; with "
+        f"{settings.fhir_delay_ms} ms per FHIR answer, p50 <= {TARGET_DELAYED_P50_MS:g} ms for "
+        f"{discharge} (at most {TARGET_MAX_ROUNDS} fetch rounds)"
+    )
+    header = (
+        f"{'fixture':<48} {'prefetched req/s p50/p99 ms':>28}  "
+        f"{'no-prefetch req/s p50/p99 ms':>28}  {'ratio':>5}  {'FHIR req/call':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for result in fetch.fixtures:
+        print(
+            f"{result.fixture.removesuffix('.json'):<48} "
+            f"{_http_cell(result.prefetched):>28}  {_http_cell(result.no_prefetch):>28}  "
+            f"{'' if result.ratio is None else f'{result.ratio:.2f}':>5}  "
+            f"{f'{result.fhir_requests_prefetched} / {result.fhir_requests_no_prefetch}':>13}"
+        )
+    print()
+    for result in fetch.fixtures:
+        ratio = "n/a" if result.ratio is None else f"{result.ratio:.2f}"
+        cards = "identical" if result.cards_identical else "NOT identical (beyond uuids/meta)"
+        print(
+            f"{result.service_id}: no-prefetch/prefetched ratio {ratio}: target "
+            f"{_verdict(result.target_met)}; findings {', '.join(result.findings) or 'none'} "
+            f"both ways, cards {cards}"
+        )
+    latency = fetch.latency
+    if latency is not None:
+        print(
+            f"{latency.service_id}, no prefetch, {latency.delay_ms} ms per FHIR answer: "
+            f"p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms, mean "
+            f"{latency.mean_ms:.1f} ms, max {latency.max_ms:.1f} ms over {latency.requests} "
+            f"sequential HTTP requests: target {_verdict(latency.target_met)}"
+        )
+        print(
+            f"  {latency.fhir_requests_per_call:g} FHIR requests per call; in-process (x"
+            f"{latency.in_process_calls}): fetch rounds {_values(latency.rounds)} (target "
+            f"<= {TARGET_MAX_ROUNDS}: {_verdict(latency.rounds_target_met)}), keys fetched "
+            f"{_values(latency.keys_fetched)}, references fetched "
+            f"{_values(latency.references_fetched)}, fetch elapsed "
+            f"{_values(latency.fetch_elapsed_ms)} ms, call p50 {latency.in_process_p50_ms:.1f} ms"
+        )
+    print()
+    print(
+        f"FHIR fetch: the same service and wrk settings; medians of {settings.rounds} interleaved "
+        f"(prefetched, no-prefetch) rounds after a {settings.warmup_duration_s} s warm-up each. "
+        "Both bodies name the local FHIR server as fhirServer; the no-prefetch body has no "
+        "prefetch member, so the service fetches every key from that server (Medplum 4.5.2 in "
+        "memory under Node, tests/medplum.py, on the same machine: it competes for the CPUs "
+        "too). The service may call no other FHIR server (CDS_FHIR_SERVER_ALLOWLIST). "
+        f"Delayed latency: {settings.latency_requests} sequential requests after "
+        f"{settings.latency_warmup} warm-up ones (p99 is nearest-rank: with few requests it is "
+        f"the maximum); fetch statistics from {settings.fetch_stats_calls} in-process calls."
+    )
+
+
+def _values(values: Sequence[float]) -> str:
+    """``8`` when all values are equal, else ``7-8``."""
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+
+
+def fetch_document(fetch: FetchSection) -> dict[str, Any]:
+    """The FHIR fetch section of the JSON results."""
+    latency = fetch.latency
+    return {
+        "skipped": fetch.skipped,
+        "fhir_server": fetch.fhir_server,
+        "fhir_server_startup_s": fetch.fhir_server_startup_s,
+        "targets": {
+            "ratio_no_prefetch_over_prefetched": TARGET_FETCH_RATIO,
+            "delayed_p50_ms": TARGET_DELAYED_P50_MS,
+            "delayed_fixture": LATENCY_FIXTURE[0],
+            "max_rounds": TARGET_MAX_ROUNDS,
+        },
+        "fixtures": [
+            asdict(result)
+            | {
+                "ratio_requests_per_s": result.ratio,
+                "targets_met": {"ratio": result.target_met},
+            }
+            for result in fetch.fixtures
+        ],
+        "delayed_latency": None
+        if latency is None
+        else asdict(latency)
+        | {
+            "max_rounds": latency.max_rounds,
+            "targets_met": {
+                "p50": latency.target_met,
+                "rounds": latency.rounds_target_met,
+            },
+        },
+    }
 
 
 def _http_cell(side: HttpSide | None) -> str:
@@ -632,7 +1126,11 @@ def _http_cell(side: HttpSide | None) -> str:
 
 
 def write_results(
-    path: Path, results: list[FixtureResult], settings: BenchSettings, wrk: str | None
+    path: Path,
+    results: list[FixtureResult],
+    settings: BenchSettings,
+    wrk: str | None,
+    fetch: FetchSection,
 ) -> None:
     document: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -668,6 +1166,7 @@ def write_results(
             }
             for result in results
         ],
+        "fhir_fetch": fetch_document(fetch),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
@@ -690,18 +1189,37 @@ def run(settings: BenchSettings, output: Path) -> None:
 
     http: dict[str, tuple[HttpSide, HttpSide]] = {}
     wrk: str | None = None
+    fetch = FetchSection(skipped="--in-process-only (no servers)")
     if not settings.in_process_only:
         wrk = ensure_wrk()
         print(f"HTTP: {wrk_version(wrk)}", flush=True)
-        with (
-            tempfile.TemporaryDirectory(prefix="cds-bench-") as tmp,
-            running_servers(Path(tmp), settings) as (echo, service),
-        ):
+        with contextlib.ExitStack() as stack:  # stops the servers, then the FHIR server
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cds-bench-")))
+            fhir, skipped = start_fhir_server(stack, settings)
+            if fhir is None:
+                print(f"FHIR fetch section skipped: {skipped}", flush=True)
+                allowlist = NO_FHIR_SERVER
+                http_bodies = bodies
+            else:
+                print(
+                    f"FHIR server: {fhir.base_url} (started in {fhir.startup_seconds or 0:.1f} s)",
+                    flush=True,
+                )
+                allowlist = fhir.base_url
+                http_bodies = {
+                    name: pointed_at(body, fhir.base_url) for name, body in bodies.items()
+                }
+            echo, service = stack.enter_context(running_servers(workdir, settings, allowlist))
             for fixture, service_id in FIXTURES:
                 print(f"  {fixture} ({service_id})", flush=True)
                 http[fixture] = bench_http(
-                    wrk, echo, service, fixture, service_id, bodies[fixture], Path(tmp), settings
+                    wrk, echo, service, fixture, service_id, http_bodies[fixture], workdir, settings
                 )
+            fetch = (
+                FetchSection(skipped=skipped)
+                if fhir is None
+                else bench_fetch(wrk, pack, service, fhir, bodies, workdir, settings)
+            )
 
     results = [
         FixtureResult(
@@ -714,8 +1232,8 @@ def run(settings: BenchSettings, output: Path) -> None:
         )
         for fixture, service_id in FIXTURES
     ]
-    print_report(results, settings)
-    write_results(output, results, settings, wrk)
+    print_report(results, settings, fetch)
+    write_results(output, results, settings, wrk, fetch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

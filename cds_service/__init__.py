@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
+from cds_service.auth import JwksCache, TokenVerifier, replay_key
 from cds_service.config import SETTING_NAMES, Settings
 from cds_service.errors import ConfigError
 from cds_service.fhir_fetch import FhirFetcher
@@ -27,6 +28,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Create the service. ``config`` overrides ``CDS_*`` settings (keys without the prefix)."""
     settings = Settings.load(overrides=config)
     configure_logging(settings.log_level)
+    if settings.auth.mode == "off":
+        logging.getLogger(__name__).warning(
+            "CDS_AUTH is off: requests are NOT authenticated. Any caller can submit patient data "
+            "and make this service call FHIR servers. Use CDS_AUTH=required outside development."
+        )
     if settings.fetch.refuse_all:
         logging.getLogger(__name__).warning(
             "CDS_FHIR_SERVER_ALLOWLIST is empty in production: no FHIR server will be called"
@@ -44,20 +50,36 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for key, value in (config or {}).items():
         if key.removeprefix("CDS_").upper() not in SETTING_NAMES:
             app.config[key] = value
+    store = Store(engine)
     app.extensions["cds_20703"] = ServiceState(
-        settings, pack, Store(engine), FhirFetcher(settings.fetch)
+        settings, pack, store, FhirFetcher(settings.fetch), _verifier(settings, store)
     )
 
     from cds_service import api, errors
 
     errors.register_error_handlers(app)
-    CORS(
-        app,
-        resources={r"/*": {"origins": list(settings.cors_origins)}},
-        send_wildcard=settings.cors_origins == ("*",),
-        allow_headers=["Authorization", "Content-Type"],
-        methods=["GET", "POST", "OPTIONS"],
-        max_age=86400,
-    )
+    if settings.cors_origins:
+        CORS(
+            app,
+            resources={r"/*": {"origins": list(settings.cors_origins)}},
+            send_wildcard=settings.cors_origins == ("*",),
+            allow_headers=["Authorization", "Content-Type"],
+            methods=["GET", "POST", "OPTIONS"],
+            max_age=86400,
+        )
     app.register_blueprint(api.bp)
     return app
+
+
+def _verifier(settings: Settings, store: Store) -> TokenVerifier | None:
+    auth = settings.auth
+    if auth.mode == "off":
+        return None
+    return TokenVerifier(
+        clients=auth.clients,
+        algorithms=auth.algorithms,
+        leeway=auth.leeway,
+        max_lifetime=auth.max_lifetime,
+        jwks_cache=JwksCache(lifespan=auth.jwks_cache_seconds),
+        remember_jti=lambda iss, jti, expires: store.remember_token(replay_key(iss, jti), expires),
+    )

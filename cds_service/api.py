@@ -8,10 +8,14 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_service.errors import InvalidRequestError, UnsupportedMediaTypeError
+from cds_service.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    UnsupportedMediaTypeError,
+)
 from cds_service.service import find_service, handle_hook_call, parse_feedback_request
 from cds_service.state import ServiceState
 
@@ -56,6 +60,26 @@ def _json_body() -> Any:
         raise InvalidRequestError("The request body is not well-formed JSON.") from None
 
 
+@bp.before_request
+def authenticate() -> None:
+    """Verify the client's JWT (CDS_AUTH); preflight requests never need one."""
+    state = _state()
+    if state.verifier is None or request.method == "OPTIONS":
+        return
+    header = request.headers.get("Authorization")
+    if header is None:
+        if state.settings.auth.mode == "required":
+            raise AuthenticationError(
+                "token", "A bearer token (JWT) is required.", token_missing=True
+            )
+        return
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("malformed", "The Authorization header must be Bearer <JWT>.")
+    audience = state.settings.public_base_url + request.path
+    g.cds_client = state.verifier.verify(token.strip(), audience)
+
+
 @bp.get("")
 def discovery() -> Response:
     """List the services (CDS Hooks discovery)."""
@@ -69,7 +93,15 @@ def call_service(service_id: str) -> Response:
     started = time.perf_counter()
     find_service(state.pack, service_id)
     body = _json_body()
-    result = handle_hook_call(state.pack, service_id, body, fetcher=state.fetcher)
+    client = g.get("cds_client")
+    result = handle_hook_call(
+        state.pack,
+        service_id,
+        body,
+        fetcher=state.fetcher,
+        max_bundle_entries=state.settings.max_bundle_entries,
+        client_fhir_servers=client.fhir_servers if client else (),
+    )
     try:
         state.store.record_issued_cards(service_id, result.issued)
     except SQLAlchemyError as exc:
@@ -79,6 +111,7 @@ def call_service(service_id: str) -> Response:
         "hook call answered",
         extra={
             "service": service_id,
+            "client": client.iss if client else None,
             "hook_instance": _loggable_id(body.get("hookInstance")),
             "cards": len(result.issued),
             "findings": sorted({code for _, code in result.issued}),

@@ -7,6 +7,7 @@ here, so a bad deploy stops at start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,10 +18,13 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from cds_service.auth import DEFAULT_ALGORITHMS, PERMITTED_ALGORITHMS, TrustedClient
+from cds_service.auth import load_trusted_clients as _load_trusted_clients
 from cds_service.errors import ConfigError
 from cds_service.fhir_fetch import FetchPolicy
 from cds_service.rule_pack import default_cards_dir
 
+logger = logging.getLogger(__name__)
 PREFIX = "CDS_"
 MAX_BODY_LIMIT = 100 * 1024 * 1024
 DEFAULTS: dict[str, str] = {
@@ -29,7 +33,7 @@ DEFAULTS: dict[str, str] = {
     "DATABASE_URL": "sqlite:///var/cds_service.sqlite3",
     "CARDS_DIR": "",
     "MAX_BODY_BYTES": str(5 * 1024 * 1024),
-    "CORS_ORIGINS": "*",
+    "CORS_ORIGINS": "",
     "LOG_LEVEL": "INFO",
     "FHIR_SERVER_ALLOWLIST": "",
     "FHIR_DEADLINE_SECONDS": "3",
@@ -38,8 +42,27 @@ DEFAULTS: dict[str, str] = {
     "FHIR_MAX_PAGES": "5",
     "FHIR_MAX_RESPONSE_BYTES": str(10 * 1024 * 1024),
     "FHIR_MAX_CONCURRENCY": "8",
+    "MAX_BUNDLE_ENTRIES": "10000",
+    "AUTH": "",
+    "TRUSTED_CLIENTS": "",
+    "JWT_ALGORITHMS": ",".join(DEFAULT_ALGORITHMS),
+    "JWT_LEEWAY_SECONDS": "5",
+    "JWT_MAX_LIFETIME_SECONDS": "3600",
+    "JWKS_CACHE_SECONDS": "300",
 }
 SETTING_NAMES = frozenset(DEFAULTS)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """How CDS clients are authenticated."""
+
+    mode: Literal["required", "optional", "off"]
+    clients: tuple[TrustedClient, ...]
+    algorithms: tuple[str, ...]
+    leeway: float
+    max_lifetime: float
+    jwks_cache_seconds: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,8 @@ class Settings:
     cors_origins: tuple[str, ...]
     log_level: str
     fetch: FetchPolicy
+    max_bundle_entries: int
+    auth: AuthSettings
 
     @classmethod
     def load(
@@ -73,9 +98,11 @@ class Settings:
             database_url=_database_url(raw["DATABASE_URL"]),
             cards_dir=_cards_dir(raw["CARDS_DIR"]),
             max_body_bytes=_max_body_bytes(raw["MAX_BODY_BYTES"]),
-            cors_origins=_cors_origins(raw["CORS_ORIGINS"]),
+            cors_origins=_cors_origins(raw["CORS_ORIGINS"], raw["PROFILE"]),
             log_level=_log_level(raw["LOG_LEVEL"]),
             fetch=_fetch_policy(raw),
+            max_bundle_entries=int(_number(raw, "MAX_BUNDLE_ENTRIES", 1, 10**6, whole=True)),
+            auth=_auth_settings(raw),
         )
 
 
@@ -94,7 +121,9 @@ def _public_base_url(value: str, profile: str) -> str:
             "CDS_PUBLIC_BASE_URL must be an absolute http(s) URL such as https://cds.example.org."
         )
     if profile == "production" and parts.scheme != "https":
-        raise ConfigError("CDS_PUBLIC_BASE_URL must use https in the production profile.")
+        logger.warning(
+            "CDS_PUBLIC_BASE_URL is not https in the production profile: CDS Hooks requires TLS"
+        )
     return value.rstrip("/")
 
 
@@ -127,10 +156,11 @@ def _max_body_bytes(value: str) -> int:
     return number
 
 
-def _cors_origins(value: str) -> tuple[str, ...]:
+def _cors_origins(value: str, profile: str) -> tuple[str, ...]:
+    """Allowed browser origins: default '*' in development, none in production."""
+    if not value.strip():
+        return ("*",) if profile == "development" else ()
     origins = tuple(origin.strip() for origin in value.split(",") if origin.strip())
-    if not origins:
-        raise ConfigError("CDS_CORS_ORIGINS must be '*' or a comma-separated list of origins.")
     for origin in origins:
         parts = urlsplit(origin)
         if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc):
@@ -188,3 +218,36 @@ def _number(
         kind = "a whole number" if whole else "a number"
         raise ConfigError(f"CDS_{name} must be {kind} from {low:g} to {high:g}.")
     return float(value)
+
+
+def _auth_settings(raw: Mapping[str, str]) -> AuthSettings:
+    production = raw["PROFILE"] == "production"
+    mode = raw["AUTH"] or ("required" if production else "off")
+    if mode not in ("required", "optional", "off"):
+        raise ConfigError("CDS_AUTH must be 'required', 'optional' or 'off'.")
+    if production and mode != "required":
+        raise ConfigError("CDS_AUTH must be 'required' in the production profile.")
+    algorithms = tuple(name.strip() for name in raw["JWT_ALGORITHMS"].split(",") if name.strip())
+    if not algorithms or not set(algorithms) <= PERMITTED_ALGORITHMS:
+        raise ConfigError(
+            "CDS_JWT_ALGORITHMS must list asymmetric algorithms from: "
+            + ", ".join(sorted(PERMITTED_ALGORITHMS))
+            + "."
+        )
+    clients: tuple[TrustedClient, ...] = ()
+    if raw["TRUSTED_CLIENTS"]:
+        clients = tuple(_load_trusted_clients(Path(raw["TRUSTED_CLIENTS"]), production))
+    if mode != "off" and not clients:
+        raise ConfigError(
+            f"CDS_TRUSTED_CLIENTS must name a file with at least one trusted client when "
+            f"CDS_AUTH is {mode}"
+            + (" (development-only clients are not trusted in production)." if production else ".")
+        )
+    return AuthSettings(
+        mode=mode,  # type: ignore[arg-type]  # checked above
+        clients=clients,
+        algorithms=algorithms,
+        leeway=_number(raw, "JWT_LEEWAY_SECONDS", 0, 300),
+        max_lifetime=_number(raw, "JWT_MAX_LIFETIME_SECONDS", 1, 86400),
+        jwks_cache_seconds=_number(raw, "JWKS_CACHE_SECONDS", 0, 86400),
+    )

@@ -7,6 +7,8 @@ Hierarchy::
     +-- UnknownServiceError       404  no service with that id
     +-- PrefetchUnavailableError  412  required data is neither prefetched nor obtainable
     +-- UnsupportedMediaTypeError 415  the body is not JSON
+    +-- TooManyEntriesError       413  a context or prefetch Bundle has more entries than allowed
+    AuthenticationError           401  the JWT is missing or fails a check (cds_service.auth)
     ConfigError                   start-up: a CDS_* setting is invalid (never an HTTP response)
 
 Werkzeug's HTTP errors (routing 404, 405, 413) and anything unexpected (500) get the same
@@ -19,12 +21,13 @@ import logging
 import traceback
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
+REALM = "cds-20703"
 _ISSUE_CODES = {
     400: "invalid",
     401: "login",
@@ -40,6 +43,19 @@ _ISSUE_CODES = {
 
 class ConfigError(Exception):
     """A configuration value is invalid; the message names the variable, never its value."""
+
+
+class AuthenticationError(Exception):
+    """The request is not from a trusted client; ``check`` names the check that failed."""
+
+    def __init__(
+        self, check: str, message: str, *, token_missing: bool = False, issuer: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.check = check
+        self.message = message
+        self.token_missing = token_missing
+        self.issuer = issuer  # the unverified iss, for the log (never the token)
 
 
 class CdsError(Exception):
@@ -81,6 +97,13 @@ class UnsupportedMediaTypeError(CdsError):
     issue_code = "not-supported"
 
 
+class TooManyEntriesError(CdsError):
+    """A context or prefetch Bundle holds more entries than CDS_MAX_BUNDLE_ENTRIES (413)."""
+
+    status_code = 413
+    issue_code = "too-long"
+
+
 def operation_outcome(diagnostics: str, issue_code: str, severity: str = "error") -> dict[str, Any]:
     """A FHIR R4 OperationOutcome with one issue."""
     return {
@@ -101,6 +124,25 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CdsError)
     def _cds_error(error: CdsError) -> Response:
         return outcome_response(error.status_code, error.diagnostics, error.issue_code)
+
+    @app.errorhandler(AuthenticationError)
+    def _unauthenticated(error: AuthenticationError) -> Response:
+        logger.warning(
+            "request not authenticated",
+            extra={"check": error.check, "iss": error.issuer, "path": request.path},
+        )
+        response = outcome_response(401, f"Authentication failed ({error.check}): {error.message}")
+        challenge = f'Bearer realm="{REALM}"'
+        if not error.token_missing:
+            challenge += f', error="invalid_token", error_description="{error.message}"'
+        response.headers["WWW-Authenticate"] = challenge
+        return response
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

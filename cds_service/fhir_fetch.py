@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
@@ -95,16 +95,24 @@ class FhirFetcher:
         self.session = session or _pooled_session(policy.max_concurrency)
         self._pool: ThreadPoolExecutor | None = None
 
-    def refusal(self, base_url: str) -> str | None:
-        """Why ``base_url`` may not be called (a failure kind), or None when it may."""
+    def refusal(self, base_url: str, also_allowed: Sequence[str] = ()) -> str | None:
+        """Why ``base_url`` may not be called (a failure kind), or None when it may.
+
+        ``also_allowed`` adds base-URL prefixes (those of the authenticated client's trust entry)
+        to the configured allowlist; https is still required in production.
+        """
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
             return "invalid-fhir-server"
-        if self.policy.refuse_all or (self.policy.https_only and parts.scheme != "https"):
+        if self.policy.https_only and parts.scheme != "https":
             return "not-allowed"
         normalized = base_url.rstrip("/") + "/"
+        if any(normalized.startswith(prefix) for prefix in also_allowed):
+            return None
         allowed = self.policy.allowlist
-        if allowed and not any(normalized.startswith(prefix) for prefix in allowed):
+        if self.policy.refuse_all or (
+            allowed and not any(normalized.startswith(prefix) for prefix in allowed)
+        ):
             return "not-allowed"
         return None
 

@@ -11,7 +11,7 @@ had is reported on the cards as "not checked".
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,10 @@ def split_prefetch(
 
 
 def gather(
-    service: ServiceDefinition, request: HookRequest, fetcher: FhirFetcher | None
+    service: ServiceDefinition,
+    request: HookRequest,
+    fetcher: FhirFetcher | None,
+    also_allowed: Sequence[str] = (),
 ) -> HookData:
     """Prefetched data completed from ``fhirServer``; 412 when required data cannot be had."""
     values, missing = split_prefetch(service, request.prefetch or {})
@@ -94,7 +97,7 @@ def gather(
     truncated: list[str] = []
     stats: FetchStats | None = None
     server = request.fhirServer
-    refusal = _refusal(fetcher, server)
+    refusal = _refusal(fetcher, server, also_allowed)
     if refusal is not None:
         not_checked = dict.fromkeys(missing, refusal)
     elif fetcher is not None and server is not None:
@@ -150,12 +153,14 @@ def _joined(first_page: dict[str, Any] | None, rest: dict[str, Any]) -> dict[str
     return joined | ({"entry": entries} if entries else {})
 
 
-def _refusal(fetcher: FhirFetcher | None, server: str | None) -> str | None:
+def _refusal(
+    fetcher: FhirFetcher | None, server: str | None, also_allowed: Sequence[str]
+) -> str | None:
     if fetcher is None:
         return "not-prefetched"
     if not server:
         return "no-fhir-server"
-    return fetcher.refusal(server)
+    return fetcher.refusal(server, also_allowed)
 
 
 def _resolve_references(

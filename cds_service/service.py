@@ -9,14 +9,14 @@ caller's business.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from cds_service.card_builder import FINDING_EXTENSION, build_cards
-from cds_service.errors import InvalidRequestError, UnknownServiceError
+from cds_service.errors import InvalidRequestError, TooManyEntriesError, UnknownServiceError
 from cds_service.facts import derive_facts
 from cds_service.fhir_fetch import FetchStats, FhirFetcher
 from cds_service.fhir_input import read_resources
@@ -60,8 +60,14 @@ def handle_hook_call(
     body: Any,
     uuid_factory: Callable[[], str] = new_uuid,
     fetcher: FhirFetcher | None = None,
+    max_bundle_entries: int | None = None,
+    client_fhir_servers: Sequence[str] = (),
 ) -> HookResult:
-    """Validate a hook request, complete its data, and answer it with cards."""
+    """Validate a hook request, complete its data, and answer it with cards.
+
+    ``client_fhir_servers`` are FHIR base URLs the authenticated client's trust entry allows,
+    on top of the configured outbound allowlist.
+    """
     service = find_service(pack, service_id)
     request = parse_hook_request(body)
     if request.hook != service.hook:
@@ -72,7 +78,9 @@ def handle_hook_call(
     problems = context_problems(hook, request.context)
     if problems:
         raise InvalidRequestError("Invalid context: " + "; ".join(problems) + ".")
-    data = gather(service, request, fetcher)
+    if max_bundle_entries is not None:
+        _check_size(request, max_bundle_entries)
+    data = gather(service, request, fetcher, client_fhir_servers)
     resources = read_resources(data.values, request.context.get("draftOrders"))
     encounter_id = request.context.get("encounterId")
     facts = derive_facts(
@@ -82,6 +90,17 @@ def handle_hook_call(
     cards = build_cards(evaluate(facts, pack), pack, uuid_factory, caveats)
     issued = [(card["uuid"], card["extension"][FINDING_EXTENSION]) for card in cards]
     return HookResult({"cards": cards}, issued, resources.skipped, data.fetch_stats)
+
+
+def _check_size(request: HookRequest, limit: int) -> None:
+    values = [request.context.get("draftOrders"), *(request.prefetch or {}).values()]
+    for value in values:
+        entries = value.get("entry") if isinstance(value, dict) else None
+        if isinstance(entries, list) and len(entries) > limit:
+            raise TooManyEntriesError(
+                f"A context or prefetch Bundle has more than {limit} entries "
+                "(CDS_MAX_BUNDLE_ENTRIES)."
+            )
 
 
 def data_caveats(data: HookData) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cds_service.auth import TokenVerifier
 from cds_service.config import Settings
 from cds_service.fhir_fetch import FhirFetcher
 from cds_service.rule_pack import RulePack
@@ -18,3 +19,4 @@ class ServiceState:
     pack: RulePack
     store: Store
     fetcher: FhirFetcher
+    verifier: TokenVerifier | None  # None when CDS_AUTH is off

@@ -8,6 +8,7 @@ override reason codings and timestamps. A clinician's free-text override comment
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -21,12 +22,14 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -40,6 +43,7 @@ from sqlalchemy.pool import StaticPool
 from cds_service.protocol import FeedbackEntry
 
 metadata = MetaData()
+PRUNE_EVERY = 100  # every 100th token also deletes all expired ones
 
 issued_card = Table(
     "issued_card",
@@ -65,6 +69,14 @@ feedback = Table(
     Column("has_user_comment", Boolean, nullable=False),
     Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+jwt_replay = Table(
+    "jwt_replay",
+    metadata,
+    Column("token_key", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
 )
 
 
@@ -118,6 +130,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._prune_counter = itertools.count()
 
     def record_issued_cards(self, service_id: str, cards: Iterable[tuple[str, str]]) -> None:
         """Remember the uuids of the cards we answered with, to recognise them in feedback."""
@@ -154,6 +167,26 @@ class Store:
         return FeedbackResult(
             stored=stored, duplicates=len(entries) - stored, unknown_cards=unknown
         )
+
+    def remember_token(self, token_key: str, expires_at: float) -> bool:
+        """Record a token id until it expires; False when it is already recorded (a replay).
+
+        The store is the database, so every worker process sees every other's tokens.
+        """
+        now = time.time()
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        with self.engine.begin() as connection:
+            expired = jwt_replay.c.expires_at < now
+            if next(self._prune_counter) % PRUNE_EVERY != 0:
+                expired = expired & (jwt_replay.c.token_key == token_key)
+            connection.execute(delete(jwt_replay).where(expired))
+            inserted = connection.execute(
+                dialect.insert(jwt_replay)
+                .values(token_key=token_key, expires_at=expires_at)
+                .on_conflict_do_nothing(index_elements=["token_key"])
+                .returning(jwt_replay.c.token_key)
+            )
+            return len(inserted.fetchall()) == 1
 
     def feedback_rows(self) -> list[dict[str, Any]]:
         """All stored feedback, oldest first (for reports and tests)."""

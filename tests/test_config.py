@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+from jwt_helpers import ISSUER, SigningKey, jwk_set, write_trust_file
 
 from cds_service import create_app
 from cds_service.config import Settings
@@ -51,14 +53,47 @@ def test_bad_value_names_the_variable(variable: str, value: str) -> None:
     assert variable in str(error.value)
 
 
-def test_production_requires_https_public_url() -> None:
-    """The production profile refuses a plain-http public base URL."""
-    with pytest.raises(ConfigError, match="CDS_PUBLIC_BASE_URL"):
+@pytest.fixture
+def trust_file(tmp_path: Path) -> Path:
+    return write_trust_file(tmp_path, [{"iss": ISSUER, "jwks": jwk_set(SigningKey.ec384())}])
+
+
+def test_production_warns_about_plain_http(
+    trust_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The production profile warns when the public base URL is not https."""
+    environ = {"CDS_PROFILE": "production", "CDS_TRUSTED_CLIENTS": str(trust_file)}
+    with caplog.at_level(logging.WARNING, logger="cds_service"):
+        settings = Settings.load(environ=environ)
+    assert "CDS_PUBLIC_BASE_URL is not https" in caplog.text
+    assert settings.auth.mode == "required"
+    assert settings.cors_origins == ()
+
+
+def test_production_needs_trusted_clients_and_required_auth(trust_file: Path) -> None:
+    """Production refuses to start without trusted clients or with authentication relaxed."""
+    with pytest.raises(ConfigError, match="CDS_TRUSTED_CLIENTS"):
         Settings.load(environ={"CDS_PROFILE": "production"})
-    settings = Settings.load(
-        environ={"CDS_PROFILE": "production", "CDS_PUBLIC_BASE_URL": "https://cds.example.org"}
+    with pytest.raises(ConfigError, match="CDS_AUTH must be 'required'"):
+        Settings.load(
+            environ={
+                "CDS_PROFILE": "production",
+                "CDS_AUTH": "optional",
+                "CDS_TRUSTED_CLIENTS": str(trust_file),
+            }
+        )
+
+
+def test_production_does_not_trust_development_only_clients(tmp_path: Path) -> None:
+    """A development-only client alone leaves production without trusted clients."""
+    path = write_trust_file(
+        tmp_path,
+        [{"iss": ISSUER, "jwks": jwk_set(SigningKey.ec384()), "development_only": True}],
     )
-    assert settings.profile == "production"
+    with pytest.raises(ConfigError, match="development-only clients are not trusted"):
+        Settings.load(environ={"CDS_PROFILE": "production", "CDS_TRUSTED_CLIENTS": str(path)})
+    development = Settings.load(environ={"CDS_AUTH": "required", "CDS_TRUSTED_CLIENTS": str(path)})
+    assert [client.iss for client in development.auth.clients] == [ISSUER]
 
 
 def test_create_app_reads_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import load_fixture
 from fault_server import FaultServer, fault_server
 from flask.testing import FlaskClient
+from jwt_helpers import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
 
 from cds_service.fhir_fetch import (
     FetchPolicy,
@@ -284,14 +286,17 @@ def test_null_keys_are_not_fetched(fault_client: FlaskClient, server: FaultServe
 
 
 def test_production_refuses_plain_http_fhir_servers(
-    make_app: Any, sqlite_url: str, server: FaultServer
+    make_app: Any, sqlite_url: str, server: FaultServer, tmp_path: Path
 ) -> None:
     """In production only https servers on the allowlist are called."""
+    key = SigningKey.ec384()
+    trust = write_trust_file(tmp_path, [{"iss": ISSUER, "jwks": jwk_set(key)}])
     app = make_app(
         {
             "DATABASE_URL": sqlite_url,
             "PROFILE": "production",
-            "PUBLIC_BASE_URL": "https://cds.example.org",
+            "PUBLIC_BASE_URL": BASE_URL,
+            "TRUSTED_CLIENTS": str(trust),
             "FHIR_SERVER_ALLOWLIST": "https://ehr.example.org/fhir",
         }
     )
@@ -299,7 +304,13 @@ def test_production_refuses_plain_http_fhir_servers(
     del body["prefetch"]["procedures"]
     body["fhirServer"] = f"{server.url}/ok/fhir"
     server.received.clear()
-    response = call(app.test_client(), body)
+    token = TokenFactory(key).token(DISCHARGE)
+    response = app.test_client().post(
+        DISCHARGE,
+        data=json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert response.status_code == 412
     assert "not an allowed FHIR server" in response.get_json()["issue"][0]["diagnostics"]
     assert server.received == []
