@@ -615,6 +615,9 @@ class FhirServer(Protocol):
     startup_seconds: float | None
 
     @property
+    def root_url(self) -> str: ...
+
+    @property
     def base_url(self) -> str: ...
 
     def set_delay(self, ms: float) -> None: ...
@@ -665,6 +668,24 @@ def pointed_at(body: bytes, fhir_server: str, prefetch: bool = True) -> bytes:
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
 
 
+def settle(fhir: FhirServer, quiet_s: float = 0.5, timeout_s: float = 15.0) -> None:
+    """Wait until the FHIR server gets no more requests, then forget the ones it got.
+
+    When wrk stops, the service still works through the calls already sent (up to one per wrk
+    connection); without this their FHIR requests would count for, and compete with, what
+    comes next.
+    """
+    deadline = time.monotonic() + timeout_s
+    seen = len(fhir.requests())
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = len(fhir.requests())
+        if now == seen:
+            break
+        seen = now
+    fhir.clear_requests()
+
+
 def _comparable(document: Any) -> Any:
     """``document`` without uuids (random) and ``meta`` (stamped by the FHIR server)."""
     if isinstance(document, dict):
@@ -680,14 +701,14 @@ class Answer:
 
     findings: list[str]
     cards: Any  # comparable: no uuids, no meta
-    fhir_requests: int  # FHIR requests the call made
+    fhir_requests: list[dict[str, Any]]  # the FHIR requests the call made
 
 
 def checked_answer(
     service: Server, service_id: str, body: bytes, label: str, fhir: FhirServer
 ) -> Answer:
     """POST ``body`` once: 200 with cards that carry a finding code, else BenchError."""
-    fhir.clear_requests()
+    settle(fhir)
     answer = requests.post(
         service.url(service_id),
         data=body,
@@ -709,7 +730,33 @@ def checked_answer(
         if not isinstance(code, str):
             raise BenchError(f"a card answering {label} has no {FINDING_EXTENSION} code")
         findings.append(code)
-    return Answer(sorted(findings), _comparable(cards), len(fhir.requests()))
+    return Answer(sorted(findings), _comparable(cards), fhir.requests())
+
+
+def fhir_server_ms_per_call(
+    fhir: FhirServer, received: list[dict[str, Any]], repeats: int = 20
+) -> float:
+    """How long the FHIR server takes to answer one call's FHIR requests, one after the other.
+
+    Each request is replayed ``repeats`` times straight to the server (after one untimed);
+    the sum of their medians. The server answers one request at a time (Node, one thread), so
+    1000 / this is about the most no-prefetch calls per second it can feed.
+    """
+    total = 0.0
+    with requests.Session() as session:
+        session.trust_env = False
+        for request in received:
+            query = f"?{request['query']}" if request.get("query") else ""
+            url = f"{fhir.root_url}{request['path']}{query}"
+            session.get(url, timeout=TIMEOUT_S)
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                session.get(url, timeout=TIMEOUT_S).raise_for_status()
+                times.append((time.perf_counter() - started) * 1000)
+            total += statistics.median(times)
+    fhir.clear_requests()
+    return total
 
 
 @dataclass(frozen=True)
@@ -722,6 +769,8 @@ class FetchHttpResult:
     cards_identical: bool  # apart from uuids and FHIR server meta
     fhir_requests_prefetched: int  # per call
     fhir_requests_no_prefetch: int  # per call
+    # The FHIR server's own time for the no-prefetch call's requests, one after the other.
+    fhir_server_ms_per_call: float
     prefetched: HttpSide
     no_prefetch: HttpSide
 
@@ -763,9 +812,13 @@ def bench_fetch_http(
         )
     if not bare.fhir_requests:
         raise BenchError(f"{fixture}: the no-prefetch call made no FHIR request")
+    if any(request.get("method") != "GET" for request in bare.fhir_requests):
+        raise BenchError(f"{fixture}: the no-prefetch call made a FHIR request other than GET")
+    server_ms = fhir_server_ms_per_call(fhir, bare.fhir_requests)
     print(
         f"    findings {', '.join(full.findings) or 'none'} both ways; FHIR requests per call: "
-        f"prefetched {full.fhir_requests}, no prefetch {bare.fhir_requests}",
+        f"prefetched {len(full.fhir_requests)}, no prefetch {len(bare.fhir_requests)}, "
+        f"answered by the FHIR server in {server_ms:.1f} ms one after the other",
         flush=True,
     )
     stem = fixture.removesuffix(".json")
@@ -773,15 +826,17 @@ def bench_fetch_http(
         label: (service.url(service_id), wrk_script(workdir, f"{stem}--{label}.json", data))
         for label, data in bodies.items()
     }
-    # The FHIR server keeps a list of the requests it received: empty it after every run.
-    runs = interleaved(wrk, targets, settings, between_runs=fhir.clear_requests)
+    # After every run: let the service finish the calls wrk left in flight, and empty the FHIR
+    # server's list of the requests it received.
+    runs = interleaved(wrk, targets, settings, between_runs=lambda: settle(fhir))
     return FetchHttpResult(
         fixture=fixture,
         service_id=service_id,
         findings=full.findings,
         cards_identical=full.cards == bare.cards,
-        fhir_requests_prefetched=full.fhir_requests,
-        fhir_requests_no_prefetch=bare.fhir_requests,
+        fhir_requests_prefetched=len(full.fhir_requests),
+        fhir_requests_no_prefetch=len(bare.fhir_requests),
+        fhir_server_ms_per_call=server_ms,
         prefetched=summarise(runs["prefetched"]),
         no_prefetch=summarise(runs["no-prefetch"]),
     )
@@ -844,6 +899,7 @@ def bench_delayed_latency(
         return elapsed
 
     fetcher = FhirFetcher(FetchPolicy(allowlist=(fhir.base_url.rstrip("/") + "/",)))
+    settle(fhir)
     fhir.set_delay(settings.fhir_delay_ms)
     try:
         for _ in range(settings.latency_warmup):
@@ -1048,6 +1104,12 @@ def print_fetch_report(fetch: FetchSection, settings: BenchSettings) -> None:
             f"{result.service_id}: no-prefetch/prefetched ratio {ratio}: target "
             f"{_verdict(result.target_met)}; findings {', '.join(result.findings) or 'none'} "
             f"both ways, cards {cards}"
+        )
+        ceiling = 1000 / result.fhir_server_ms_per_call if result.fhir_server_ms_per_call else 0
+        print(
+            f"  the FHIR server answers the {result.fhir_requests_no_prefetch} requests of one "
+            f"no-prefetch call in {result.fhir_server_ms_per_call:.1f} ms one after the other: "
+            f"at most about {ceiling:.0f} no-prefetch calls/s from it alone"
         )
     latency = fetch.latency
     if latency is not None:

@@ -80,6 +80,8 @@ def _verifier(settings: Settings, store: Store) -> TokenVerifier | None:
         algorithms=auth.algorithms,
         leeway=auth.leeway,
         max_lifetime=auth.max_lifetime,
-        jwks_cache=JwksCache(lifespan=auth.jwks_cache_seconds),
+        jwks_cache=JwksCache(
+            lifespan=auth.jwks_cache_seconds, min_refetch_interval=auth.jwks_min_refetch_seconds
+        ),
         remember_jti=lambda iss, jti, expires: store.remember_token(replay_key(iss, jti), expires),
     )

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--timeout", type=int, default=30, help="worker timeout in seconds")
+    serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS")
+    serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM) for --certfile")
     serve.set_defaults(run=_serve)
 
     evaluate = commands.add_parser(
@@ -70,7 +72,19 @@ def _serve(args: argparse.Namespace) -> int:
     from cds_service.server import serve
 
     settings = Settings.load()  # fail fast, before any worker starts
-    serve(settings, host=args.host, port=args.port, workers=args.workers, timeout=args.timeout)
+    if (args.certfile is None) != (args.keyfile is None):
+        return _bad_input("--certfile and --keyfile go together")
+    for path in (args.certfile, args.keyfile):
+        if path is not None and not path.is_file():
+            return _bad_input(f"cannot read {path}")
+    serve(
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        timeout=args.timeout,
+        tls=(args.certfile, args.keyfile) if args.certfile else None,
+    )
     return EXIT_OK
 
 

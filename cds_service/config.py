@@ -49,6 +49,7 @@ DEFAULTS: dict[str, str] = {
     "JWT_LEEWAY_SECONDS": "5",
     "JWT_MAX_LIFETIME_SECONDS": "3600",
     "JWKS_CACHE_SECONDS": "300",
+    "JWKS_MIN_REFETCH_SECONDS": "10",
 }
 SETTING_NAMES = frozenset(DEFAULTS)
 
@@ -63,6 +64,7 @@ class AuthSettings:
     leeway: float
     max_lifetime: float
     jwks_cache_seconds: float
+    jwks_min_refetch_seconds: float
 
 
 @dataclass(frozen=True)
@@ -250,4 +252,5 @@ def _auth_settings(raw: Mapping[str, str]) -> AuthSettings:
         leeway=_number(raw, "JWT_LEEWAY_SECONDS", 0, 300),
         max_lifetime=_number(raw, "JWT_MAX_LIFETIME_SECONDS", 1, 86400),
         jwks_cache_seconds=_number(raw, "JWKS_CACHE_SECONDS", 0, 86400),
+        jwks_min_refetch_seconds=_number(raw, "JWKS_MIN_REFETCH_SECONDS", 0, 3600),
     )

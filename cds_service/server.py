@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -26,13 +27,27 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
         return create_app()
 
 
-def serve(settings: Settings, host: str, port: int, workers: int, timeout: int) -> None:
-    """Create the schema once, then start ``workers`` sync workers, each with its own app."""
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    timeout: int,
+    tls: tuple[Path, Path] | None = None,
+) -> None:
+    """Create the schema once, then start ``workers`` sync workers, each with its own app.
+
+    With ``tls`` (certificate and key files) gunicorn serves HTTPS itself.
+    """
     engine = create_database_engine(settings.database_url)
     create_schema(engine)
     engine.dispose()  # workers open their own connections after the fork
+    options: dict[str, Any] = {}
+    if tls is not None:
+        options = {"certfile": str(tls[0]), "keyfile": str(tls[1])}
     _Gunicorn(
-        {
+        options
+        | {
             "bind": f"{host}:{port}",
             "workers": workers,
             "worker_class": "sync",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import signal
@@ -9,12 +11,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from conftest import EXPECTED, FIXTURES, ROOT, load_fixture, without_uuids
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from cds_service.cli import main
 from cds_service.rule_pack import default_cards_dir
@@ -120,28 +128,37 @@ def free_port() -> int:
         return port
 
 
-def test_serve_answers_over_real_http(tmp_path: Path) -> None:
-    """cds-service serve starts gunicorn workers that answer discovery, hooks and feedback."""
+@contextmanager
+def served(tmp_path: Path, *extra: str, scheme: str = "http", verify: Any = True) -> Iterator[str]:
+    """Run ``cds-service serve`` (2 workers) until the block ends; yield its base URL."""
     port = free_port()
     environment = os.environ | {"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'served.sqlite3'}"}
+    command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), *extra]
     process = subprocess.Popen(
-        [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", "2"],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                discovery = requests.get(f"{base}/cds-services", timeout=2)
+                requests.get(f"{base}/cds-services", timeout=2, verify=verify)
                 break
             except requests.ConnectionError:
                 assert process.poll() is None, "server exited"
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+
+
+def test_serve_answers_over_real_http(tmp_path: Path) -> None:
+    """cds-service serve starts gunicorn workers that answer discovery, hooks and feedback."""
+    with served(tmp_path, "--workers", "2") as base:
+        discovery = requests.get(f"{base}/cds-services", timeout=10)
         assert discovery.status_code == 200
         assert len(discovery.json()["services"]) == 2
         answer = requests.post(
@@ -171,7 +188,53 @@ def test_serve_answers_over_real_http(tmp_path: Path) -> None:
         )
         assert refused.status_code == 415
         assert refused.json()["resourceType"] == "OperationOutcome"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1, written as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_serve_with_tls(tmp_path: Path) -> None:
+    """--certfile/--keyfile serve HTTPS with that certificate."""
+    cert, key = self_signed(tmp_path)
+    with served(
+        tmp_path, "--workers", "1", "--certfile", str(cert), "--keyfile", str(key),
+        scheme="https", verify=str(cert),
+    ) as base:  # fmt: skip
+        response = requests.get(f"{base}/cds-services", timeout=10, verify=str(cert))
+        assert response.status_code == 200
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_serve_refuses_a_lone_certfile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--certfile without --keyfile is a usage error, before anything starts."""
+    cert, _ = self_signed(tmp_path)
+    assert main(["serve", "--certfile", str(cert)]) == 2
+    assert "go together" in capsys.readouterr().err

@@ -1,0 +1,574 @@
+"""JWT authentication through HTTP: real keys, real signatures, a JWK Set served on loopback."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from conftest import load_fixture
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask import Flask
+from flask.testing import FlaskClient
+from jwt_helpers import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
+
+from cds_service.storage import Store
+
+DISCOVERY = "/cds-services"
+SERVICE = "/cds-services/cpt20703-encounter-discharge"
+FEEDBACK = f"{SERVICE}/feedback"
+STANDARD = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
+FEEDBACK_BODY = {
+    "feedback": [
+        {"card": "c0ffee00-0000-4000-8000-000000000001", "outcome": "overridden",
+         "outcomeTimestamp": "2026-03-02T10:16:00Z"}
+    ]
+}  # fmt: skip
+
+
+class JwksServer(ThreadingHTTPServer):
+    """Serves a JWK Set at /jwks.json that a test can change, and counts the fetches."""
+
+    daemon_threads = True
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        super().__init__(("127.0.0.1", 0), _JwksHandler)
+        self.jwks = jwks
+        self.fetches: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}/jwks.json"
+
+
+class _JwksHandler(BaseHTTPRequestHandler):
+    server: JwksServer  # type: ignore[assignment]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_GET(self) -> None:
+        self.server.fetches.append(self.path)
+        data = json.dumps(self.server.jwks).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> SigningKey:
+    return SigningKey.ec384()
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> SigningKey:
+    return SigningKey.rsa()
+
+
+@pytest.fixture(scope="module")
+def attacker_key() -> SigningKey:
+    return SigningKey.ec384()
+
+
+@pytest.fixture
+def jwks_server(rsa_key: SigningKey) -> Iterator[JwksServer]:
+    server = JwksServer(jwk_set(rsa_key))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+JKU_ISSUER = "https://other-ehr.example.org"
+
+
+@pytest.fixture
+def trust_file(tmp_path: Path, ec_key: SigningKey, jwks_server: JwksServer) -> Path:
+    return write_trust_file(
+        tmp_path,
+        [
+            {"iss": ISSUER, "jwks": jwk_set(ec_key)},
+            {"iss": JKU_ISSUER, "jku": [jwks_server.url]},
+        ],
+    )
+
+
+@pytest.fixture
+def secured(make_app: Any, sqlite_url: str, trust_file: Path) -> Flask:
+    app: Flask = make_app(
+        {
+            "DATABASE_URL": sqlite_url,
+            "AUTH": "required",
+            "TRUSTED_CLIENTS": str(trust_file),
+            "PUBLIC_BASE_URL": BASE_URL,
+            "JWT_ALGORITHMS": "ES384,RS384",
+        }
+    )
+    return app
+
+
+@pytest.fixture
+def client(secured: Flask) -> FlaskClient:
+    return secured.test_client()
+
+
+@pytest.fixture
+def tokens(ec_key: SigningKey) -> TokenFactory:
+    return TokenFactory(ec_key)
+
+
+def post(client: FlaskClient, path: str, token: str | None, body: Any = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return client.post(
+        path,
+        data=json.dumps(body if body is not None else STANDARD),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def assert_401(response: Any, check: str | None) -> None:
+    """A 401 OperationOutcome naming the check, with an RFC 6750 challenge, CORS headers on."""
+    assert response.status_code == 401, response.get_data(as_text=True)
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer ")
+    body = response.get_json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["code"] == "login"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    if check is None:
+        assert "error=" not in challenge
+    else:
+        assert 'error="invalid_token"' in challenge
+        assert f"({check})" in body["issue"][0]["diagnostics"]
+
+
+def feedback_rows(app: Flask) -> list[dict[str, Any]]:
+    store: Store = app.extensions["cds_20703"].store
+    return store.feedback_rows()
+
+
+# -- accepted --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [DISCOVERY, SERVICE, FEEDBACK])
+def test_valid_es384_token_is_accepted_on_every_endpoint(
+    client: FlaskClient, tokens: TokenFactory, path: str
+) -> None:
+    """An ES384 token whose aud is exactly the endpoint URL is accepted."""
+    token = tokens.token(path)
+    if path == DISCOVERY:
+        response = client.get(path, headers={"Authorization": f"Bearer {token}"})
+    else:
+        response = post(client, path, token, FEEDBACK_BODY if path == FEEDBACK else None)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def test_rs384_token_from_a_jku_client_is_accepted(
+    client: FlaskClient, rsa_key: SigningKey, jwks_server: JwksServer
+) -> None:
+    """RS384 with keys fetched from the client's allowlisted jku, then cached."""
+    factory = TokenFactory(rsa_key, issuer=JKU_ISSUER, headers={"jku": jwks_server.url})
+    assert post(client, SERVICE, factory.token(SERVICE)).status_code == 200
+    assert post(client, SERVICE, factory.token(SERVICE)).status_code == 200
+    assert len(jwks_server.fetches) == 1
+
+
+def test_aud_as_array_and_iat_slightly_in_the_future(
+    client: FlaskClient, tokens: TokenFactory
+) -> None:
+    """aud may be an array containing the URL; iat 0.5 s ahead is within the leeway."""
+    token = tokens.token(
+        SERVICE, claims={"aud": [BASE_URL + SERVICE, "x"], "iat": time.time() + 0.5}
+    )
+    assert post(client, SERVICE, token).status_code == 200
+
+
+def test_rotated_key_is_found_by_refetching_the_jku(
+    make_app: Any, sqlite_url: str, trust_file: Path, rsa_key: SigningKey, jwks_server: JwksServer
+) -> None:
+    """A new kid at the jku is picked up by one refetch (refetch interval 0 here)."""
+    client = make_app(
+        {
+            "DATABASE_URL": sqlite_url,
+            "AUTH": "required",
+            "TRUSTED_CLIENTS": str(trust_file),
+            "PUBLIC_BASE_URL": BASE_URL,
+            "JWKS_MIN_REFETCH_SECONDS": "0",
+        }
+    ).test_client()
+    factory = TokenFactory(rsa_key, issuer=JKU_ISSUER)
+    assert post(client, SERVICE, factory.token(SERVICE)).status_code == 200
+    rotated = SigningKey.rsa()
+    jwks_server.jwks = jwk_set(rsa_key, rotated)
+    rotated_factory = TokenFactory(rotated, issuer=JKU_ISSUER)
+    assert post(client, SERVICE, rotated_factory.token(SERVICE)).status_code == 200
+    assert len(jwks_server.fetches) == 2
+
+
+def test_unknown_kids_do_not_hammer_the_jku(
+    client: FlaskClient, rsa_key: SigningKey, jwks_server: JwksServer
+) -> None:
+    """Refetching on an unknown kid is rate-limited: two unknown kids, one fetch."""
+    stranger = SigningKey.rsa()
+    factory = TokenFactory(stranger, issuer=JKU_ISSUER)
+    assert_401(post(client, SERVICE, factory.token(SERVICE)), "kid")
+    assert_401(post(client, SERVICE, factory.token(SERVICE)), "kid")
+    assert len(jwks_server.fetches) == 1
+
+
+def test_optional_mode_accepts_no_token_but_checks_a_given_one(
+    make_app: Any, sqlite_url: str, trust_file: Path, tokens: TokenFactory
+) -> None:
+    """CDS_AUTH=optional: no token is fine, a bad token is still refused."""
+    app = make_app(
+        {
+            "DATABASE_URL": sqlite_url,
+            "AUTH": "optional",
+            "TRUSTED_CLIENTS": str(trust_file),
+            "PUBLIC_BASE_URL": BASE_URL,
+        }
+    )
+    client = app.test_client()
+    assert post(client, SERVICE, None).status_code == 200
+    assert_401(post(client, SERVICE, tokens.token("/cds-services")), "aud")
+
+
+def test_preflight_needs_no_token(client: FlaskClient) -> None:
+    """OPTIONS is answered without authentication."""
+    response = client.options(
+        SERVICE,
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+        },
+    )
+    assert response.status_code == 200
+
+
+# -- refused ---------------------------------------------------------------------------------
+
+
+def _none_token(path: str) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": BASE_URL + path, "exp": now + 60, "iat": now, "jti": "x1"}
+    return f"{part({'alg': 'none', 'typ': 'JWT', 'kid': 'k'})}.{part(claims)}."
+
+
+def _hs256_with_public_key(ec_key: SigningKey, path: str) -> str:
+    public = ec_key.private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": BASE_URL + path, "exp": now + 60, "iat": now, "jti": "x2"}
+    header = {"kid": ec_key.kid, "typ": "JWT"}
+    signing_input = ".".join(
+        base64.urlsafe_b64encode(json.dumps(item).encode()).rstrip(b"=").decode()
+        for item in ({"alg": "HS256"} | header, claims)
+    )
+    digest = hmac.new(public, signing_input.encode(), "sha256").digest()
+    return signing_input + "." + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+ES256_KEY = SigningKey(ec.generate_private_key(ec.SECP256R1()), "k256", "ES256")
+REFUSALS = {
+    "malformed": lambda f, k, a, p: "not.a.jwt",
+    "alg none": lambda f, k, a, p: _none_token(p),
+    "HS256 with the public key": lambda f, k, a, p: _hs256_with_public_key(k, p),
+    "unknown kid": lambda f, k, a, p: f.token(p, headers={"kid": "no-such-kid"}),
+    "wrong signature": lambda f, k, a, p: f.token(p, key=SigningKey(a.private, k.kid, "ES384")),
+    "untrusted iss": lambda f, k, a, p: f.token(p, claims={"iss": "https://evil.example"}),
+    "aud of another endpoint": lambda f, k, a, p: f.token(p, claims={"aud": BASE_URL + DISCOVERY}),
+    "aud of another host": lambda f, k, a, p: f.token(p, claims={"aud": "https://evil.example" + p}),
+    "aud missing": lambda f, k, a, p: f.token(p, drop=("aud",)),
+    "expired": lambda f, k, a, p: f.token(p, claims={"exp": time.time() - 60, "iat": time.time() - 120}),
+    "iat in the future": lambda f, k, a, p: f.token(p, claims={"iat": time.time() + 60}),
+    "exp too far": lambda f, k, a, p: f.token(p, claims={"exp": time.time() + 7200}),
+    "jti missing": lambda f, k, a, p: f.token(p, drop=("jti",)),
+    "typ not JWT": lambda f, k, a, p: f.token(p, headers={"typ": "at+jwt"}),
+    "alg not allowed": lambda f, k, a, p: f.token(p, key=ES256_KEY, headers={"kid": k.kid}),
+}  # fmt: skip
+EXPECTED_CHECK = {
+    "malformed": "malformed", "alg none": "alg", "HS256 with the public key": "alg",
+    "unknown kid": "kid", "wrong signature": "signature", "untrusted iss": "iss",
+    "aud of another endpoint": "aud", "aud of another host": "aud", "aud missing": "aud",
+    "expired": "exp", "iat in the future": "iat", "exp too far": "exp", "jti missing": "jti",
+    "typ not JWT": "typ", "alg not allowed": "alg",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+@pytest.mark.parametrize("path", [SERVICE, FEEDBACK])
+def test_bad_token_is_401_and_nothing_is_stored(
+    secured: Flask,
+    tokens: TokenFactory,
+    ec_key: SigningKey,
+    attacker_key: SigningKey,
+    case: str,
+    path: str,
+) -> None:
+    """Every forged or faulty token is refused with 401 naming the check; feedback is not kept."""
+    token = REFUSALS[case](tokens, ec_key, attacker_key, path)
+    client = secured.test_client()
+    response = post(client, path, token, FEEDBACK_BODY if path == FEEDBACK else None)
+    assert_401(response, EXPECTED_CHECK[case])
+    assert feedback_rows(secured) == []
+
+
+def test_missing_token_is_401_without_error_code(secured: Flask) -> None:
+    """No Authorization header: 401 whose challenge carries no error (RFC 6750)."""
+    assert_401(post(secured.test_client(), FEEDBACK, None, FEEDBACK_BODY), None)
+    assert_401(secured.test_client().get(DISCOVERY), None)
+    assert feedback_rows(secured) == []
+
+
+def test_basic_authorization_is_malformed(client: FlaskClient) -> None:
+    """An Authorization header that is not Bearer is refused."""
+    response = client.post(
+        SERVICE, data=json.dumps(STANDARD), content_type="application/json",
+        headers={"Authorization": "Basic dXNlcjpwYXNz"},
+    )  # fmt: skip
+    assert_401(response, "malformed")
+
+
+def test_jku_not_on_the_allowlist_is_never_fetched(
+    client: FlaskClient, rsa_key: SigningKey, jwks_server: JwksServer
+) -> None:
+    """A jku the client's entry does not list is refused before anything is fetched."""
+    attacker_url = jwks_server.url.replace("jwks.json", "attacker.json")
+    factory = TokenFactory(rsa_key, issuer=JKU_ISSUER, headers={"jku": attacker_url})
+    assert_401(post(client, SERVICE, factory.token(SERVICE)), "jku")
+    assert jwks_server.fetches == []
+
+
+def test_jku_header_of_an_inline_keys_client_is_ignored(
+    client: FlaskClient, tokens: TokenFactory, jwks_server: JwksServer
+) -> None:
+    """For a client with configured keys a jku header fetches nothing; its keys decide."""
+    token = tokens.token(SERVICE, headers={"jku": jwks_server.url})
+    assert post(client, SERVICE, token).status_code == 200
+    assert jwks_server.fetches == []
+
+
+def test_replayed_token_is_refused_across_workers(
+    make_app: Any, sqlite_url: str, trust_file: Path, tokens: TokenFactory
+) -> None:
+    """Two app instances (two workers) sharing one database: a jti is accepted once."""
+    config = {
+        "DATABASE_URL": sqlite_url,
+        "AUTH": "required",
+        "TRUSTED_CLIENTS": str(trust_file),
+        "PUBLIC_BASE_URL": BASE_URL,
+    }
+    first, second = make_app(config).test_client(), make_app(config).test_client()
+    token = tokens.token(SERVICE)
+    assert post(first, SERVICE, token).status_code == 200
+    assert_401(post(second, SERVICE, token), "jti")
+    assert_401(post(first, SERVICE, token), "jti")
+
+
+def test_development_only_client_is_refused_in_production(
+    make_app: Any, sqlite_url: str, tmp_path: Path, ec_key: SigningKey
+) -> None:
+    """In production a development-only client's valid token is refused (untrusted issuer)."""
+    other = SigningKey.ec384()
+    trust = write_trust_file(
+        tmp_path,
+        [
+            {"iss": "https://sandbox.cds-hooks.org", "jwks": jwk_set(ec_key), "development_only": True},
+            {"iss": ISSUER, "jwks": jwk_set(other)},
+        ],
+        name="production-trust.json",
+    )  # fmt: skip
+    app = make_app(
+        {"DATABASE_URL": sqlite_url, "PROFILE": "production", "PUBLIC_BASE_URL": BASE_URL,
+         "TRUSTED_CLIENTS": str(trust), "CORS_ORIGINS": "https://ehr.example.org",
+         "FHIR_SERVER_ALLOWLIST": "https://ehr.example.org/fhir"}
+    )  # fmt: skip
+    sandbox = TokenFactory(ec_key, issuer="https://sandbox.cds-hooks.org")
+    response = post(app.test_client(), SERVICE, sandbox.token(SERVICE))
+    assert response.status_code == 401
+    assert "(iss)" in response.get_json()["issue"][0]["diagnostics"]
+    assert post(app.test_client(), SERVICE, TokenFactory(other).token(SERVICE)).status_code == 200
+
+
+def test_shipped_sandbox_trust_file_accepts_sandbox_style_tokens(
+    make_app: Any, sqlite_url: str
+) -> None:
+    """The packaged development trust file holds the sandbox's public key, development-only."""
+    from cds_service.auth import load_trusted_clients
+
+    path = (
+        Path(__file__).resolve().parents[1] / "cds_service/trust/cds-hooks-sandbox.development.json"
+    )
+    (client,) = load_trusted_clients(path, production=False)
+    assert client.iss == "https://sandbox.cds-hooks.org"
+    assert client.development_only is True
+    assert client.keys is not None
+    assert set(client.keys) == {"44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"}
+    assert load_trusted_clients(path, production=True) == []
+
+
+def test_security_headers_on_every_response(client: FlaskClient, tokens: TokenFactory) -> None:
+    """no-store and nosniff on successes and on 401s."""
+    for response in (post(client, SERVICE, tokens.token(SERVICE)), post(client, SERVICE, None)):
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_too_many_bundle_entries_is_413(make_app: Any, sqlite_url: str) -> None:
+    """A prefetch Bundle over CDS_MAX_BUNDLE_ENTRIES is refused with 413."""
+    app = make_app({"DATABASE_URL": sqlite_url, "MAX_BUNDLE_ENTRIES": "3"})
+    body = json.loads(json.dumps(STANDARD))
+    body["prefetch"]["conditions"]["entry"] = body["prefetch"]["conditions"]["entry"] * 4
+    response = post(app.test_client(), SERVICE, None, body)
+    assert response.status_code == 413
+    assert "CDS_MAX_BUNDLE_ENTRIES" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_logs_name_the_check_and_issuer_but_never_the_token(
+    client: FlaskClient, tokens: TokenFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused token is logged by check and iss; the token itself never appears."""
+    token = tokens.token(SERVICE, claims={"aud": "https://evil.example/x"})
+    with caplog.at_level(logging.INFO, logger="cds_service"):
+        post(client, SERVICE, token)
+        good = tokens.token(SERVICE)
+        post(client, SERVICE, good)
+    refused = [r for r in caplog.records if r.getMessage() == "request not authenticated"]
+    assert refused
+    assert refused[0].check == "aud"  # type: ignore[attr-defined]
+    assert refused[0].iss == ISSUER  # type: ignore[attr-defined]
+    everything = caplog.text + json.dumps([vars(r) for r in caplog.records], default=str)
+    for secret in (token, good, token.split(".")[2], good.split(".")[2]):
+        assert secret not in everything
+    answered = [r for r in caplog.records if r.getMessage() == "hook call answered"]
+    assert answered[-1].client == ISSUER  # type: ignore[attr-defined]
+    assert jwt.get_unverified_header(good)["alg"] == "ES384"
+
+
+def test_every_fixture_with_real_tokens_leaves_no_secret_in_the_logs(
+    client: FlaskClient, tokens: TokenFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """All fixtures, each with a fresh JWT and a FHIR token: no JWT, token or patient id logged."""
+    from conftest import EXPECTED, FIXTURE_NAMES
+    from test_api import _sensitive_strings
+
+    secrets: set[str] = {"fhir-access-token-xyz"}
+    with caplog.at_level(logging.DEBUG):
+        for name in FIXTURE_NAMES:
+            body = load_fixture(name)
+            secrets |= _sensitive_strings(body)
+            body["fhirAuthorization"] = {
+                "access_token": "fhir-access-token-xyz",
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "user/*.read",
+                "subject": "cds-20703",
+            }
+            path = f"/cds-services/{EXPECTED[name]['service']}"
+            token = tokens.token(path)
+            secrets |= {token, token.split(".")[2]}
+            response = post(client, path, token, body)
+            assert response.status_code == EXPECTED[name]["status"]
+    text = caplog.text + json.dumps([vars(r) for r in caplog.records], default=str)
+    assert [secret for secret in secrets if secret in text] == []
+
+
+def trust_problem(tmp_path: Path, content: Any, name: str = "trust.json") -> str:
+    from cds_service.auth import load_trusted_clients
+    from cds_service.errors import ConfigError
+
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ConfigError) as error:
+        load_trusted_clients(path, production=False)
+    message = str(error.value)
+    assert message.startswith("CDS_TRUSTED_CLIENTS")
+    return message
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("{not json", "not valid JSON"),
+        ({"clients": []}, "clients"),
+        ({"clients": [{"iss": "x"}]}, "exactly one of jwks, jwks_file, jku"),
+        ({"clients": [{"iss": "x", "jku": ["https://a/j"], "jwks": {"keys": []}}]}, "exactly one"),
+        ({"clients": [{"iss": "x", "jku": ["http://keys.example/j"]}]}, "https"),
+        ({"clients": [{"iss": "x", "jwks": {"keys": []}}]}, "non-empty 'keys'"),
+        ({"clients": [{"iss": "x", "jwks": {"keys": [{"kty": "EC"}]}}]}, "no 'kid'"),
+        ({"clients": [{"iss": "x", "jwks": {"keys": [{"kty": "oct", "kid": "a", "k": "c2VjcmV0"}]}}]}, "private or symmetric"),
+        ({"clients": [{"iss": "x", "jwks_file": "missing.json"}]}, "cannot read a JWK Set"),
+        ({"clients": [{"iss": "x", "jku": ["https://a/j"], "colour": "red"}]}, "colour"),
+    ],
+)  # fmt: skip
+def test_bad_trusted_clients_file_stops_start_up(tmp_path: Path, content: Any, needle: str) -> None:
+    """Each mistake in the trusted-clients file is a start-up error saying what is wrong."""
+    assert needle in trust_problem(tmp_path, content)
+
+
+def test_private_key_and_duplicate_issuer_are_refused(tmp_path: Path, ec_key: SigningKey) -> None:
+    """A JWK with private material, or one issuer twice, stops start-up."""
+    from jwt.algorithms import ECAlgorithm
+
+    private = json.loads(ECAlgorithm.to_jwk(ec_key.private)) | {"kid": "p"}
+    assert "private or symmetric" in trust_problem(
+        tmp_path, {"clients": [{"iss": "x", "jwks": {"keys": [private]}}]}
+    )
+    twice = {"iss": "x", "jwks": jwk_set(ec_key)}
+    assert "issuer listed twice" in trust_problem(tmp_path, {"clients": [twice, twice]})
+
+
+def test_yaml_trust_file_and_jwks_file(tmp_path: Path, ec_key: SigningKey) -> None:
+    """YAML is read by extension; jwks_file is relative to the trust file."""
+    from cds_service.auth import load_trusted_clients
+
+    (tmp_path / "keys.json").write_text(json.dumps(jwk_set(ec_key)))
+    path = tmp_path / "trust.yaml"
+    path.write_text(
+        "clients:\n  - iss: https://ehr.example.org\n    jwks_file: keys.json\n"
+        "    fhir_servers: [https://ehr.example.org/fhir]\n"
+    )
+    (client,) = load_trusted_clients(path, production=False)
+    assert client.keys is not None
+    assert list(client.keys) == [ec_key.kid]
+    assert client.fhir_servers == ("https://ehr.example.org/fhir/",)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CDS_AUTH", "sometimes"),
+        ("CDS_AUTH", "required"),
+        ("CDS_JWT_ALGORITHMS", "HS256"),
+        ("CDS_JWT_ALGORITHMS", "none"),
+        ("CDS_JWT_LEEWAY_SECONDS", "-1"),
+        ("CDS_JWT_MAX_LIFETIME_SECONDS", "forever"),
+        ("CDS_TRUSTED_CLIENTS", "/no/such/trust.json"),
+    ],
+)
+def test_bad_auth_setting_names_the_variable(variable: str, value: str) -> None:
+    """Bad authentication settings stop start-up naming the variable (required needs clients)."""
+    from cds_service.config import Settings
+    from cds_service.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        Settings.load(environ={variable: value})
+    assert variable in str(error.value) or "CDS_TRUSTED_CLIENTS" in str(error.value)
