@@ -367,11 +367,11 @@ def test_jku_header_of_an_inline_keys_client_is_ignored(
 
 
 def test_replayed_token_is_refused_across_workers(
-    make_app: Any, sqlite_url: str, trust_file: Path, tokens: TokenFactory
+    make_app: Any, database_url: str, trust_file: Path, tokens: TokenFactory
 ) -> None:
     """Two app instances (two workers) sharing one database: a jti is accepted once."""
     config = {
-        "DATABASE_URL": sqlite_url,
+        "DATABASE_URL": database_url,
         "AUTH": "required",
         "TRUSTED_CLIENTS": str(trust_file),
         "PUBLIC_BASE_URL": BASE_URL,
@@ -572,3 +572,21 @@ def test_bad_auth_setting_names_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as error:
         Settings.load(environ={variable: value})
     assert variable in str(error.value) or "CDS_TRUSTED_CLIENTS" in str(error.value)
+
+
+def test_replay_store_forgets_expired_tokens(make_app: Any, database_url: str) -> None:
+    """A token id is kept until it expires, then pruned, so the table does not grow forever."""
+    from cds_service.storage import PRUNE_EVERY, jwt_replay
+
+    store: Store = make_app({"DATABASE_URL": database_url}).extensions["cds_20703"].store
+    now = time.time()
+    assert store.remember_token("a" * 64, now + 60) is True
+    assert store.remember_token("a" * 64, now + 60) is False
+    assert store.remember_token("b" * 64, now - 1) is True  # already expired
+    assert store.remember_token("b" * 64, now + 60) is True  # its expired row was replaced
+    for index in range(PRUNE_EVERY):
+        store.remember_token(f"{index:064d}", now - 1)
+    with store.engine.connect() as connection:
+        left = connection.execute(jwt_replay.select()).all()
+    assert {row.token_key for row in left} >= {"a" * 64, "b" * 64}
+    assert len(left) < PRUNE_EVERY
