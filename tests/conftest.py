@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,8 +14,10 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from jwt_helpers import MINTED
 
 from cds_service import create_app
+from cds_service.logs import JsonFormatter
 from cds_service.rule_pack import RulePack, default_cards_dir, load_rule_pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +28,71 @@ NO_FHIR_SERVER = "http://127.0.0.1:9/no-fhir-server"
 POSTGRES_URL = os.environ.get(
     "CDS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+def sensitive_strings(body: dict[str, Any]) -> set[str]:
+    """Patient ids, names and identifiers that appear in a request body."""
+    found = {body["context"]["patientId"]}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            if value.get("resourceType") == "Patient":
+                for name in value.get("name", []):
+                    found.update(name.get("given", []))
+                    if name.get("family"):
+                        found.add(name["family"])
+            for key, child in value.items():
+                if key in ("subject", "patient", "beneficiary") and isinstance(child, dict):
+                    if child.get("display"):
+                        found.add(child["display"])
+                    if isinstance(child.get("identifier"), dict):
+                        found.add(str(child["identifier"].get("value")))
+                if key == "subscriberId":
+                    found.add(str(child))
+                walk(child)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(body)
+    return {text for text in found if text and len(text) >= 4}
+
+
+# Access tokens the tests put in requests; minted JWTs are added by jwt_helpers.
+TEST_ACCESS_TOKENS = {
+    "super-secret-access-token",
+    "fhir-access-token-xyz",
+    "opaque-token-42",
+    "secret-tok",
+    "tok-123",
+}
+
+
+class _LogCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        self.formatter_ = JsonFormatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.formatter_.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_any_log() -> Iterator[None]:
+    """Everything the service logs during the whole suite holds no token, JWT or patient id."""
+    collector = _LogCollector()
+    logger = logging.getLogger("cds_service")
+    logger.addHandler(collector)
+    yield
+    logger.removeHandler(collector)
+    secrets = set(TEST_ACCESS_TOKENS) | MINTED
+    for name in FIXTURE_NAMES:
+        secrets |= sensitive_strings(load_fixture(name))
+    text = "\n".join(collector.lines)
+    assert collector.lines, "the suite logged nothing: the check would prove nothing"
+    leaked = sorted(secret for secret in secrets if secret in text)
+    assert leaked == [], f"secrets found in the service's logs: {leaked[:5]}"
 
 
 def without_uuids(document: Any) -> Any:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 BASE_URL = "https://cds.example.org"
+MINTED: set[str] = set()  # every token minted here: the session log check looks for them
 ISSUER = "https://ehr.example.org"
 
 
@@ -76,9 +77,11 @@ class TokenFactory:
         for name in drop:
             payload.pop(name, None)
         header = {"kid": signer.kid, "typ": "JWT"} | self.headers | (headers or {})
-        return jwt.encode(
+        token = jwt.encode(
             payload, signer.private, algorithm=algorithm or signer.algorithm, headers=header
         )
+        MINTED.update({token, token.rsplit(".", 1)[-1]})
+        return token
 
 
 def write_trust_file(

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import sqlalchemy
 import yaml
-from conftest import EXPECTED, FIXTURE_NAMES, load_fixture, without_uuids
+from conftest import EXPECTED, FIXTURE_NAMES, load_fixture, sensitive_strings, without_uuids
 from fhir.resources.R4B.claim import Claim
 from flask import Flask
 from flask.testing import FlaskClient
@@ -366,34 +366,6 @@ def test_cors_on_success_and_restricted_origins(make_app: Any, sqlite_url: str) 
 # -- privacy -----------------------------------------------------------------------------------
 
 
-def _sensitive_strings(body: dict[str, Any]) -> set[str]:
-    """Patient ids, names and identifiers that appear in a request body."""
-    found = {body["context"]["patientId"]}
-
-    def walk(value: Any, key: str = "") -> None:
-        if isinstance(value, dict):
-            if value.get("resourceType") == "Patient":
-                for name in value.get("name", []):
-                    found.update(name.get("given", []))
-                    if name.get("family"):
-                        found.add(name["family"])
-            for child_key, child in value.items():
-                if child_key in ("subject", "patient", "beneficiary") and isinstance(child, dict):
-                    if child.get("display"):
-                        found.add(child["display"])
-                    if isinstance(child.get("identifier"), dict):
-                        found.add(str(child["identifier"].get("value")))
-                if child_key == "subscriberId":
-                    found.add(str(child))
-                walk(child, child_key)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item, key)
-
-    walk(body)
-    return {text for text in found if text and len(text) >= 4}
-
-
 def test_logs_hold_no_patient_data_or_tokens(
     client: FlaskClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -402,7 +374,7 @@ def test_logs_hold_no_patient_data_or_tokens(
     with caplog.at_level(logging.DEBUG):
         for name in FIXTURE_NAMES:
             body = load_fixture(name)
-            sensitive |= _sensitive_strings(body)
+            sensitive |= sensitive_strings(body)
             if body.get("fhirServer"):
                 body["fhirAuthorization"] = {
                     "access_token": "super-secret-access-token",

@@ -467,14 +467,13 @@ def test_every_fixture_with_real_tokens_leaves_no_secret_in_the_logs(
     client: FlaskClient, tokens: TokenFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """All fixtures, each with a fresh JWT and a FHIR token: no JWT, token or patient id logged."""
-    from conftest import EXPECTED, FIXTURE_NAMES
-    from test_api import _sensitive_strings
+    from conftest import EXPECTED, FIXTURE_NAMES, sensitive_strings
 
     secrets: set[str] = {"fhir-access-token-xyz"}
     with caplog.at_level(logging.DEBUG):
         for name in FIXTURE_NAMES:
             body = load_fixture(name)
-            secrets |= _sensitive_strings(body)
+            secrets |= sensitive_strings(body)
             body["fhirAuthorization"] = {
                 "access_token": "fhir-access-token-xyz",
                 "token_type": "Bearer",
