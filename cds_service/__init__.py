@@ -68,6 +68,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             max_age=86400,
         )
     app.register_blueprint(api.bp)
+    app.register_blueprint(api.questionnaires)
     return app
 
 

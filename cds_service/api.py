@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds_service.errors import (
     AuthenticationError,
     InvalidRequestError,
+    UnknownResourceError,
     UnsupportedMediaTypeError,
 )
 from cds_service.service import find_service, handle_hook_call, parse_feedback_request
@@ -101,6 +102,7 @@ def call_service(service_id: str) -> Response:
         fetcher=state.fetcher,
         max_bundle_entries=state.settings.max_bundle_entries,
         client_fhir_servers=client.fhir_servers if client else (),
+        public_base_url=state.settings.public_base_url,
     )
     try:
         state.store.record_issued_cards(service_id, result.issued)
@@ -146,3 +148,16 @@ def feedback(service_id: str) -> Response:
             "unknownCards": result.unknown_cards,
         }
     )
+
+
+questionnaires = Blueprint("questionnaires", __name__, url_prefix="/questionnaires")
+
+
+@questionnaires.get("/<questionnaire_id>")
+def questionnaire(questionnaire_id: str) -> Response:
+    """Serve the documentation Questionnaire, so its canonical URL resolves."""
+    state = _state()
+    document = state.pack.questionnaire(state.settings.public_base_url)
+    if questionnaire_id != document["id"]:
+        raise UnknownResourceError("No Questionnaire with that id on this server.")
+    return Response(json.dumps(document), mimetype="application/fhir+json")

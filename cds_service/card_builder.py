@@ -24,13 +24,17 @@ def build_cards(
     pack: RulePack,
     new_uuid: Callable[[], str],
     caveats: Sequence[str] = (),
+    payer: str | None = None,
 ) -> list[dict[str, Any]]:
     """The JSON of one card per finding, without empty or null elements.
 
     ``caveats`` name data that could not be checked; every card says so, since any finding may
-    have come out differently with that data.
+    have come out differently with that data. ``payer`` is the patient's payer profile key: every
+    card shows that payer's policy notes.
     """
-    return [prune_empty(build_card(finding, pack, new_uuid, caveats)) for finding in findings]
+    return [
+        prune_empty(build_card(finding, pack, new_uuid, caveats, payer)) for finding in findings
+    ]
 
 
 def not_checked_section(caveats: Sequence[str]) -> str:
@@ -39,6 +43,20 @@ def not_checked_section(caveats: Sequence[str]) -> str:
         return ""
     lines = "\n".join(f"- {caveat}" for caveat in caveats)
     return f"\n\n**Not checked** (this data could not be obtained):\n{lines}"
+
+
+def payer_section(pack: RulePack, payer: str | None) -> str:
+    """The patient's payer and what its policies say about add-on codes, with their sources."""
+    if payer is None:
+        return ""
+    profile = pack.payers.profile(payer)
+    lines = [f"\n\n**Payer: {profile.label}**"]
+    for note in profile.notes:
+        cited = ", ".join(
+            f"[{pack.sources[key].label}]({pack.sources[key].url})" for key in note.sources
+        )
+        lines.append(f"- {note.text} (tier {note.tier}, read {note.read}: {cited})")
+    return "\n".join(lines)
 
 
 def sources_section(pack: RulePack, keys: Sequence[str]) -> str:
@@ -56,6 +74,7 @@ def build_card(
     pack: RulePack,
     new_uuid: Callable[[], str],
     caveats: Sequence[str] = (),
+    payer: str | None = None,
 ) -> dict[str, Any]:
     """One card, validated against the CDS Hooks 2.0 card model."""
     template = pack.findings.findings[finding.code]
@@ -64,7 +83,24 @@ def build_card(
     if finding.missing_documentation:
         extension[MISSING_DOCUMENTATION_EXTENSION] = list(finding.missing_documentation)
     suggestions = None
-    if finding.updated_claim is not None and template.suggestion is not None:
+    if finding.new_resource is not None and template.suggestion is not None:
+        suggestions = [
+            Suggestion(
+                label=template.suggestion.label,
+                uuid=new_uuid(),
+                isRecommended=True,
+                actions=[
+                    Action(
+                        type="create",
+                        description=render_template(
+                            template.suggestion.action_description, finding.variables
+                        ),
+                        resource=finding.new_resource,
+                    )
+                ],
+            )
+        ]
+    elif finding.updated_claim is not None and template.suggestion is not None:
         claim = finding.updated_claim
         action = Action(
             type="update",
@@ -85,6 +121,7 @@ def build_card(
         summary=render_template(template.summary, finding.variables),
         detail=render_template(template.detail, finding.variables)
         + not_checked_section(caveats)
+        + payer_section(pack, payer)
         + "\n\n"
         + sources_section(pack, template.source.sources),
         indicator=template.indicator,

@@ -83,3 +83,41 @@ def is_valid_item(item: dict[str, Any]) -> bool:
     except (ValidationError, ValueError, TypeError):
         return False
     return True
+
+
+def update_line(
+    claim: dict[str, Any], line: ClaimLine, changes: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The Claim with ``line``'s elements replaced by ``changes`` (``None`` values removed)."""
+    items = list(claim["item"])
+    item = {key: value for key, value in items[line.index].items() if key not in changes}
+    item |= {key: value for key, value in changes.items() if value is not None}
+    items[line.index] = item
+    return claim | {"item": items} if is_valid_item(item) else None
+
+
+def without_modifiers(claim: dict[str, Any], line: ClaimLine, codes: frozenset[str]) -> Any:
+    """The Claim with the modifiers ``codes`` removed from ``line``."""
+    kept = [
+        modifier
+        for modifier in claim["item"][line.index].get("modifier", [])
+        if not {coding.get("code") for coding in modifier.get("coding", [])} & codes
+    ]
+    return update_line(claim, line, {"modifier": kept or None})
+
+
+def without_lines(claim: dict[str, Any], lines: list[ClaimLine]) -> dict[str, Any]:
+    """The Claim without ``lines`` (the other items keep their sequence numbers)."""
+    dropped = {line.index for line in lines}
+    return claim | {"item": [item for i, item in enumerate(claim["item"]) if i not in dropped]}
+
+
+def is_valid_resource(resource_type: str, resource: dict[str, Any]) -> bool:
+    """True when ``resource`` validates as the named R4 resource."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        get_fhir_model_class(resource_type).model_validate(resource)
+    except (ValidationError, ValueError, TypeError, KeyError):
+        return False
+    return True

@@ -65,7 +65,25 @@ def _parser() -> argparse.ArgumentParser:
         "--write-schemas", action="store_true", help="rewrite <cards-dir>/schema/*.schema.json"
     )
     check.set_defaults(run=_check_cards)
+
+    describe = commands.add_parser("describe-rules", help="print the rule pack as a document")
+    describe.add_argument("--markdown", action="store_true", help="markdown (the only format)")
+    describe.add_argument("--cards-dir", type=Path, help="rule pack directory")
+    describe.set_defaults(run=_describe_rules)
     return parser
+
+
+def _describe_rules(args: argparse.Namespace) -> int:
+    from cds_service.describe import describe_rules_markdown
+
+    directory = args.cards_dir or Settings.load().cards_dir
+    try:
+        pack = load_rule_pack(directory)
+    except RulePackError as exc:
+        print(f"cds-service: the rule pack is invalid:\n{exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    sys.stdout.write(describe_rules_markdown(pack))
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:

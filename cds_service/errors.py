@@ -5,6 +5,7 @@ Hierarchy::
     CdsError                      an error that becomes a FHIR OperationOutcome response
     +-- InvalidRequestError       400  the body is not a valid request for this service
     +-- UnknownServiceError       404  no service with that id
+    +-- UnknownResourceError      404  no such Questionnaire
     +-- PrefetchUnavailableError  412  required data is neither prefetched nor obtainable
     +-- UnsupportedMediaTypeError 415  the body is not JSON
     +-- TooManyEntriesError       413  a context or prefetch Bundle has more entries than allowed
@@ -78,6 +79,13 @@ class InvalidRequestError(CdsError):
 
 class UnknownServiceError(CdsError):
     """No CDS service with the requested id (404)."""
+
+    status_code = 404
+    issue_code = "not-found"
+
+
+class UnknownResourceError(CdsError):
+    """No such resource on this server (404)."""
 
     status_code = 404
     issue_code = "not-found"

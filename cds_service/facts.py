@@ -12,7 +12,7 @@ encounter, when an item's date of service is a date of the session's procedures)
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,7 @@ from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
 
 from cds_service.fhir_input import ClaimInput, ResourceSet
-from cds_service.rule_pack import CompiledPatterns, RulePack
+from cds_service.rule_pack import CompiledPatterns, DiagnosisLinkage, RulePack
 
 PERFORMED_STATUSES = frozenset({"completed", "in-progress"})
 ORDER_STATUSES = frozenset({"draft", "active", "on-hold", "completed"})
@@ -42,6 +42,8 @@ class ClaimLine:
     quantity: Decimal | None
     serviced_date: str | None
     encounter_ids: frozenset[str]
+    diagnosis_sequence: tuple[int, ...] = ()
+    care_team_sequence: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class DraftClaim:
     source: ClaimInput
     lines: tuple[ClaimLine, ...]
     diagnosis_codes: frozenset[str]
+    diagnoses: dict[int, str] = field(default_factory=dict)  # diagnosis sequence -> ICD code
 
     def lines_with(self, code: str) -> list[ClaimLine]:
         """Lines that report ``code``."""
@@ -71,14 +74,44 @@ class ClinicalFacts:
     texts: tuple[str, ...] = ()  # narrative searched for documentation evidence
     draft_order_primaries: tuple[str, ...] = ()
     device_in_place: tuple[str, ...] = ()
+    session_date: str | None = None
+    other_claims: tuple[DraftClaim, ...] = ()  # further draft claims of the session
+    other_tiers: frozenset[str] = frozenset()  # non-intramedullary drug devices removed
+    insertion_evidence: bool = False
+    prefabricated: bool = False
+    other_surgery: bool = False  # a surgical procedure that is not a listed primary
+    payer: str = "general"
+    answered: frozenset[str] = frozenset()  # documentation keys answered in the Questionnaire
+    removal_procedure: str | None = None  # id of the removal Procedure (Task focus)
+    surgeon: str | None = None  # reference to its performer (Task owner)
+    patient_id: str | None = None
+    questionnaire_url: str | None = None  # canonical of the documentation Questionnaire
 
 
 def derive_facts(
-    resources: ResourceSet, pack: RulePack, hook: str, encounter_id: str | None
+    resources: ResourceSet,
+    pack: RulePack,
+    hook: str,
+    encounter_id: str | None,
+    patient_id: str | None = None,
+    public_base_url: str = "http://127.0.0.1:8080",
 ) -> ClinicalFacts:
     """Build the facts of one hook call from its resources."""
     reader = FactReader(resources, pack, encounter_id)
-    return reader.facts(hook)
+    return replace(
+        reader.facts(hook),
+        patient_id=patient_id,
+        questionnaire_url=public_base_url.rstrip("/") + QUESTIONNAIRE_PATH,
+    )
+
+
+QUESTIONNAIRE_PATH = "/questionnaires/cpt20703-removal-documentation"
+
+
+def _has_value(answer: Any) -> bool:
+    """An answer that says something (an empty string or false documents nothing)."""
+    values = answer.model_dump(exclude_none=True, exclude={"id", "extension", "item"})
+    return any(value not in ("", False) for value in values.values())
 
 
 def reference_id(reference: Reference | None, resource_type: str) -> str | None:
@@ -196,6 +229,7 @@ class FactReader:
                 encounter_id=None,
                 draft_order_primaries=draft_primaries,
                 device_in_place=in_place,
+                payer=self.payer(None),
             )
         session = [
             procedure
@@ -203,7 +237,8 @@ class FactReader:
             if procedure.status in PERFORMED_STATUSES and self.in_session(procedure.encounter)
         ]
         evidence, removal_procedures, removed_devices = self.removal(session)
-        claim = self.draft_claim(session)
+        claims = self.draft_claims(session)
+        claim = claims[0] if claims else None
         primaries = self.session_primaries(session, claim)
         primary_codes = self.coding.primary_codes
         removal_ids = {id(procedure) for procedure in removal_procedures}
@@ -226,6 +261,16 @@ class FactReader:
             texts=self.narrative(session, removed_devices),
             draft_order_primaries=draft_primaries,
             device_in_place=in_place,
+            session_date=self.session_date(session, claim),
+            other_claims=tuple(claims[1:]),
+            other_tiers=self.other_tiers(session),
+            insertion_evidence=self.insertion(session),
+            prefabricated=self.prefabricated(session, removed_devices),
+            other_surgery=self.other_surgery(session, claim),
+            payer=self.payer(claim),
+            answered=self.answered(),
+            removal_procedure=removal_procedures[0].id if removal_procedures else None,
+            surgeon=self.surgeon(removal_procedures),
         )
 
     def removal(
@@ -258,10 +303,10 @@ class FactReader:
                 kinds.extend(kind for kind in found if kind not in kinds)
         return tuple(kinds), procedures, devices
 
-    def draft_claim(self, session: Sequence[Procedure]) -> DraftClaim | None:
-        """The session's draft Claim: the one with most items in the session."""
+    def draft_claims(self, session: Sequence[Procedure]) -> list[DraftClaim]:
+        """The session's draft Claims, the one with most items in the session first."""
         session_days = {day for day in map(self.procedure_day, session) if day}
-        best: tuple[int, DraftClaim] | None = None
+        found: list[tuple[int, DraftClaim]] = []
         for claim_input in self.resources.claims:
             claim = claim_input.model
             if claim.status != "draft" or claim.use not in (None, "claim"):
@@ -275,17 +320,17 @@ class FactReader:
                 matching = sum(1 for line in lines if line.serviced_date in session_days)
             if matching == 0:
                 continue
-            diagnoses = frozenset(
-                code
+            icd = self.coding.systems["icd10cm"]
+            by_sequence = {
+                int(diagnosis.sequence): codes[0]
                 for diagnosis in claim.diagnosis or []
-                for code in _codes(
-                    diagnosis.diagnosisCodeableConcept, self.coding.systems["icd10cm"]
-                )
-            )
-            candidate = DraftClaim(claim_input, lines, diagnoses)
-            if best is None or matching > best[0]:
-                best = (matching, candidate)
-        return best[1] if best else None
+                if diagnosis.sequence is not None
+                and (codes := _codes(diagnosis.diagnosisCodeableConcept, icd))
+            }
+            draft = DraftClaim(claim_input, lines, frozenset(by_sequence.values()), by_sequence)
+            found.append((matching, draft))
+        found.sort(key=lambda pair: -pair[0])
+        return [draft for _, draft in found]
 
     def claim_line(self, index: int, item: Any) -> ClaimLine:
         codes = _codes(item.productOrService, self.cpt)
@@ -312,6 +357,8 @@ class FactReader:
             quantity=quantity,
             serviced_date=serviced,
             encounter_ids=encounters,
+            diagnosis_sequence=tuple(int(number) for number in item.diagnosisSequence or []),
+            care_team_sequence=tuple(int(number) for number in item.careTeamSequence or []),
         )
 
     def session_primaries(
@@ -386,16 +433,7 @@ class FactReader:
         return codes
 
     def links_diagnosis(self, code: str) -> bool:
-        linkage = self.coding.diagnosis_linkage
-        normalized = code.upper().strip()
-        if any(normalized.startswith(prefix) for prefix in linkage.icd10cm_prefixes):
-            return True
-        compact = normalized.replace(".", "")
-        return (
-            compact.startswith(linkage.fracture_prefix)
-            and len(compact) == 7
-            and compact[-1] in linkage.nonunion_seventh_characters
-        )
+        return links_diagnosis(code, self.coding.diagnosis_linkage)
 
     def narrative(self, session: Sequence[Procedure], removed: Sequence[Device]) -> tuple[str, ...]:
         """Procedure notes, notes on removed devices, and the session's operative notes."""
@@ -424,6 +462,135 @@ class FactReader:
         context = document.context
         encounters = context.encounter if context is not None else None
         return typed and any(self.in_session(reference) for reference in encounters or [])
+
+    def answered(self) -> frozenset[str]:
+        """Documentation keys answered in a QuestionnaireResponse to our Questionnaire."""
+        keys: set[str] = set()
+        for response in self.resources.questionnaire_responses:
+            questionnaire = response.questionnaire or ""
+            if not questionnaire.endswith(QUESTIONNAIRE_PATH) or response.status not in (
+                "completed",
+                "amended",
+            ):
+                continue
+            if response.encounter is not None and not self.in_session(response.encounter):
+                continue
+            for item in response.item or []:
+                if item.linkId and any(_has_value(answer) for answer in item.answer or []):
+                    keys.add(item.linkId)
+        return frozenset(keys)
+
+    def surgeon(self, removal_procedures: Sequence[Procedure]) -> str | None:
+        """The performer of the removal, as a reference (the Task owner)."""
+        for procedure in removal_procedures:
+            for performer in procedure.performer or []:
+                if performer.actor is not None and performer.actor.reference:
+                    return str(performer.actor.reference)
+        return None
+
+    def session_date(self, session: Sequence[Procedure], claim: DraftClaim | None) -> str | None:
+        """The date of service: the earliest session procedure, else the earliest claim line."""
+        days = sorted(day for day in map(self.procedure_day, session) if day)
+        if not days and claim is not None:
+            days = sorted(line.serviced_date for line in claim.lines if line.serviced_date)
+        return days[0] if days else None
+
+    def tier_of(self, text: str) -> str | None:
+        """The anatomic tier a drug-device text names: intramedullary first, then the others."""
+        patterns = self.patterns
+        if not (patterns.drug_carrier.search(text) and patterns.device_form.search(text)):
+            return None
+        if patterns.intramedullary_site.search(text):
+            return "intramedullary"
+        if patterns.intra_articular_site.search(text):
+            return "intra-articular"
+        if patterns.soft_tissue_site.search(text):
+            return "soft-tissue"
+        return None
+
+    def other_tiers(self, session: Sequence[Procedure]) -> frozenset[str]:
+        """Tiers of removed drug devices that are not intramedullary (20701/20705 territory)."""
+        tiers: set[str] = set()
+        for procedure in session:
+            text = self.procedure_text(procedure)
+            removals = [f for f in procedure.focalDevice or [] if self.removal_action(f.action)]
+            texts = [
+                f"{text} {self.device_text(device)}"
+                for focal in removals
+                if (device := self.devices.get(reference_id(focal.manipulated, "Device") or ""))
+            ]
+            if removals or self.patterns.removal_verb.search(text):
+                texts.append(text)
+            found = {tier for candidate in texts if (tier := self.tier_of(candidate))}
+            if "intramedullary" not in found:
+                tiers |= found
+        return frozenset(tiers)
+
+    def insertion(self, session: Sequence[Procedure]) -> bool:
+        """Evidence that an intramedullary drug device was placed in the session."""
+        implantation = self.coding.device_actions.implantation
+        snomed = self.coding.systems["snomed"]
+        for procedure in session:
+            if self.coding.insertion_code in self.procedure_codes(procedure):
+                return True
+            if any(implantation in _codes(f.action, snomed) for f in procedure.focalDevice or []):
+                return True
+            text = self.procedure_text(procedure)
+            if self.patterns.insertion_verb.search(text) and self.tier_of(text) == "intramedullary":
+                return True
+        return False
+
+    def prefabricated(self, session: Sequence[Procedure], removed: Sequence[Device]) -> bool:
+        """The device is described as prefabricated or commercially made."""
+        texts = [self.device_text(device) for device in removed]
+        texts += [self.procedure_text(procedure) for procedure in session]
+        texts += self.narrative(session, removed)
+        return any(self.patterns.prefabricated.search(text) for text in texts)
+
+    def other_surgery(self, session: Sequence[Procedure], claim: DraftClaim | None) -> bool:
+        """A surgical CPT code in the session that is neither a listed primary nor this family."""
+        low, high = self.coding.surgical_code_range
+        excluded = set(self.coding.primary_codes) | {
+            self.coding.hardware_removal_code,
+            self.coding.add_on.code,
+            self.coding.insertion_code,
+            *(sibling.code for sibling in self.coding.siblings.values()),
+            "20700",
+            "20704",
+        }
+        codes = [code for procedure in session for code in self.procedure_codes(procedure)]
+        if claim is not None:
+            codes += [line.code for line in claim.lines if line.code]
+        return any(
+            code.isdigit() and low <= code <= high and code not in excluded for code in codes
+        )
+
+    def payer(self, claim: DraftClaim | None) -> str:
+        """The payer profile key of the claim's Coverage (or the first active one)."""
+        coverages = {coverage.id: coverage for coverage in self.resources.coverages}
+        chosen = None
+        if claim is not None:
+            for insurance in claim.source.model.insurance or []:
+                chosen = coverages.get(reference_id(insurance.coverage, "Coverage") or "")
+                if chosen is not None:
+                    break
+        if chosen is None:
+            active = [c for c in self.resources.coverages if c.status in (None, "active")]
+            chosen = active[0] if active else None
+        if chosen is None:
+            return "general"
+        organizations = {org.id: org for org in self.resources.organizations}
+        names = [_concept_text([chosen.type])]
+        for payor in chosen.payor or []:
+            names.append(payor.display or "")
+            organization = organizations.get(reference_id(payor, "Organization") or "")
+            if organization is not None:
+                names.append(organization.name or "")
+        text = " ".join(names)
+        for key, pattern in self.patterns.payers:
+            if pattern.search(text):
+                return key
+        return "general"
 
     def order_facts(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Listed primaries among the draft orders, and evidence of a device in place."""
@@ -504,3 +671,16 @@ def _attachment_texts(document: DocumentReference) -> list[str]:
         data = attachment.data
         texts.append(data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data)
     return texts
+
+
+def links_diagnosis(code: str, linkage: DiagnosisLinkage) -> bool:
+    """True for device infection, osteomyelitis or nonunion codes (7th character K/M/N)."""
+    normalized = code.upper().strip()
+    if any(normalized.startswith(prefix) for prefix in linkage.icd10cm_prefixes):
+        return True
+    compact = normalized.replace(".", "")
+    return (
+        compact.startswith(linkage.fracture_prefix)
+        and len(compact) == 7
+        and compact[-1] in linkage.nonunion_seventh_characters
+    )

@@ -380,7 +380,8 @@ def references_to_resolve(resources: Iterable[Mapping[str, Any]]) -> set[str]:
                 add(insurance.get("coverage"), "Coverage")
         elif kind == "Coverage":
             for payor in _dicts(resource.get("payor")):
-                add(payor, "Organization")
+                if not payor.get("display"):  # a named payer needs no lookup
+                    add(payor, "Organization")
     return wanted
 
 

@@ -18,9 +18,12 @@ from typing import Any
 
 from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.organization import Organization
 from fhir.resources.R4B.procedure import Procedure
+from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import BaseModel, ValidationError
 
@@ -33,6 +36,9 @@ MODELS: dict[str, type[BaseModel]] = {
     "Device": Device,
     "Condition": Condition,
     "DocumentReference": DocumentReference,
+    "Coverage": Coverage,
+    "Organization": Organization,
+    "QuestionnaireResponse": QuestionnaireResponse,
 }
 
 
@@ -55,6 +61,9 @@ class ResourceSet:
     devices: list[Device] = field(default_factory=list)
     conditions: list[Condition] = field(default_factory=list)
     documents: list[DocumentReference] = field(default_factory=list)
+    coverages: list[Coverage] = field(default_factory=list)
+    organizations: list[Organization] = field(default_factory=list)
+    questionnaire_responses: list[QuestionnaireResponse] = field(default_factory=list)
     skipped: int = 0
 
 
@@ -106,6 +115,12 @@ def _file(parsed: BaseModel, raw: dict[str, Any], result: ResourceSet) -> None:
         result.conditions.append(parsed)
     elif isinstance(parsed, DocumentReference):
         result.documents.append(parsed)
+    elif isinstance(parsed, Coverage):
+        result.coverages.append(parsed)
+    elif isinstance(parsed, Organization):
+        result.organizations.append(parsed)
+    elif isinstance(parsed, QuestionnaireResponse):
+        result.questionnaire_responses.append(parsed)
 
 
 def _parse(resource: dict[str, Any], origin: str, result: ResourceSet) -> BaseModel | None:

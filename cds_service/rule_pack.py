@@ -12,11 +12,11 @@ import json
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -35,9 +35,12 @@ StructuredEvidence = Literal[
     "diagnosis-linkage-code",
     "procedure-complication",
 ]
-PACK_FILES = ("sources.yaml", "coding.yaml", "findings.yaml", "services.yaml")
+PACK_FILES = ("sources.yaml", "coding.yaml", "findings.yaml", "services.yaml", "payers.yaml")
+QUESTIONNAIRE_FILE = "questionnaire-cpt20703-removal-documentation.json"
+BASE_URL_PLACEHOLDER = "{public_base_url}"
 SUMMARY_LIMIT = 140
-CPT_CODE = re.compile(r"^\d{4}[0-9A-Z]$")
+CPT_CODE = re.compile(r"^\d{5}$")  # CPT Category I
+ICD10CM_PREFIX = r"^[A-TV-Z]\d[0-9A-Z](\.[0-9A-Z]{0,4})?$"
 
 
 class _Strict(BaseModel):
@@ -56,7 +59,7 @@ class SourcesFile(_Strict):
 
 
 class CodedConcept(_Strict):
-    code: str
+    code: str = Field(pattern=CPT_CODE.pattern)
     display: str
     sources: list[str] = Field(default_factory=list)
     short_descriptor: str | None = None
@@ -90,9 +93,10 @@ class Coding(_Strict):
 
 class DiagnosisLinkage(_Strict):
     sources: list[str]
-    icd10cm_prefixes: list[str] = Field(min_length=1)
+    icd10cm_prefixes: list[Annotated[str, Field(pattern=ICD10CM_PREFIX)]] = Field(min_length=1)
     fracture_prefix: str
     nonunion_seventh_characters: list[str]
+    z47_2_excludes: list[Annotated[str, Field(pattern=ICD10CM_PREFIX)]]
 
 
 class TextPatterns(_Strict):
@@ -103,6 +107,16 @@ class TextPatterns(_Strict):
     intramedullary_site: list[str] = Field(min_length=1)
     bone: list[str] = Field(min_length=1)
     laterality: list[str] = Field(min_length=1)
+    soft_tissue_site: list[str] = Field(min_length=1)
+    intra_articular_site: list[str] = Field(min_length=1)
+    prefabricated: list[str] = Field(min_length=1)
+
+
+class Mue(_Strict):
+    units: int = Field(ge=1)
+    mai: int
+    file: str
+    sources: list[str]
 
 
 class EvidenceGroup(_Strict):
@@ -125,12 +139,22 @@ class CodingFile(_Strict):
     systems: dict[Literal["cpt", "icd10cm", "snomed", "loinc", "hcpcs"], str]
     add_on: CodedConcept
     insertion_code: str = Field(pattern=CPT_CODE.pattern)
+    family_effective: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    siblings: dict[Literal["soft-tissue", "intra-articular"], CodedConcept]
+    hardware_removal_code: str = Field(pattern=CPT_CODE.pattern)
+    surgical_code_range: tuple[
+        Annotated[str, Field(pattern=CPT_CODE.pattern)],
+        Annotated[str, Field(pattern=CPT_CODE.pattern)],
+    ]
     standalone_removal_code: CodedConcept
     primaries: PrimaryList
     device_actions: DeviceActions
     operative_note_types: list[Coding]
     laterality_modifiers: list[str]
     assistant_modifiers: list[str]
+    multiple_procedure_modifier: str
+    invalid_modifiers: list[str]
+    mue: Mue
     diagnosis_linkage: DiagnosisLinkage
     text_patterns: TextPatterns
     documentation: list[DocumentationElement] = Field(min_length=1)
@@ -158,6 +182,10 @@ class OverrideReason(_Strict):
 
 
 class FindingTemplate(_Strict):
+    confidence: Literal[1, 2, 3]  # best tier of the sources behind the rule
+    unconfirmed: str | None = None  # what the sources do not confirm
+    effective_from: str = Field(default="2020-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    suppresses: list[str] = Field(default_factory=list)
     hooks: list[str] = Field(min_length=1)
     indicator: Indicator
     summary: str
@@ -212,11 +240,38 @@ class ServicesFile(_Strict):
     services: list[ServiceDefinition] = Field(min_length=1)
 
 
+class PayerNote(_Strict):
+    text: str
+    sources: list[str] = Field(min_length=1)
+    read: str = Field(pattern=r"^\d{4}-\d{2}$")
+    tier: Literal[1, 2, 3]
+
+
+class PayerProfile(_Strict):
+    key: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    label: str
+    names: list[str]
+    commercial: bool
+    notes: list[PayerNote] = Field(min_length=1)
+
+
+class PayersFile(_Strict):
+    profiles: list[PayerProfile] = Field(min_length=1)
+
+    def profile(self, key: str) -> PayerProfile:
+        """The profile with this key (``general`` when there is none)."""
+        return next(
+            (item for item in self.profiles if item.key == key),
+            next(item for item in self.profiles if item.key == "general"),
+        )
+
+
 FILE_MODELS: dict[str, type[BaseModel]] = {
     "sources.yaml": SourcesFile,
     "coding.yaml": CodingFile,
     "findings.yaml": FindingsFile,
     "services.yaml": ServicesFile,
+    "payers.yaml": PayersFile,
 }
 
 
@@ -252,11 +307,49 @@ FINDING_VARIABLES: dict[str, frozenset[str]] = {
         {"primary_code", "primary_descriptor", "evidence", "documentation_checklist"}
     ),
 }
+FINDING_VARIABLES |= {
+    "units-exceed-mue": frozenset({"mue_units", "mue_mai", "mue_file"}),
+    "modifier-51-on-add-on": frozenset(),
+    "invalid-modifier": frozenset({"modifiers"}),
+    "assistant-documentation": frozenset({"modifiers", "note"}),
+    "wrong-tier": frozenset({"tier_label", "sibling_code", "sibling_display", "note"}),
+    "insertion-instead-of-removal": frozenset(
+        {"billed_code", "right_code", "action_label", "other_action"}
+    ),
+    "insertion-with-removal": frozenset(),
+    "duplicate-hardware-removal": frozenset(),
+    "primary-not-listed": frozenset({"payer_label", "note"}),
+    "prefabricated-device": frozenset({"note"}),
+    "diagnosis-conflict": frozenset({"conflicting"}),
+    "diagnosis-unsupported": frozenset({"note"}),
+    "provider-mismatch": frozenset({"primary_code", "note"}),
+}
 FINDING_NOTES: dict[str, frozenset[str]] = {
     "add-on-suggested": frozenset({"claim-updated", "no-claim", "primary-not-on-claim"}),
     "orphan-add-on": frozenset({"removal-only", "primary-not-on-claim", "other-procedures"}),
+    "assistant-documentation": frozenset({"role-documented", "role-missing"}),
+    "wrong-tier": frozenset({"billed", "not-billed"}),
+    "primary-not-listed": frozenset({"medicare", "commercial"}),
+    "prefabricated-device": frozenset({"billed", "not-billed"}),
+    "diagnosis-unsupported": frozenset({"fixable", "missing"}),
+    "provider-mismatch": frozenset({"care-team", "other-claim"}),
 }
-FINDINGS_WITH_SUGGESTION = frozenset({"add-on-suggested", "orphan-add-on"})
+FINDINGS_WITH_SUGGESTION = frozenset(
+    {
+        "add-on-suggested",
+        "documentation-missing",
+        "orphan-add-on",
+        "units-exceed-mue",
+        "modifier-51-on-add-on",
+        "invalid-modifier",
+        "wrong-tier",
+        "insertion-instead-of-removal",
+        "duplicate-hardware-removal",
+        "prefabricated-device",
+        "diagnosis-unsupported",
+        "provider-mismatch",
+    }
+)
 EVIDENCE_KINDS = frozenset(
     {
         "procedure-coded-20703",
@@ -279,6 +372,13 @@ class RulePack:
     coding: CodingFile
     findings: FindingsFile
     services: list[ServiceDefinition]
+    payers: PayersFile
+    questionnaire_template: dict[str, Any] = field(default_factory=dict)
+
+    def questionnaire(self, public_base_url: str) -> dict[str, Any]:
+        """The documentation Questionnaire, its canonical URL on this server."""
+        url = self.questionnaire_template["url"].replace(BASE_URL_PLACEHOLDER, public_base_url)
+        return self.questionnaire_template | {"url": url}
 
     def service(self, service_id: str) -> ServiceDefinition | None:
         """The service with this id, if the pack defines it."""
@@ -291,7 +391,7 @@ class RulePack:
     @cached_property
     def patterns(self) -> CompiledPatterns:
         """Every text pattern of the pack, compiled."""
-        return CompiledPatterns.from_coding(self.coding)
+        return CompiledPatterns.from_pack(self.coding, self.payers)
 
     def template_variables(self) -> dict[str, str]:
         """Placeholder values shared by every card."""
@@ -315,10 +415,14 @@ class CompiledPatterns:
     intramedullary_site: re.Pattern[str]
     bone: re.Pattern[str]
     laterality: re.Pattern[str]
+    soft_tissue_site: re.Pattern[str]
+    intra_articular_site: re.Pattern[str]
+    prefabricated: re.Pattern[str]
     documentation: dict[str, tuple[re.Pattern[str] | None, ...]]
+    payers: tuple[tuple[str, re.Pattern[str]], ...]
 
     @classmethod
-    def from_coding(cls, coding: CodingFile) -> CompiledPatterns:
+    def from_pack(cls, coding: CodingFile, payers: PayersFile) -> CompiledPatterns:
         text = coding.text_patterns
         documentation = {
             element.key: tuple(
@@ -334,7 +438,15 @@ class CompiledPatterns:
             intramedullary_site=_any_of(text.intramedullary_site),
             bone=_any_of(text.bone),
             laterality=_any_of(text.laterality),
+            soft_tissue_site=_any_of(text.soft_tissue_site),
+            intra_articular_site=_any_of(text.intra_articular_site),
+            prefabricated=_any_of(text.prefabricated),
             documentation=documentation,
+            payers=tuple(
+                (profile.key, _any_of(profile.names))
+                for profile in payers.profiles
+                if profile.names
+            ),
         )
 
 
@@ -387,11 +499,41 @@ def load_rule_pack(directory: Path) -> RulePack:
         coding=documents["coding.yaml"],
         findings=documents["findings.yaml"],
         services=documents["services.yaml"].services,
+        payers=documents["payers.yaml"],
     )
     problems.extend(_cross_checks(pack, line_maps))
+    questionnaire, questionnaire_problems = _load_questionnaire(directory, pack)
+    problems.extend(questionnaire_problems)
     if problems:
         raise RulePackError(problems)
-    return pack
+    return replace(pack, questionnaire_template=questionnaire)
+
+
+def _load_questionnaire(
+    directory: Path, pack: RulePack
+) -> tuple[dict[str, Any], list[PackProblem]]:
+    """The Questionnaire of documentation elements: valid R4, one item per documentation key."""
+    from fhir.resources.R4B.questionnaire import Questionnaire
+
+    name = QUESTIONNAIRE_FILE
+    try:
+        data = json.loads((directory / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return {}, [PackProblem(name, 0, f"cannot read the Questionnaire ({exc})")]
+    problems: list[PackProblem] = []
+    try:
+        url = str(data.get("url", ""))
+        Questionnaire.model_validate(data | {"url": url.replace(BASE_URL_PLACEHOLDER, "https://x")})
+    except (ValidationError, ValueError, TypeError) as exc:
+        problems.append(PackProblem(name, 1, f"not a valid R4 Questionnaire: {str(exc)[:200]}"))
+        return {}, problems
+    if not url.startswith(BASE_URL_PLACEHOLDER + "/questionnaires/"):
+        problems.append(PackProblem(name, 1, "url must be {public_base_url}/questionnaires/<id>"))
+    keys = {element.key for element in pack.coding.documentation}
+    link_ids = {item.get("linkId") for item in data.get("item", [])}
+    if link_ids != keys:
+        problems.append(PackProblem(name, 1, "items must be exactly the documentation keys"))
+    return data, problems
 
 
 def _describe(loc: tuple[str | int, ...], message: str) -> str:
@@ -500,6 +642,29 @@ def _cross_checks(
         if (template.suggestion is not None) != (code in FINDINGS_WITH_SUGGESTION):
             problem("findings.yaml", loc, "suggestion template present/absent contrary to rule")
         check_sources("findings.yaml", (*loc, "source", "sources"), template.source.sources)
+        for suppressed in template.suppresses:
+            if suppressed not in findings.findings:
+                problem("findings.yaml", (*loc, "suppresses"), f"unknown finding {suppressed!r}")
+
+    payer_keys = [profile.key for profile in pack.payers.profiles]
+    if "general" not in payer_keys:
+        problem("payers.yaml", ("profiles",), "a 'general' fallback profile is required")
+    for index, profile in enumerate(pack.payers.profiles):
+        loc = ("profiles", index)
+        if payer_keys.count(profile.key) > 1:
+            problem("payers.yaml", (*loc, "key"), f"duplicate payer key {profile.key!r}")
+        for name_index, pattern in enumerate(profile.names):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                problem(
+                    "payers.yaml", (*loc, "names", name_index), f"invalid regular expression: {exc}"
+                )
+        for note_index, note in enumerate(profile.notes):
+            check_sources("payers.yaml", (*loc, "notes", note_index, "sources"), note.sources)
+    for code, sibling in coding.siblings.items():
+        check_sources("coding.yaml", ("siblings", code, "sources"), sibling.sources)
+    check_sources("coding.yaml", ("mue", "sources"), coding.mue.sources)
 
     seen_ids: set[str] = set()
     for index, service in enumerate(pack.services):

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_service import claim_edit
-from cds_service.facts import ClinicalFacts, DraftClaim
-from cds_service.rule_pack import DocumentationElement, RulePack
+from cds_service.facts import ClaimLine, ClinicalFacts, DraftClaim, links_diagnosis
+from cds_service.rule_pack import CodedConcept, DocumentationElement, RulePack
 
 
 @dataclass(frozen=True)
@@ -24,17 +24,34 @@ class Finding:
     variables: dict[str, str]
     missing_documentation: tuple[str, ...] = ()
     updated_claim: dict[str, Any] | None = field(default=None, compare=False)
+    new_resource: dict[str, Any] | None = field(default=None, compare=False)  # to create
 
 
 def evaluate(facts: ClinicalFacts, pack: RulePack) -> list[Finding]:
-    """Every finding that holds for these facts, in the rule pack's order."""
+    """Every finding that holds for these facts, in the rule pack's order.
+
+    A finding applies only to its hooks and to services dated inside its effective period (a
+    date before the 20700 family existed gives no advice at all).
+    """
     raised: dict[str, Finding] = {}
+    date = facts.session_date
     for rule in RULES:
         for finding in rule(facts, pack, raised):
-            if facts.hook in pack.findings.findings[finding.code].hooks:
-                raised[finding.code] = finding
-    order = list(pack.findings.findings)
-    return sorted(raised.values(), key=lambda finding: order.index(finding.code))
+            template = pack.findings.findings[finding.code]
+            if facts.hook not in template.hooks:
+                continue
+            if date is not None and (
+                date < template.effective_from or date < pack.coding.family_effective
+            ):
+                continue
+            raised[finding.code] = finding
+    templates = pack.findings.findings
+    suppressed = {code for raised_code in raised for code in templates[raised_code].suppresses}
+    order = list(templates)
+    return sorted(
+        (finding for code, finding in raised.items() if code not in suppressed),
+        key=lambda finding: order.index(finding.code),
+    )
 
 
 def _primary_variables(pack: RulePack, code: str) -> dict[str, str]:
@@ -86,7 +103,7 @@ def add_on_suggested(
     facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
 ) -> list[Finding]:
     """Removal evidence and a listed primary, and the draft claim does not report 20703 yet."""
-    if not facts.removal_evidence or not facts.session_primaries:
+    if not facts.removal_evidence or not facts.session_primaries or facts.prefabricated:
         return []
     claim = facts.claim
     add_on = pack.coding.add_on
@@ -131,7 +148,54 @@ def documentation_missing(
         "missing_count": str(len(missing)),
         "missing_checklist": _checklist(pack, missing),
     }
-    return [Finding("documentation-missing", variables, missing_documentation=tuple(missing))]
+    task = documentation_task(facts, pack, missing)
+    return [
+        Finding(
+            "documentation-missing",
+            variables,
+            missing_documentation=tuple(missing),
+            new_resource=task,
+        )
+    ]
+
+
+def documentation_task(
+    facts: ClinicalFacts, pack: RulePack, missing: Sequence[str]
+) -> dict[str, Any] | None:
+    """A FHIR R4 Task asking the surgeon to complete the documentation Questionnaire."""
+    if facts.questionnaire_url is None or facts.patient_id is None:
+        return None
+    labels = {element.key: element.label for element in pack.coding.documentation}
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "status": "requested",
+        "intent": "order",
+        "code": {
+            "coding": [
+                {
+                    "system": "http://hl7.org/fhir/uv/sdc/CodeSystem/temp",
+                    "code": "complete-questionnaire",
+                    "display": "Complete Questionnaire",
+                }
+            ]
+        },
+        "description": "Complete the +20703 removal documentation: "
+        + "; ".join(labels[key] for key in missing),
+        "for": {"reference": f"Patient/{facts.patient_id}"},
+        "input": [
+            {
+                "type": {"text": "questionnaire"},
+                "valueCanonical": facts.questionnaire_url,
+            }
+        ],
+    }
+    if facts.removal_procedure:
+        task["focus"] = {"reference": f"Procedure/{facts.removal_procedure}"}
+    if facts.encounter_id:
+        task["encounter"] = {"reference": f"Encounter/{facts.encounter_id}"}
+    if facts.surgeon:
+        task["owner"] = {"reference": facts.surgeon}
+    return task if claim_edit.is_valid_resource("Task", task) else None
 
 
 def missing_documentation(facts: ClinicalFacts, pack: RulePack) -> list[str]:
@@ -150,6 +214,8 @@ def missing_documentation(facts: ClinicalFacts, pack: RulePack) -> list[str]:
 
 
 def _documented(element: DocumentationElement, facts: ClinicalFacts, pack: RulePack) -> bool:
+    if element.key in facts.answered:
+        return True
     compiled = pack.patterns.documentation[element.key]
     for group, pattern in zip(element.requires, compiled, strict=True):
         structured = any(name in facts.evidence for name in group.structured)
@@ -183,6 +249,324 @@ def _note(pack: RulePack, code: str, name: str, variables: dict[str, str]) -> st
     return pack.findings.findings[code].notes[name].format_map(variables).strip()
 
 
+# -- claim checks ------------------------------------------------------------------------------
+
+
+def _primary_line(claim: DraftClaim, pack: RulePack) -> ClaimLine | None:
+    listed = pack.coding.primary_codes
+    return next((line for line in claim.lines if line.code in listed), None)
+
+
+def _by_date(lines: Sequence[ClaimLine]) -> dict[str | None, list[ClaimLine]]:
+    grouped: dict[str | None, list[ClaimLine]] = {}
+    for line in lines:
+        grouped.setdefault(line.serviced_date, []).append(line)
+    return grouped
+
+
+def units_exceed_mue(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """More than the MUE of 20703 on one date (per line quantity or across lines)."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    mue = pack.coding.mue
+    offending = [
+        group
+        for group in _by_date(claim.lines_with(pack.coding.add_on.code)).values()
+        if len(group) > 1 or any((line.quantity or 0) > mue.units for line in group)
+    ]
+    if not offending:
+        return []
+    updated: dict[str, Any] | None = claim.source.raw
+    for group in offending:
+        if updated is not None:
+            updated = claim_edit.update_line(updated, group[0], {"quantity": {"value": mue.units}})
+    if updated is not None:
+        updated = claim_edit.without_lines(
+            updated, [line for group in offending for line in group[1:]]
+        )
+    variables = pack.template_variables() | {
+        "mue_units": str(mue.units),
+        "mue_mai": str(mue.mai),
+        "mue_file": mue.file,
+    }
+    return [Finding("units-exceed-mue", variables, updated_claim=updated)]
+
+
+def _modifier_finding(
+    code: str, facts: ClinicalFacts, pack: RulePack, forbidden: frozenset[str]
+) -> list[Finding]:
+    """Forbidden modifiers on 20703 lines, with the claim minus those modifiers."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    lines = [
+        line for line in claim.lines_with(pack.coding.add_on.code) if line.modifiers & forbidden
+    ]
+    if not lines:
+        return []
+    found = sorted({modifier for line in lines for modifier in line.modifiers & forbidden})
+    updated: dict[str, Any] | None = claim.source.raw
+    for line in lines:
+        if updated is not None:
+            updated = claim_edit.without_modifiers(updated, line, forbidden)
+    variables = pack.template_variables() | {"modifiers": ", ".join(found)}
+    return [Finding(code, variables, updated_claim=updated)]
+
+
+def modifier_51_on_add_on(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """Modifier 51 on the add-on line."""
+    forbidden = frozenset({pack.coding.multiple_procedure_modifier})
+    return _modifier_finding("modifier-51-on-add-on", facts, pack, forbidden)
+
+
+def invalid_modifier(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """Co-surgeon, team, PC/TC or bilateral modifiers on the add-on line."""
+    forbidden = frozenset(pack.coding.invalid_modifiers)
+    return _modifier_finding("invalid-modifier", facts, pack, forbidden)
+
+
+def assistant_documentation(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """An assistant modifier on 20703 or its primary (assistant indicator 0)."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    assistant = frozenset(pack.coding.assistant_modifiers)
+    lines = claim.lines_with(pack.coding.add_on.code)
+    primary = _primary_line(claim, pack)
+    if primary is not None:
+        lines.append(primary)
+    found = sorted({modifier for line in lines for modifier in line.modifiers & assistant})
+    if not found:
+        return []
+    role = pack.patterns.documentation.get("assistant-role", (None,))[0]
+    documented = role is not None and any(role.search(text) for text in facts.texts)
+    variables = pack.template_variables() | {"modifiers": ", ".join(found)}
+    note = "role-documented" if documented else "role-missing"
+    variables["note"] = _note(pack, "assistant-documentation", note, variables)
+    return [Finding("assistant-documentation", variables)]
+
+
+TIER_LABELS = {"soft-tissue": "in deep soft tissue", "intra-articular": "in a joint"}
+
+
+def wrong_tier(facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]) -> list[Finding]:
+    """A drug device removed from soft tissue or a joint, not from the medullary canal."""
+    if not facts.other_tiers or facts.removal_evidence:
+        return []
+    tier = sorted(facts.other_tiers)[0]
+    sibling = pack.coding.siblings[tier]  # type: ignore[index]
+    variables = pack.template_variables() | {
+        "tier_label": TIER_LABELS[tier],
+        "sibling_code": sibling.code,
+        "sibling_display": sibling.display,
+    }
+    billed = facts.claim.lines_with(pack.coding.add_on.code) if facts.claim else []
+    updated = None
+    if facts.claim is not None and billed:
+        updated = claim_edit.replace_line_code(
+            facts.claim.source.raw, billed[0], _cpt_coding(pack, sibling.code, sibling.display)
+        )
+    variables["note"] = _note(pack, "wrong-tier", "billed" if billed else "not-billed", variables)
+    return [Finding("wrong-tier", variables, updated_claim=updated)]
+
+
+def insertion_instead_of_removal(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """20702 billed for a removal, or 20703 billed for an insertion."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    insertion, removal = pack.coding.insertion_code, pack.coding.add_on.code
+    inserted, removed = claim.lines_with(insertion), claim.lines_with(removal)
+    if inserted and not removed and facts.removal_evidence and not facts.insertion_evidence:
+        line, right, action, other = inserted[0], pack.coding.add_on, "removal", "insertion"
+    elif removed and not inserted and facts.insertion_evidence and not facts.removal_evidence:
+        line, action, other = removed[0], "insertion", "removal"
+        right = CodedConcept(
+            code=insertion, display="Insertion of drug-delivery device(s), intramedullary"
+        )
+    else:
+        return []
+    variables = pack.template_variables() | {
+        "billed_code": line.code or "",
+        "right_code": right.code,
+        "action_label": action,
+        "other_action": other,
+    }
+    updated = claim_edit.replace_line_code(
+        claim.source.raw, line, _cpt_coding(pack, right.code, right.display)
+    )
+    return [Finding("insertion-instead-of-removal", variables, updated_claim=updated)]
+
+
+def insertion_with_removal(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """20702 and 20703 on the same date (no confirmed rule: informational)."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    inserted = {line.serviced_date for line in claim.lines_with(pack.coding.insertion_code)}
+    removed = {line.serviced_date for line in claim.lines_with(pack.coding.add_on.code)}
+    if not inserted & removed:
+        return []
+    return [Finding("insertion-with-removal", dict(pack.template_variables()))]
+
+
+def duplicate_hardware_removal(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """20680 and 20703 on the same date."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    dates = {line.serviced_date for line in claim.lines_with(pack.coding.add_on.code)}
+    hardware = [
+        line
+        for line in claim.lines_with(pack.coding.hardware_removal_code)
+        if line.serviced_date in dates
+    ]
+    if not hardware:
+        return []
+    updated = claim_edit.without_lines(claim.source.raw, hardware)
+    return [
+        Finding(
+            "duplicate-hardware-removal", dict(pack.template_variables()), updated_claim=updated
+        )
+    ]
+
+
+def primary_not_listed(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """Intramedullary removal with only unlisted primaries: the payer decides."""
+    billed = facts.claim is not None and bool(facts.claim.lines_with(pack.coding.add_on.code))
+    if not facts.removal_evidence or facts.session_primaries or billed or not facts.other_surgery:
+        return []
+    profile = pack.payers.profile(facts.payer)
+    variables = pack.template_variables() | {"payer_label": profile.label}
+    note = "commercial" if profile.commercial else "medicare"
+    variables["note"] = _note(pack, "primary-not-listed", note, variables)
+    return [Finding("primary-not-listed", variables)]
+
+
+def prefabricated_device(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """A prefabricated device: the 20700-series codes do not apply."""
+    if not facts.prefabricated:
+        return []
+    billed = facts.claim.lines_with(pack.coding.add_on.code) if facts.claim else []
+    if not billed and not facts.removal_evidence:
+        return []
+    variables = dict(pack.template_variables())
+    updated = None
+    if facts.claim is not None and billed:
+        updated = claim_edit.without_lines(facts.claim.source.raw, billed)
+    variables["note"] = _note(
+        pack, "prefabricated-device", "billed" if billed else "not-billed", variables
+    )
+    return [Finding("prefabricated-device", variables, updated_claim=updated)]
+
+
+def diagnosis_conflict(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """Z47.2 with an infection or mechanical-complication code (Excludes1)."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    codes = {code.upper() for code in claim.diagnosis_codes}
+    excludes = pack.coding.diagnosis_linkage.z47_2_excludes
+    conflicting = sorted(code for code in codes if any(code.startswith(x) for x in excludes))
+    if "Z47.2" not in codes or not conflicting:
+        return []
+    variables = pack.template_variables() | {"conflicting": ", ".join(conflicting)}
+    return [Finding("diagnosis-conflict", variables)]
+
+
+def diagnosis_unsupported(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """A 20703 line pointing to no diagnosis that supports the removal."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    linkage = pack.coding.diagnosis_linkage
+    supporting = sorted(
+        seq for seq, code in claim.diagnoses.items() if links_diagnosis(code, linkage)
+    )
+    unsupported = [
+        line
+        for line in claim.lines_with(pack.coding.add_on.code)
+        if not set(line.diagnosis_sequence) & set(supporting)
+    ]
+    if not unsupported:
+        return []
+    updated: dict[str, Any] | None = None
+    if supporting:
+        updated = claim.source.raw
+        for line in unsupported:
+            if updated is not None:
+                updated = claim_edit.update_line(
+                    updated, line, {"diagnosisSequence": supporting[:4]}
+                )
+    variables = dict(pack.template_variables())
+    variables["note"] = _note(
+        pack, "diagnosis-unsupported", "fixable" if supporting else "missing", variables
+    )
+    return [Finding("diagnosis-unsupported", variables, updated_claim=updated)]
+
+
+def provider_mismatch(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """20703 and its primary under different rendering providers, or on different claims."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    add_on_lines = claim.lines_with(pack.coding.add_on.code)
+    if not add_on_lines:
+        return []
+    primary = _primary_line(claim, pack)
+    variables = dict(pack.template_variables())
+    if primary is not None:
+        mismatched = [
+            line
+            for line in add_on_lines
+            if primary.care_team_sequence and line.care_team_sequence != primary.care_team_sequence
+        ]
+        if not mismatched:
+            return []
+        updated: dict[str, Any] | None = claim.source.raw
+        for line in mismatched:
+            if updated is not None:
+                updated = claim_edit.update_line(
+                    updated, line, {"careTeamSequence": list(primary.care_team_sequence)}
+                )
+        variables["primary_code"] = primary.code or ""
+        variables["note"] = _note(pack, "provider-mismatch", "care-team", variables)
+        return [Finding("provider-mismatch", variables, updated_claim=updated)]
+    dates = {line.serviced_date for line in add_on_lines}
+    for other in facts.other_claims:
+        elsewhere = _primary_line(other, pack)
+        if elsewhere is not None and elsewhere.serviced_date in dates:
+            variables["primary_code"] = elsewhere.code or ""
+            variables["note"] = _note(pack, "provider-mismatch", "other-claim", variables)
+            return [Finding("provider-mismatch", variables)]
+    return []
+
+
 Rule = Callable[[ClinicalFacts, RulePack, dict[str, Finding]], list[Finding]]
 # Order matters: documentation_missing reads what the two claim rules raised.
 RULES: tuple[Rule, ...] = (
@@ -190,4 +574,17 @@ RULES: tuple[Rule, ...] = (
     add_on_suggested,
     documentation_missing,
     planned_removal_reminder,
+    units_exceed_mue,
+    modifier_51_on_add_on,
+    invalid_modifier,
+    assistant_documentation,
+    wrong_tier,
+    insertion_instead_of_removal,
+    insertion_with_removal,
+    duplicate_hardware_removal,
+    primary_not_listed,
+    prefabricated_device,
+    diagnosis_conflict,
+    diagnosis_unsupported,
+    provider_mismatch,
 )

@@ -62,6 +62,7 @@ def handle_hook_call(
     fetcher: FhirFetcher | None = None,
     max_bundle_entries: int | None = None,
     client_fhir_servers: Sequence[str] = (),
+    public_base_url: str = "http://127.0.0.1:8080",
 ) -> HookResult:
     """Validate a hook request, complete its data, and answer it with cards.
 
@@ -83,11 +84,17 @@ def handle_hook_call(
     data = gather(service, request, fetcher, client_fhir_servers)
     resources = read_resources(data.values, request.context.get("draftOrders"))
     encounter_id = request.context.get("encounterId")
+    patient_id = request.context.get("patientId")
     facts = derive_facts(
-        resources, pack, service.hook, encounter_id if isinstance(encounter_id, str) else None
+        resources,
+        pack,
+        service.hook,
+        encounter_id if isinstance(encounter_id, str) else None,
+        patient_id if isinstance(patient_id, str) else None,
+        public_base_url,
     )
     caveats = data_caveats(data)
-    cards = build_cards(evaluate(facts, pack), pack, uuid_factory, caveats)
+    cards = build_cards(evaluate(facts, pack), pack, uuid_factory, caveats, facts.payer)
     issued = [(card["uuid"], card["extension"][FINDING_EXTENSION]) for card in cards]
     return HookResult({"cards": cards}, issued, resources.skipped, data.fetch_stats)
 

@@ -14,6 +14,7 @@ import sqlalchemy
 import yaml
 from conftest import EXPECTED, FIXTURE_NAMES, load_fixture, sensitive_strings, without_uuids
 from fhir.resources.R4B.claim import Claim
+from fhir.resources.R4B.task import Task
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
@@ -119,6 +120,15 @@ def test_fixture_answer_over_http(client: FlaskClient, name: str) -> None:
         for suggestion in card.get("suggestions", []):
             assert card["selectionBehavior"] == "at-most-one"
             for action in suggestion["actions"]:
+                if action["type"] == "create":  # the documentation request
+                    task = Task.model_validate(action["resource"])
+                    assert task.status == "requested"
+                    assert task.intent == "order"
+                    assert task.code.coding[0].code == "complete-questionnaire"
+                    assert task.input[0].valueCanonical.endswith(
+                        "/questionnaires/cpt20703-removal-documentation"
+                    )
+                    continue
                 assert action["type"] == "update"
                 Claim.model_validate(action["resource"])
                 assert action["resourceId"] == f"Claim/{action['resource']['id']}"

@@ -8,7 +8,13 @@ from typing import Any
 
 from fhir.resources.R4B.claim import Claim
 
-from cds_service.claim_edit import add_add_on_line, replace_line_code
+from cds_service.claim_edit import (
+    add_add_on_line,
+    replace_line_code,
+    update_line,
+    without_lines,
+    without_modifiers,
+)
 from cds_service.facts import ClaimLine
 
 CPT = "http://www.ama-assn.org/go/cpt"
@@ -85,3 +91,30 @@ def test_replace_line_changes_only_the_code() -> None:
     assert {k: v for k, v in item.items() if k != "productOrService"} == {
         k: v for k, v in CLAIM["item"][0].items() if k != "productOrService"
     }
+
+
+def test_update_line_replaces_and_removes_elements() -> None:
+    """Given elements replace the line's; None removes one; the rest of the Claim is shared."""
+    updated = update_line(CLAIM, LINE, {"quantity": {"value": 1}, "modifier": None})
+    assert updated is not None
+    item = updated["item"][0]
+    assert item["quantity"] == {"value": 1}
+    assert "modifier" not in item
+    assert item["diagnosisSequence"] == [2, 1]
+    assert updated["insurance"] is CLAIM["insurance"]
+
+
+def test_without_modifiers_keeps_the_others() -> None:
+    """Only the named modifiers leave the line."""
+    updated = without_modifiers(CLAIM, LINE, frozenset({"51"}))
+    assert updated["item"][0]["modifier"] == [{"coding": [{"code": "RT"}]}]
+    Claim.model_validate(updated)
+
+
+def test_without_lines_drops_only_those_lines() -> None:
+    """Dropped lines leave; the others keep their sequence numbers."""
+    second = copy.deepcopy(CLAIM["item"][0]) | {"sequence": 7}
+    claim = CLAIM | {"item": [CLAIM["item"][0], second]}
+    updated = without_lines(claim, [LINE])
+    assert [item["sequence"] for item in updated["item"]] == [7]
+    Claim.model_validate(updated)

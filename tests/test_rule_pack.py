@@ -72,6 +72,12 @@ def line_of(path: Path, needle: str) -> int:
         ("services.yaml", "Device?patient={{context.patientId}}\", required: true", "Device?patient={{context.draftOrders.id}}\", required: true", "not a CDS Hooks 2.0 prefetch token"),
         ("services.yaml", "hook: order-sign", "hook: patient-view", "unsupported hook"),
         ("sources.yaml", "tier: 3", "tier: 4", "tier"),
+        ("coding.yaml", 'icd10cm_prefixes: ["T84.5"', 'icd10cm_prefixes: ["T8.45"', "diagnosis_linkage.icd10cm_prefixes.0"),
+        ("coding.yaml", 'hardware_removal_code: "20680"', 'hardware_removal_code: "2068O"', "hardware_removal_code"),
+        ("findings.yaml", "    confidence: 1", "    confidence: 5", "confidence"),
+        ("findings.yaml", "suppresses: [add-on-suggested]", "suppresses: [no-such-finding]", "unknown finding 'no-such-finding'"),
+        ("payers.yaml", "sources: [S51]", "sources: [S99]", "unknown source key 'S99'"),
+        ("payers.yaml", "names: ['\\baetna\\b']", "names: ['(aetna']", "invalid regular expression"),
     ],
 )  # fmt: skip
 def test_problem_is_reported_with_file_and_line(

@@ -22,7 +22,10 @@ def facts_for(body: dict[str, Any], pack: RulePack) -> ClinicalFacts:
     service = next(svc for svc in pack.services if svc.hook == body["hook"])
     prefetch, _missing = split_prefetch(service, body.get("prefetch") or {})
     resources = read_resources(prefetch, body["context"].get("draftOrders"))
-    return derive_facts(resources, pack, body["hook"], body["context"].get("encounterId"))
+    context = body["context"]
+    return derive_facts(
+        resources, pack, body["hook"], context.get("encounterId"), context.get("patientId")
+    )
 
 
 def findings_for(body: dict[str, Any], pack: RulePack) -> list[Finding]:
