@@ -12,6 +12,10 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _confidence(value: int | str) -> str:
+    return "team suggestion" if value == "team" else f"tier {value}"
+
+
 def describe_rules_markdown(pack: RulePack) -> str:
     """Findings, documentation elements, payer profiles and sources as markdown tables."""
     sources = pack.sources
@@ -38,13 +42,14 @@ def describe_rules_markdown(pack: RulePack) -> str:
         "",
         "## Documentation elements (`cpt20703.missing-documentation`)",
         "",
-        "| key | element | why | sources | applies |",
-        "|---|---|---|---|---|",
+        "| key | element | why | sources | confidence | applies |",
+        "|---|---|---|---|---|---|",
     ]
     for element in pack.coding.documentation:
         lines.append(
             f"| `{element.key}` | {_cell(element.label)} | {_cell(element.why)} "
-            f"| {', '.join(element.sources) or 'none (team suggestion)'} | {element.applies_when} |"
+            f"| {', '.join(element.sources) or 'none'} | {_confidence(element.confidence)} "
+            f"| {element.applies_when} |"
         )
     lines += [
         "",

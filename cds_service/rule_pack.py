@@ -131,6 +131,7 @@ class DocumentationElement(_Strict):
     label: str
     why: str
     sources: list[str]
+    confidence: Literal[1, 2, 3, "team"]
     applies_when: Literal["always", "assistant-modifier-on-claim"] = "always"
     requires: list[EvidenceGroup] = Field(min_length=1)
 
@@ -599,6 +600,8 @@ def _cross_checks(
             problem("coding.yaml", (*loc, "key"), f"duplicate documentation key {element.key!r}")
         seen_keys.add(element.key)
         check_sources("coding.yaml", (*loc, "sources"), element.sources)
+        if not element.sources and element.confidence != "team":
+            problem("coding.yaml", (*loc, "sources"), "a sourced element needs source keys")
         for group_index, group in enumerate(element.requires):
             if not group.structured and not group.text:
                 problem("coding.yaml", (*loc, "requires", group_index), "empty evidence group")

@@ -93,7 +93,7 @@ def test_discovery_lists_the_rule_pack_services(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
-def test_fixture_answer_over_http(client: FlaskClient, name: str) -> None:
+def test_fixture_answer_over_http(client: FlaskClient, pack: RulePack, name: str) -> None:
     """Each fixture gets its expected status and cards, in valid CDS Hooks 2.0 JSON."""
     response = post(client, name)
     expected = EXPECTED[name]
@@ -108,8 +108,10 @@ def test_fixture_answer_over_http(client: FlaskClient, name: str) -> None:
     uuids = [card["uuid"] for card in body["cards"]]
     uuids += [s["uuid"] for card in body["cards"] for s in card.get("suggestions", [])]
     assert len(uuids) == len(set(uuids))
+    payer_label = pack.payers.profile(expected["payer"]).label
     for card in body["cards"]:
         assert len(card["summary"]) < 140
+        assert f"**Payer: {payer_label}**" in card["detail"]
         assert card["source"]["topic"]["code"] == "claim"
         assert "**Sources**\n- [" in card["detail"]
         missing = card["extension"].get("cpt20703.missing-documentation")

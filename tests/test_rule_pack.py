@@ -75,6 +75,7 @@ def line_of(path: Path, needle: str) -> int:
         ("coding.yaml", 'icd10cm_prefixes: ["T84.5"', 'icd10cm_prefixes: ["T8.45"', "diagnosis_linkage.icd10cm_prefixes.0"),
         ("coding.yaml", 'hardware_removal_code: "20680"', 'hardware_removal_code: "2068O"', "hardware_removal_code"),
         ("findings.yaml", "    confidence: 1", "    confidence: 5", "confidence"),
+        ("coding.yaml", "    sources: [S1, S3]", "    sources: []", "needs source keys"),
         ("findings.yaml", "suppresses: [add-on-suggested]", "suppresses: [no-such-finding]", "unknown finding 'no-such-finding'"),
         ("payers.yaml", "sources: [S51]", "sources: [S99]", "unknown source key 'S99'"),
         ("payers.yaml", "names: ['\\baetna\\b']", "names: ['(aetna']", "invalid regular expression"),

@@ -54,6 +54,12 @@ def test_fixture_raises_expected_findings(name: str, pack: RulePack) -> None:
     assert sorted(finding.code for finding in findings) == EXPECTED[name]["findings"]
 
 
+@pytest.mark.parametrize("name", ANSWERED)
+def test_fixture_payer_profile(name: str, pack: RulePack) -> None:
+    """Each fixture's payer is recognised as the profile its README names."""
+    assert facts_for(load_fixture(name), pack).payer == EXPECTED[name]["payer"]
+
+
 @pytest.mark.parametrize(
     "name", [name for name in ANSWERED if "documentation-missing" in EXPECTED[name]["findings"]]
 )
