@@ -102,25 +102,24 @@ def read_resources(prefetch: Mapping[str, Any], draft_orders: Any = None) -> Res
     return result
 
 
+# Which list of the ResourceSet each parsed type goes to (Claims keep their JSON too).
+_LISTS: dict[type[BaseModel], str] = {
+    Procedure: "procedures",
+    ServiceRequest: "service_requests",
+    Device: "devices",
+    Condition: "conditions",
+    DocumentReference: "documents",
+    Coverage: "coverages",
+    Organization: "organizations",
+    QuestionnaireResponse: "questionnaire_responses",
+}
+
+
 def _file(parsed: BaseModel, raw: dict[str, Any], result: ResourceSet) -> None:
-    if isinstance(parsed, Procedure):
-        result.procedures.append(parsed)
-    elif isinstance(parsed, ServiceRequest):
-        result.service_requests.append(parsed)
-    elif isinstance(parsed, Claim):
+    if isinstance(parsed, Claim):
         result.claims.append(ClaimInput(parsed, raw))
-    elif isinstance(parsed, Device):
-        result.devices.append(parsed)
-    elif isinstance(parsed, Condition):
-        result.conditions.append(parsed)
-    elif isinstance(parsed, DocumentReference):
-        result.documents.append(parsed)
-    elif isinstance(parsed, Coverage):
-        result.coverages.append(parsed)
-    elif isinstance(parsed, Organization):
-        result.organizations.append(parsed)
-    elif isinstance(parsed, QuestionnaireResponse):
-        result.questionnaire_responses.append(parsed)
+    else:
+        getattr(result, _LISTS[type(parsed)]).append(parsed)
 
 
 def _parse(resource: dict[str, Any], origin: str, result: ResourceSet) -> BaseModel | None:

@@ -257,6 +257,20 @@ def _primary_line(claim: DraftClaim, pack: RulePack) -> ClaimLine | None:
     return next((line for line in claim.lines if line.code in listed), None)
 
 
+def _edit_each(
+    claim: dict[str, Any],
+    lines: Sequence[ClaimLine],
+    edit: Callable[[dict[str, Any], ClaimLine], dict[str, Any] | None],
+) -> dict[str, Any] | None:
+    """Apply ``edit`` to each line in turn; None as soon as one result is not valid FHIR."""
+    updated: dict[str, Any] | None = claim
+    for line in lines:
+        if updated is None:
+            return None
+        updated = edit(updated, line)
+    return updated
+
+
 def _by_date(lines: Sequence[ClaimLine]) -> dict[str | None, list[ClaimLine]]:
     grouped: dict[str | None, list[ClaimLine]] = {}
     for line in lines:
@@ -279,10 +293,11 @@ def units_exceed_mue(
     ]
     if not offending:
         return []
-    updated: dict[str, Any] | None = claim.source.raw
-    for group in offending:
-        if updated is not None:
-            updated = claim_edit.update_line(updated, group[0], {"quantity": {"value": mue.units}})
+    updated = _edit_each(
+        claim.source.raw,
+        [group[0] for group in offending],
+        lambda raw, line: claim_edit.update_line(raw, line, {"quantity": {"value": mue.units}}),
+    )
     if updated is not None:
         updated = claim_edit.without_lines(
             updated, [line for group in offending for line in group[1:]]
@@ -308,10 +323,11 @@ def _modifier_finding(
     if not lines:
         return []
     found = sorted({modifier for line in lines for modifier in line.modifiers & forbidden})
-    updated: dict[str, Any] | None = claim.source.raw
-    for line in lines:
-        if updated is not None:
-            updated = claim_edit.without_modifiers(updated, line, forbidden)
+    updated = _edit_each(
+        claim.source.raw,
+        lines,
+        lambda raw, line: claim_edit.without_modifiers(raw, line, forbidden),
+    )
     variables = pack.template_variables() | {"modifiers": ", ".join(found)}
     return [Finding(code, variables, updated_claim=updated)]
 
@@ -513,14 +529,14 @@ def diagnosis_unsupported(
     ]
     if not unsupported:
         return []
-    updated: dict[str, Any] | None = None
+    updated = None
     if supporting:
-        updated = claim.source.raw
-        for line in unsupported:
-            if updated is not None:
-                updated = claim_edit.update_line(
-                    updated, line, {"diagnosisSequence": supporting[:4]}
-                )
+        pointers = {"diagnosisSequence": supporting[:4]}
+        updated = _edit_each(
+            claim.source.raw,
+            unsupported,
+            lambda raw, line: claim_edit.update_line(raw, line, pointers),
+        )
     variables = dict(pack.template_variables())
     variables["note"] = _note(
         pack, "diagnosis-unsupported", "fixable" if supporting else "missing", variables
@@ -548,12 +564,12 @@ def provider_mismatch(
         ]
         if not mismatched:
             return []
-        updated: dict[str, Any] | None = claim.source.raw
-        for line in mismatched:
-            if updated is not None:
-                updated = claim_edit.update_line(
-                    updated, line, {"careTeamSequence": list(primary.care_team_sequence)}
-                )
+        care_team = {"careTeamSequence": list(primary.care_team_sequence)}
+        updated = _edit_each(
+            claim.source.raw,
+            mismatched,
+            lambda raw, line: claim_edit.update_line(raw, line, care_team),
+        )
         variables["primary_code"] = primary.code or ""
         variables["note"] = _note(pack, "provider-mismatch", "care-team", variables)
         return [Finding("provider-mismatch", variables, updated_claim=updated)]
