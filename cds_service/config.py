@@ -41,7 +41,7 @@ DEFAULTS: dict[str, str] = {
     "FHIR_READ_TIMEOUT_SECONDS": "2.5",
     "FHIR_MAX_PAGES": "5",
     "FHIR_MAX_RESPONSE_BYTES": str(10 * 1024 * 1024),
-    "FHIR_MAX_CONCURRENCY": "8",
+    "FHIR_MAX_CONCURRENCY": "16",
     "MAX_BUNDLE_ENTRIES": "10000",
     "AUTH": "",
     "TRUSTED_CLIENTS": "",

@@ -43,7 +43,7 @@ class FetchPolicy:
     deadline: float = 3.0
     max_pages: int = 5
     max_response_bytes: int = 10 * 1024 * 1024
-    max_concurrency: int = 8
+    max_concurrency: int = 16
 
 
 @dataclass
