@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from jwt_helpers import ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
 
 from cds_service.cli import main
 from cds_service.rule_pack import default_cards_dir
@@ -129,10 +131,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(tmp_path: Path, *extra: str, scheme: str = "http", verify: Any = True) -> Iterator[str]:
-    """Run ``cds-service serve`` (2 workers) until the block ends; yield its base URL."""
+def served(
+    tmp_path: Path,
+    *extra: str,
+    scheme: str = "http",
+    verify: Any = True,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Run ``cds-service serve`` until the block ends; yield its base URL."""
     port = free_port()
     environment = os.environ | {"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'served.sqlite3'}"}
+    environment |= env or {}
     command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), *extra]
     process = subprocess.Popen(
         command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -142,7 +151,7 @@ def served(tmp_path: Path, *extra: str, scheme: str = "http", verify: Any = True
         deadline = time.monotonic() + 30
         while True:
             try:
-                requests.get(f"{base}/cds-services", timeout=2, verify=verify)
+                requests.options(f"{base}/cds-services", timeout=2, verify=verify)
                 break
             except requests.ConnectionError:
                 assert process.poll() is None, "server exited"
@@ -238,3 +247,28 @@ def test_serve_refuses_a_lone_certfile(tmp_path: Path, capsys: pytest.CaptureFix
     cert, _ = self_signed(tmp_path)
     assert main(["serve", "--certfile", str(cert)]) == 2
     assert "go together" in capsys.readouterr().err
+
+
+def test_two_workers_accept_a_token_once(tmp_path: Path) -> None:
+    """Served by two worker processes, one token sent eight times at once is accepted once."""
+    key = SigningKey.ec384()
+    trust = write_trust_file(tmp_path, [{"iss": ISSUER, "jwks": jwk_set(key)}])
+    auth_env = {
+        "CDS_AUTH": "required",
+        "CDS_TRUSTED_CLIENTS": str(trust),
+    }
+    with served(tmp_path, "--workers", "2", env=auth_env) as base:
+        path = "/cds-services/cpt20703-encounter-discharge"
+        # aud is the public base URL the service is configured with, not its listening port.
+        token = TokenFactory(key, base_url="http://127.0.0.1:8080").token(path)
+        body = load_fixture(STANDARD.name)
+
+        def send(_: int) -> int:
+            response = requests.post(
+                base + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            )
+            return response.status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = sorted(pool.map(send, range(8)))
+    assert statuses == [200] + [401] * 7
