@@ -248,6 +248,7 @@ class FactReader:
             if id(procedure) not in removal_ids
             and not set(self.procedure_codes(procedure)) & set(primary_codes)
         )
+        texts = self.narrative(session, removed_devices)
         return ClinicalFacts(
             hook=hook,
             encounter_id=self.encounter_id,
@@ -258,14 +259,14 @@ class FactReader:
             evidence=self.structured_evidence(
                 session, removal_procedures, removed_devices, claim, primaries
             ),
-            texts=self.narrative(session, removed_devices),
+            texts=texts,
             draft_order_primaries=draft_primaries,
             device_in_place=in_place,
             session_date=self.session_date(session, claim),
             other_claims=tuple(claims[1:]),
             other_tiers=self.other_tiers(session),
             insertion_evidence=self.insertion(session),
-            prefabricated=self.prefabricated(session, removed_devices),
+            prefabricated=self.prefabricated(session, removed_devices, texts),
             other_surgery=self.other_surgery(session, claim),
             payer=self.payer(claim),
             answered=self.answered(),
@@ -411,7 +412,8 @@ class FactReader:
             for focal in procedure.focalDevice or []
         ):
             holds.add("focal-device-removal")
-        if any(self.links_diagnosis(code) for code in self.diagnosis_codes(session, claim)):
+        linkage = self.coding.diagnosis_linkage
+        if any(links_diagnosis(code, linkage) for code in self.diagnosis_codes(session, claim)):
             holds.add("diagnosis-linkage-code")
         if any(p.complication or p.complicationDetail for p in session):
             holds.add("procedure-complication")
@@ -431,9 +433,6 @@ class FactReader:
                 continue
             codes.update(_codes(condition.code, icd))
         return codes
-
-    def links_diagnosis(self, code: str) -> bool:
-        return links_diagnosis(code, self.coding.diagnosis_linkage)
 
     def narrative(self, session: Sequence[Procedure], removed: Sequence[Device]) -> tuple[str, ...]:
         """Procedure notes, notes on removed devices, and the session's operative notes."""
@@ -540,12 +539,13 @@ class FactReader:
                 return True
         return False
 
-    def prefabricated(self, session: Sequence[Procedure], removed: Sequence[Device]) -> bool:
+    def prefabricated(
+        self, session: Sequence[Procedure], removed: Sequence[Device], narrative: Sequence[str]
+    ) -> bool:
         """The device is described as prefabricated or commercially made."""
         texts = [self.device_text(device) for device in removed]
         texts += [self.procedure_text(procedure) for procedure in session]
-        texts += self.narrative(session, removed)
-        return any(self.patterns.prefabricated.search(text) for text in texts)
+        return any(self.patterns.prefabricated.search(text) for text in [*texts, *narrative])
 
     def other_surgery(self, session: Sequence[Procedure], claim: DraftClaim | None) -> bool:
         """A surgical CPT code in the session that is neither a listed primary nor this family."""

@@ -192,7 +192,7 @@ class FhirFetcher:
         entries = list(bundle.get("entry") or [])
         page = bundle
         for _ in range(self.policy.max_pages - 1):
-            next_url = _next_link(page)
+            next_url = next_link(page)
             if next_url is None:
                 break
             if not _below(next_url, base):
@@ -200,7 +200,7 @@ class FhirFetcher:
             page = _checked_resource(self._get_json(next_url, token, deadline), "Bundle")
             entries.extend(page.get("entry") or [])
         else:
-            if _next_link(page) is not None:
+            if next_link(page) is not None:
                 return Fetched(_merged(bundle, entries), truncated=True)
         return Fetched(_merged(bundle, entries))
 
@@ -260,11 +260,6 @@ def _below(url: str, base: str) -> bool:
     return url.startswith((base + "/", base + "?"))
 
 
-def next_link(bundle: Mapping[str, Any]) -> str | None:
-    """The ``next`` page of a searchset Bundle, if any."""
-    return _next_link(bundle)
-
-
 def _pooled_session(pool_size: int) -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # no proxy or .netrc credentials picked up from the environment
@@ -296,7 +291,8 @@ def _checked_resource(document: dict[str, Any], expected_type: str) -> dict[str,
     return document
 
 
-def _next_link(bundle: Mapping[str, Any]) -> str | None:
+def next_link(bundle: Mapping[str, Any]) -> str | None:
+    """The ``next`` page of a searchset Bundle, if any."""
     for link in bundle.get("link") or []:
         if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
             return str(link["url"])

@@ -7,7 +7,7 @@ from conftest import load_fixture
 from fhir.resources.R4B.reference import Reference
 from test_rules import facts_for
 
-from cds_service.facts import FactReader, reference_id
+from cds_service.facts import FactReader, links_diagnosis, reference_id
 from cds_service.fhir_input import ResourceSet
 from cds_service.rule_pack import RulePack
 
@@ -45,8 +45,7 @@ def test_reference_id(reference: str, expected: str | None) -> None:
 )
 def test_diagnosis_linkage(pack: RulePack, code: str, links: bool) -> None:
     """Device infection, osteomyelitis and nonunion (7th character K/M/N) link to 20703."""
-    reader = FactReader(ResourceSet(), pack, "e1")
-    assert reader.links_diagnosis(code) is links
+    assert links_diagnosis(code, pack.coding.diagnosis_linkage) is links
 
 
 @pytest.mark.parametrize(
