@@ -40,7 +40,8 @@ class _Handler(BaseHTTPRequestHandler):
         if scenario.startswith("status-"):
             self._send(int(scenario.removeprefix("status-")), {"resourceType": "OperationOutcome"})
         elif scenario.startswith("delay-"):
-            time.sleep(int(scenario.removeprefix("delay-")) / 1000)
+            with self.server.open_request():
+                time.sleep(int(scenario.removeprefix("delay-")) / 1000)
             self._send(200, EMPTY_BUNDLE)
         elif scenario == "ok":
             self._send(200, EMPTY_BUNDLE)
@@ -113,7 +114,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FaultServer(ThreadingHTTPServer):
-    """The server, with the requests it received (path and Authorization header)."""
+    """The server, with the requests it received (path and Authorization header).
+
+    ``most_open`` is the largest number of delayed requests that were waiting at the same time:
+    it shows whether a client sent them concurrently without timing anything.
+    """
 
     daemon_threads = True
 
@@ -122,6 +127,8 @@ class FaultServer(ThreadingHTTPServer):
         self.received: list[tuple[str, str | None]] = []
         self.cookies: list[str | None] = []
         self.stopping = threading.Event()
+        self.most_open = 0
+        self._open = 0
         self._lock = threading.Lock()
 
     @property
@@ -131,6 +138,18 @@ class FaultServer(ThreadingHTTPServer):
     def record(self, path: str, authorization: str | None) -> None:
         with self._lock:
             self.received.append((path, authorization))
+
+    @contextmanager
+    def open_request(self) -> Iterator[None]:
+        """Count a request as open for the duration of the block."""
+        with self._lock:
+            self._open += 1
+            self.most_open = max(self.most_open, self._open)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
 
 
 @contextmanager

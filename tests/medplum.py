@@ -238,7 +238,7 @@ class MedplumServer:
         return body
 
     def requests(self) -> list[dict[str, Any]]:
-        """The FHIR requests received so far: ``{method, path, query, authorization}`` each."""
+        """The FHIR requests received so far: ``{method, path, query, authorization, inFlight}``."""
         response = requests.get(f"{self.root_url}/__requests", timeout=CONTROL_TIMEOUT_S)
         response.raise_for_status()
         received: list[dict[str, Any]] = response.json()

@@ -83,14 +83,18 @@ def test_unreachable_server_is_a_connection_failure(fetcher: FhirFetcher) -> Non
 
 
 def test_endless_body_stops_at_the_deadline(server: FaultServer) -> None:
-    """A body that drips forever is abandoned by the deadline, not waited on."""
+    """A body that drips forever is abandoned by the deadline, not waited on.
+
+    The bound has two seconds of slack for a busy machine: without the deadline the call would
+    never end, since each byte arrives well inside the read timeout.
+    """
     fetcher = FhirFetcher(FetchPolicy(read_timeout=5, deadline=1.0))
     started = time.monotonic()
     fetched, _ = fetch_one(fetcher, f"{server.url}/drip/fhir", "Procedure?patient=p")
     elapsed = time.monotonic() - started
     fetcher.close()
     assert fetched.failure == "deadline"
-    assert elapsed < 1.5
+    assert elapsed < 1.0 + 2.0
 
 
 def test_read_of_a_missing_resource_is_no_data(server: FaultServer, fetcher: FhirFetcher) -> None:
@@ -147,17 +151,15 @@ def test_cookies_are_never_sent_back(server: FaultServer, fetcher: FhirFetcher) 
 
 
 def test_round_runs_concurrently(server: FaultServer, fetcher: FhirFetcher) -> None:
-    """Four queries delayed 300 ms each take about one delay, not four."""
-    delay = 0.3
+    """Four queries held 300 ms each by the server are all open there at the same time."""
     queries = {f"k{i}": f"Procedure?patient=p{i}" for i in range(4)}
-    stats = FetchStats()
-    started = time.monotonic()
+    server.most_open = 0
+    deadline = time.monotonic() + 2.0
     results = fetcher.fetch_round(
-        f"{server.url}/delay-300/fhir", None, queries, started + 2.0, stats
+        f"{server.url}/delay-300/fhir", None, queries, deadline, FetchStats()
     )
-    elapsed = time.monotonic() - started
     assert all(result.value is not None for result in results.values())
-    assert elapsed < 1.5 * delay  # sequential fetching would take about 4 * delay
+    assert server.most_open == 4
 
 
 @pytest.mark.parametrize(
@@ -238,7 +240,7 @@ def call(client: FlaskClient, body: dict[str, Any]) -> Any:
     return client.post(DISCHARGE, data=json.dumps(body), content_type="application/json")
 
 
-@pytest.mark.parametrize("scenario", ["status-503", "garbage", "drip", "delay-3000", "redirect"])
+@pytest.mark.parametrize("scenario", ["status-503", "garbage", "drip", "delay-10000", "redirect"])
 def test_required_key_unobtainable_is_412_within_the_deadline(
     fault_client: FlaskClient, server: FaultServer, scenario: str
 ) -> None:
@@ -255,7 +257,7 @@ def test_required_key_unobtainable_is_412_within_the_deadline(
     assert "'procedures'" in diagnostics
     assert "secret-tok" not in diagnostics
     assert body["context"]["patientId"] not in diagnostics
-    assert elapsed < 1.5 + 1.0
+    assert elapsed < 1.5 + 3.0  # the deadline plus slack for a busy machine; unbounded would hang
 
 
 def test_optional_key_unobtainable_gives_cards_that_say_so(

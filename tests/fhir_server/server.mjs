@@ -8,7 +8,8 @@
 // GET /fhir/metadata, GET /fhir/<Type>/<id>, GET /fhir/<Type>?<params> and
 // POST /fhir/<Type>/_search (form body). Test control endpoints, outside /fhir:
 //   GET /__health       -> {"status": "ok", "resources": N, "skipped": [...]}
-//   GET /__requests     -> [{method, path, query, authorization}] of the FHIR requests received
+//   GET /__requests     -> [{method, path, query, authorization, inFlight}] of the FHIR requests
+//                          received; inFlight counts the FHIR requests open when this one arrived
 //   DELETE /__requests  -> clears that list
 //   POST /__config      -> {"delayMs": N}: every later /fhir answer waits N ms first
 import { readFileSync } from 'node:fs';
@@ -345,7 +346,7 @@ async function main() {
   const seeded = await seed(repo, seedFiles);
   log(`seeded ${seeded.count} resources from ${seedFiles.length} files, ${seeded.skipped.length} skipped`);
 
-  const state = { delayMs: 0, requests: [] };
+  const state = { delayMs: 0, requests: [], inFlight: 0 };
   const server = http.createServer(async (req, res) => {
     try {
       const url = new URL(req.url, 'http://127.0.0.1');
@@ -375,18 +376,24 @@ async function main() {
         return send(res, 404, outcome('error', 'not-found', `No such path: ${url.pathname}`));
       }
 
+      state.inFlight += 1;
       state.requests.push({
         method,
         path: url.pathname,
         query: url.search.replace(/^\?/, ''),
         authorization: req.headers.authorization ?? null,
+        inFlight: state.inFlight,
       });
-      if (state.delayMs > 0) {
-        await new Promise((resolve) => setTimeout(resolve, state.delayMs));
+      try {
+        if (state.delayMs > 0) {
+          await new Promise((resolve) => setTimeout(resolve, state.delayMs));
+        }
+        const baseUrl = `http://${req.headers.host ?? `127.0.0.1:${server.address().port}`}${BASE_PATH}`;
+        const [status, answer] = await handleFhir(router, repo, method, url, body, baseUrl);
+        return send(res, status, answer);
+      } finally {
+        state.inFlight -= 1;
       }
-      const baseUrl = `http://${req.headers.host ?? `127.0.0.1:${server.address().port}`}${BASE_PATH}`;
-      const [status, answer] = await handleFhir(router, repo, method, url, body, baseUrl);
-      return send(res, status, answer);
     } catch (err) {
       log(`error: ${err?.stack ?? err}`);
       if (!res.headersSent) {
