@@ -50,13 +50,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for key, value in (config or {}).items():
         if key.removeprefix("CDS_").upper() not in SETTING_NAMES:
             app.config[key] = value
-    store = Store(engine)
+    store = Store(engine, settings.audit_retention_days)
     app.extensions["cds_20703"] = ServiceState(
         settings, pack, store, FhirFetcher(settings.fetch), _verifier(settings, store)
     )
 
-    from cds_service import api, errors
+    from cds_service import api, errors, observability, ops, playground
 
+    observability.init_app(app)
     errors.register_error_handlers(app)
     if settings.cors_origins:
         CORS(
@@ -69,6 +70,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         )
     app.register_blueprint(api.bp)
     app.register_blueprint(api.questionnaires)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(playground.bp)
     return app
 
 

@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from cds_service import metrics
 from cds_service.errors import (
     AuthenticationError,
     InvalidRequestError,
     UnknownResourceError,
     UnsupportedMediaTypeError,
 )
+from cds_service.fhir_fetch import FetchStats
+from cds_service.observability import add_log_fields, elapsed_ms, request_id, service_label
 from cds_service.service import find_service, handle_hook_call, parse_feedback_request
 from cds_service.state import ServiceState
+from cds_service.storage import HookCallRecord
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__, url_prefix="/cds-services")
@@ -91,9 +94,10 @@ def discovery() -> Response:
 def call_service(service_id: str) -> Response:
     """Answer a hook call with cards."""
     state = _state()
-    started = time.perf_counter()
     find_service(state.pack, service_id)
     body = _json_body()
+    if isinstance(body, dict):
+        g.hook_instance = _loggable_id(body.get("hookInstance"))
     client = g.get("cds_client")
     result = handle_hook_call(
         state.pack,
@@ -103,26 +107,50 @@ def call_service(service_id: str) -> Response:
         max_bundle_entries=state.settings.max_bundle_entries,
         client_fhir_servers=client.fhir_servers if client else (),
         public_base_url=state.settings.public_base_url,
+        fetch_stats=g.setdefault("fetch_stats", FetchStats()),
     )
-    try:
-        state.store.record_issued_cards(service_id, result.issued)
-    except SQLAlchemyError as exc:
-        # The cards are still right; only feedback on them will count as "unknown".
-        logger.warning("issued cards not recorded", extra={"error_type": type(exc).__name__})
-    logger.info(
-        "hook call answered",
-        extra={
-            "service": service_id,
-            "client": client.iss if client else None,
-            "hook_instance": _loggable_id(body.get("hookInstance")),
-            "cards": len(result.issued),
-            "findings": sorted({code for _, code in result.issued}),
-            "skipped_resources": result.skipped_resources,
-            "fetch": result.fetch_stats.as_log() if result.fetch_stats else None,
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
-        },
+    g.issued = result.issued
+    for _, code in result.issued:
+        metrics.CARDS.labels(service_id, code).inc()
+    add_log_fields(
+        cards=len(result.issued),
+        findings=sorted({code for _, code in result.issued}),
+        skipped_resources=result.skipped_resources,
     )
     return _json_response(result.response)
+
+
+@bp.after_request
+def audit_hook_call(response: Response) -> Response:
+    """Record every hook call, answered or refused, in the audit trail (metadata only)."""
+    if request.endpoint != "cds.call_service":
+        return response
+    state = _state()
+    service = service_label()
+    stats: FetchStats | None = g.get("fetch_stats")
+    if stats is not None and stats.rounds:
+        metrics.observe_fetches(stats)
+        add_log_fields(fetch=stats.as_log())
+    client = g.get("cds_client")
+    pack_service = state.pack.service(service)
+    record = HookCallRecord(
+        request_id=request_id(),
+        service_id=service,
+        hook=pack_service.hook if pack_service else None,
+        hook_instance=g.get("hook_instance"),
+        client_iss=client.iss if client else None,
+        status=response.status_code,
+        latency_ms=round(elapsed_ms(), 2),
+        issued=g.get("issued", ()),
+        fetch_stats=stats.as_log() if stats is not None and stats.rounds else None,
+    )
+    try:
+        state.store.record_hook_call(record)
+    except SQLAlchemyError as exc:
+        # The cards are still right; feedback on them will count as "unknown".
+        metrics.AUDIT_FAILURES.inc()
+        logger.warning("hook call not recorded", extra={"error_type": type(exc).__name__})
+    return response
 
 
 @bp.post("/<service_id>/feedback")
@@ -132,14 +160,10 @@ def feedback(service_id: str) -> Response:
     find_service(state.pack, service_id)
     entries = parse_feedback_request(_json_body()).feedback
     result = state.store.store_feedback(service_id, entries)
-    logger.info(
-        "feedback stored",
-        extra={
-            "service": service_id,
-            "stored": result.stored,
-            "duplicates": result.duplicates,
-            "unknown_cards": result.unknown_cards,
-        },
+    for finding, outcome in result.stored_outcomes:
+        metrics.FEEDBACK.labels(service_id, finding, outcome).inc()
+    add_log_fields(
+        stored=result.stored, duplicates=result.duplicates, unknown_cards=result.unknown_cards
     )
     return _json_response(
         {

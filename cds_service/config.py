@@ -50,6 +50,8 @@ DEFAULTS: dict[str, str] = {
     "JWT_MAX_LIFETIME_SECONDS": "3600",
     "JWKS_CACHE_SECONDS": "300",
     "JWKS_MIN_REFETCH_SECONDS": "10",
+    "PLAYGROUND": "",
+    "AUDIT_RETENTION_DAYS": "90",
 }
 SETTING_NAMES = frozenset(DEFAULTS)
 
@@ -81,6 +83,8 @@ class Settings:
     fetch: FetchPolicy
     max_bundle_entries: int
     auth: AuthSettings
+    playground: bool
+    audit_retention_days: int
 
     @classmethod
     def load(
@@ -105,6 +109,8 @@ class Settings:
             fetch=_fetch_policy(raw),
             max_bundle_entries=int(_number(raw, "MAX_BUNDLE_ENTRIES", 1, 10**6, whole=True)),
             auth=_auth_settings(raw),
+            playground=_playground(raw["PLAYGROUND"], raw["PROFILE"]),
+            audit_retention_days=int(_number(raw, "AUDIT_RETENTION_DAYS", 1, 36500, whole=True)),
         )
 
 
@@ -170,6 +176,15 @@ def _cors_origins(value: str, profile: str) -> tuple[str, ...]:
                 "CDS_CORS_ORIGINS must be '*' or origins like https://ehr.example.org."
             )
     return origins
+
+
+def _playground(value: str, profile: str) -> bool:
+    """The card playground at ``/``: on by default in development only."""
+    if not value:
+        return profile == "development"
+    if value not in ("on", "off"):
+        raise ConfigError("CDS_PLAYGROUND must be 'on' or 'off'.")
+    return value == "on"
 
 
 def _log_level(value: str) -> str:

@@ -25,6 +25,8 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from cds_service.metrics import JWT_FAILURES
+
 logger = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
@@ -135,6 +137,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(AuthenticationError)
     def _unauthenticated(error: AuthenticationError) -> Response:
+        JWT_FAILURES.labels(error.check).inc()
         logger.warning(
             "request not authenticated",
             extra={"check": error.check, "iss": error.issuer, "path": request.path},
@@ -171,7 +174,10 @@ def register_error_handlers(app: Flask) -> None:
 
 def _http_diagnostics(status: int, error: HTTPException) -> str:
     if status == 404:
-        return "No such endpoint. CDS services are at /cds-services and /cds-services/{id}."
+        return (
+            "No such endpoint. CDS services are at /cds-services and /cds-services/{id}; "
+            "/openapi.json describes every endpoint."
+        )
     if status == 405:
         return "Method not allowed on this endpoint."
     if status == 413:

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -57,6 +57,7 @@ class FetchStats:
     rounds: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     elapsed_ms: float = 0.0
+    queries: list[tuple[str, float]] = field(default_factory=list)  # (outcome, seconds) each
 
     def as_log(self) -> dict[str, Any]:
         """A flat, PHI-free summary for the log line and later metrics."""
@@ -79,6 +80,12 @@ class Fetched:
     failure: str | None = None
     truncated: bool = False  # a searchset had more pages than the cap allowed
     absent: bool = False  # a read answered 404: the resource does not exist (no data)
+    seconds: float = 0.0  # from sending the query to its last page
+
+    @property
+    def outcome(self) -> str:
+        """``ok``, ``not-found`` or the failure kind: a closed set, for counting."""
+        return self.failure or ("not-found" if self.absent else "ok")
 
 
 class _Failure(Exception):
@@ -129,8 +136,9 @@ class FhirFetcher:
             return {}
         stats.rounds += 1
         base = base_url.rstrip("/")
+        sent = time.monotonic()
         futures: dict[Future[Fetched], str] = {
-            self._executor().submit(self._get, base, query, token, deadline): key
+            self._executor().submit(self._timed_get, base, query, token, deadline): key
             for key, query in queries.items()
         }
         results: dict[str, Fetched] = {}
@@ -144,12 +152,11 @@ class FhirFetcher:
                 results[futures[future]] = future.result()
         for future in pending:  # still running at the deadline: abandoned, bounded by timeouts
             future.cancel()
-            results[futures[future]] = Fetched(failure="deadline")
+            results[futures[future]] = Fetched(failure="deadline", seconds=deadline - sent)
         for result in results.values():
-            if result.failure:
-                stats.failures[result.failure] += 1
-            elif result.absent:
-                stats.failures["not-found"] += 1
+            stats.queries.append((result.outcome, result.seconds))
+            if result.outcome != "ok":
+                stats.failures[result.outcome] += 1
         return results
 
     def close(self) -> None:
@@ -164,6 +171,11 @@ class FhirFetcher:
                 max_workers=self.policy.max_concurrency, thread_name_prefix="fhir-fetch"
             )
         return self._pool
+
+    def _timed_get(self, base: str, query: str, token: str | None, deadline: float) -> Fetched:
+        started = time.monotonic()
+        fetched = self._get(base, query, token, deadline)
+        return replace(fetched, seconds=time.monotonic() - started)
 
     def _get(self, base: str, query: str, token: str | None, deadline: float) -> Fetched:
         """GET a relative query, or an absolute ``next`` link below ``base``."""

@@ -90,8 +90,12 @@ def gather(
     request: HookRequest,
     fetcher: FhirFetcher | None,
     also_allowed: Sequence[str] = (),
+    stats_to_fill: FetchStats | None = None,
 ) -> HookData:
-    """Prefetched data completed from ``fhirServer``; 412 when required data cannot be had."""
+    """Prefetched data completed from ``fhirServer``; 412 when required data cannot be had.
+
+    The fetch statistics go into ``stats_to_fill`` when given, so they survive a 412.
+    """
     values, missing = split_prefetch(service, request.prefetch or {})
     not_checked: dict[str, str] = {}
     truncated: list[str] = []
@@ -101,7 +105,7 @@ def gather(
     if refusal is not None:
         not_checked = dict.fromkeys(missing, refusal)
     elif fetcher is not None and server is not None:
-        stats = FetchStats()
+        stats = stats_to_fill if stats_to_fill is not None else FetchStats()
         started = time.monotonic()
         deadline = started + fetcher.policy.deadline
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None

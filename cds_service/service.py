@@ -63,11 +63,13 @@ def handle_hook_call(
     max_bundle_entries: int | None = None,
     client_fhir_servers: Sequence[str] = (),
     public_base_url: str = "http://127.0.0.1:8080",
+    fetch_stats: FetchStats | None = None,
 ) -> HookResult:
     """Validate a hook request, complete its data, and answer it with cards.
 
     ``client_fhir_servers`` are FHIR base URLs the authenticated client's trust entry allows,
-    on top of the configured outbound allowlist.
+    on top of the configured outbound allowlist. ``fetch_stats``, when given, is filled in even
+    when the call ends in an error (the audit trail records it).
     """
     service = find_service(pack, service_id)
     request = parse_hook_request(body)
@@ -81,7 +83,7 @@ def handle_hook_call(
         raise InvalidRequestError("Invalid context: " + "; ".join(problems) + ".")
     if max_bundle_entries is not None:
         _check_size(request, max_bundle_entries)
-    data = gather(service, request, fetcher, client_fhir_servers)
+    data = gather(service, request, fetcher, client_fhir_servers, fetch_stats)
     resources = read_resources(data.values, request.context.get("draftOrders"))
     encounter_id = request.context.get("encounterId")
     patient_id = request.context.get("patientId")

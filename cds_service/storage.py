@@ -1,7 +1,8 @@
-"""Feedback and issued-card records in a SQL database (SQLite by default, PostgreSQL by URL).
+"""Feedback, issued-card and audit records in a SQL database (SQLite by default, PostgreSQL).
 
 Nothing stored here identifies a patient: card and suggestion uuids, finding codes, outcomes,
-override reason codings and timestamps. A clinician's free-text override comment is not stored
+override reason codings, hook call metadata (service, hookInstance, client issuer, status,
+latency, fetch counts) and timestamps. A clinician's free-text override comment is not stored
 (it may name the patient); only whether one was given.
 """
 
@@ -11,9 +12,9 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from cds_service.protocol import FeedbackEntry
@@ -72,6 +73,23 @@ feedback = Table(
 )
 
 
+hook_call = Table(
+    "hook_call",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("request_id", String(64), nullable=False),
+    Column("service_id", String(100), nullable=False),
+    Column("hook", String(100), nullable=True),
+    Column("hook_instance", String(100), nullable=True),
+    Column("client_iss", String(500), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("finding_codes", Text, nullable=False),  # JSON list, one per card
+    Column("card_uuids", Text, nullable=False),  # JSON list, same order
+    Column("fetch_stats", Text, nullable=True),  # JSON object: counts and kinds only
+)
+
 jwt_replay = Table(
     "jwt_replay",
     metadata,
@@ -87,6 +105,22 @@ class FeedbackResult:
     stored: int
     duplicates: int
     unknown_cards: int
+    stored_outcomes: tuple[tuple[str, str], ...] = ()  # (finding code or "unknown", outcome)
+
+
+@dataclass(frozen=True)
+class HookCallRecord:
+    """The audit record of one hook call: metadata only, never request content."""
+
+    request_id: str
+    service_id: str
+    hook: str | None
+    hook_instance: str | None
+    client_iss: str | None
+    status: int
+    latency_ms: float
+    issued: Sequence[tuple[str, str]] = ()  # (card uuid, finding code)
+    fetch_stats: dict[str, Any] | None = None
 
 
 def create_database_engine(url: str) -> Engine:
@@ -128,20 +162,46 @@ def create_schema(engine: Engine, attempts: int = 3) -> None:
 class Store:
     """Reads and writes the service's records."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, retention_days: int = 90) -> None:
         self.engine = engine
+        self.retention = timedelta(days=retention_days)
         self._prune_counter = itertools.count()
+        self._audit_counter = itertools.count()
 
-    def record_issued_cards(self, service_id: str, cards: Iterable[tuple[str, str]]) -> None:
-        """Remember the uuids of the cards we answered with, to recognise them in feedback."""
+    def record_hook_call(self, call: HookCallRecord) -> None:
+        """Write the audit record and remember the issued card uuids, in one transaction.
+
+        Every ``PRUNE_EVERY``-th call also deletes audit records and issued-card uuids older
+        than the retention period (feedback is kept).
+        """
         now = datetime.now(UTC)
-        rows = [
-            {"card_uuid": uuid, "service_id": service_id, "finding_code": code, "issued_at": now}
-            for uuid, code in cards
+        cards = [
+            {"card_uuid": uuid, "service_id": call.service_id, "finding_code": code}
+            | {"issued_at": now}
+            for uuid, code in call.issued
         ]
-        if rows:
-            with self.engine.begin() as connection:
-                connection.execute(insert(issued_card), rows)
+        with self.engine.begin() as connection:
+            connection.execute(
+                insert(hook_call).values(
+                    received_at=now,
+                    request_id=call.request_id,
+                    service_id=call.service_id,
+                    hook=call.hook,
+                    hook_instance=call.hook_instance,
+                    client_iss=call.client_iss,
+                    status=call.status,
+                    latency_ms=call.latency_ms,
+                    finding_codes=json.dumps([code for _, code in call.issued]),
+                    card_uuids=json.dumps([uuid for uuid, _ in call.issued]),
+                    fetch_stats=json.dumps(call.fetch_stats) if call.fetch_stats else None,
+                )
+            )
+            if cards:
+                connection.execute(insert(issued_card), cards)
+            if next(self._audit_counter) % PRUNE_EVERY == 0:
+                cutoff = now - self.retention
+                connection.execute(delete(hook_call).where(hook_call.c.received_at < cutoff))
+                connection.execute(delete(issued_card).where(issued_card.c.issued_at < cutoff))
 
     def store_feedback(self, service_id: str, entries: Sequence[FeedbackEntry]) -> FeedbackResult:
         """Store each entry once; an identical entry sent again is counted, not stored."""
@@ -151,21 +211,24 @@ class Store:
             row = _feedback_row(service_id, entry, now)
             rows.setdefault(row["entry_key"], row)
         with self.engine.begin() as connection:
-            issued = set(
-                connection.scalars(
-                    select(issued_card.c.card_uuid).where(
-                        issued_card.c.card_uuid.in_({row["card_uuid"] for row in rows.values()})
-                    )
+            found = connection.execute(
+                select(issued_card.c.card_uuid, issued_card.c.finding_code).where(
+                    issued_card.c.card_uuid.in_({row["card_uuid"] for row in rows.values()})
                 )
             )
-            stored = 0
+            issued: dict[str, str] = {uuid: code for uuid, code in found}
+            outcomes: list[tuple[str, str]] = []
             for row in rows.values():
                 row["card_issued"] = row["card_uuid"] in issued
                 inserted = connection.execute(_insert_ignoring_duplicates(self.engine, row))
-                stored += len(inserted.fetchall())
+                if inserted.fetchall():
+                    outcomes.append((issued.get(row["card_uuid"], "unknown"), row["outcome"]))
         unknown = len([row for row in rows.values() if not row["card_issued"]])
         return FeedbackResult(
-            stored=stored, duplicates=len(entries) - stored, unknown_cards=unknown
+            stored=len(outcomes),
+            duplicates=len(entries) - len(outcomes),
+            unknown_cards=unknown,
+            stored_outcomes=tuple(outcomes),
         )
 
     def remember_token(self, token_key: str, expires_at: float) -> bool:
@@ -193,6 +256,23 @@ class Store:
         with self.engine.connect() as connection:
             result = connection.execute(select(feedback).order_by(feedback.c.id))
             return [dict(row._mapping) for row in result]
+
+    def hook_call_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Audit records, oldest first, optionally from ``since`` on."""
+        query = select(hook_call).order_by(hook_call.c.id)
+        if since is not None:
+            query = query.where(hook_call.c.received_at >= since)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def is_reachable(self) -> bool:
+        """Whether the database answers a trivial query now."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(select(1))
+        except SQLAlchemyError:
+            return False
+        return True
 
     def count_issued_cards(self) -> int:
         """How many card uuids have been recorded."""

@@ -324,12 +324,12 @@ def test_cards_are_answered_when_recording_them_fails(
     def unavailable(*_args: Any) -> None:
         raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(store, "record_issued_cards", unavailable)
+    monkeypatch.setattr(store, "record_hook_call", unavailable)
     with caplog.at_level(logging.WARNING, logger="cds_service"):
         response = post(client, STANDARD)
     assert response.status_code == 200
     assert finding_codes(response) == ["add-on-suggested"]
-    assert "issued cards not recorded" in caplog.text
+    assert "hook call not recorded" in caplog.text
 
 
 def test_odd_hook_instance_is_not_logged_verbatim(

@@ -1,0 +1,99 @@
+"""The card playground: a page at ``/`` that sends fixtures or pasted requests and shows the cards.
+
+Plain HTML, CSS and JavaScript shipped in ``cds_service/playground_static/``; nothing is built and
+nothing loads from another origin (the Content-Security-Policy says so to the browser). The page
+talks to the service's own public endpoints, so what it shows is what an EHR gets.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, send_from_directory
+
+from cds_service.errors import UnknownResourceError
+
+bp = Blueprint("playground", __name__)
+STATIC_DIR = Path(__file__).resolve().parent / "playground_static"
+ASSETS = frozenset({"playground.css", "playground.js", "markdown.js", "diff.js"})
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def default_fixtures_dir() -> Path:
+    """The packaged fixtures, or the source tree's ``fhir_fixtures/`` in a checkout."""
+    packaged = Path(str(resources.files("cds_service"))) / "fhir_fixtures"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "fhir_fixtures"
+
+
+@cache
+def fixture_catalogue(directory: Path) -> dict[str, dict[str, Any]]:
+    """Fixture name -> {name, hook, service, findings}, from the files and ``expected.json``."""
+    expected_path = directory / "expected.json"
+    expected = json.loads(expected_path.read_text(encoding="utf-8"))
+    catalogue: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*--*.json")):
+        body = json.loads(path.read_text(encoding="utf-8"))
+        outcome = expected.get(path.name, {})
+        catalogue[path.name] = {
+            "name": path.name,
+            "hook": body.get("hook"),
+            "service": outcome.get("service"),
+            "status": outcome.get("status"),
+            "findings": outcome.get("findings", []),
+        }
+    return catalogue
+
+
+def _enabled() -> None:
+    if not current_app.extensions["cds_20703"].settings.playground:
+        raise UnknownResourceError("The card playground is off (CDS_PLAYGROUND).")
+
+
+@bp.after_request
+def _content_security_policy(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@bp.get("/")
+def page() -> Response:
+    """The playground page."""
+    _enabled()
+    return send_from_directory(STATIC_DIR, "index.html", mimetype="text/html")
+
+
+@bp.get("/playground/<asset>")
+def asset(asset: str) -> Response:
+    """The page's scripts and style sheet."""
+    _enabled()
+    if asset not in ASSETS:
+        raise UnknownResourceError("No such playground file.")
+    return send_from_directory(STATIC_DIR, asset)
+
+
+@bp.get("/playground/fixtures")
+def fixtures() -> Response:
+    """The fixtures the page offers, with the service and findings each is expected to give."""
+    _enabled()
+    listing = list(fixture_catalogue(default_fixtures_dir()).values())
+    return Response(json.dumps(listing), mimetype="application/json")
+
+
+@bp.get("/playground/fixtures/<name>")
+def fixture(name: str) -> Response:
+    """One fixture's request body, as the page loads it into the editor."""
+    _enabled()
+    directory = default_fixtures_dir()
+    if name not in fixture_catalogue(directory):
+        raise UnknownResourceError("No fixture with that name.")
+    return Response((directory / name).read_bytes(), mimetype="application/json")
