@@ -11,6 +11,7 @@ from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service import metrics
+from cds_service.auth import TokenVerifier, VerifiedClient
 from cds_service.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -70,18 +71,31 @@ def authenticate() -> None:
     state = _state()
     if state.verifier is None or request.method == "OPTIONS":
         return
+    try:
+        g.cds_client = _verified_client(
+            state.verifier,
+            required=state.settings.auth.mode == "required",
+            audience=state.settings.public_base_url + request.path,
+        )
+    except AuthenticationError as exc:
+        metrics.JWT_FAILURES.labels(exc.check).inc()
+        raise
+
+
+def _verified_client(
+    verifier: TokenVerifier, *, required: bool, audience: str
+) -> VerifiedClient | None:
     header = request.headers.get("Authorization")
     if header is None:
-        if state.settings.auth.mode == "required":
+        if required:
             raise AuthenticationError(
                 "token", "A bearer token (JWT) is required.", token_missing=True
             )
-        return
+        return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("malformed", "The Authorization header must be Bearer <JWT>.")
-    audience = state.settings.public_base_url + request.path
-    g.cds_client = state.verifier.verify(token.strip(), audience)
+    return verifier.verify(token.strip(), audience)
 
 
 @bp.get("")

@@ -1,4 +1,4 @@
-"""The ``cds-service`` command: serve, evaluate, check-cards."""
+"""The ``cds-service`` command: serve, evaluate, check-cards, report, describe-rules."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.config import Settings
 from cds_service.errors import ConfigError
@@ -66,11 +69,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=_check_cards)
 
+    report = commands.add_parser(
+        "report", help="per finding code: cards issued, feedback, acceptance, latency"
+    )
+    report.add_argument(
+        "--since", type=_date_argument, help="only hook calls and feedback from DATE (YYYY-MM-DD)"
+    )
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.set_defaults(run=_report)
+
     describe = commands.add_parser("describe-rules", help="print the rule pack as a document")
     describe.add_argument("--markdown", action="store_true", help="markdown (the only format)")
     describe.add_argument("--cards-dir", type=Path, help="rule pack directory")
     describe.set_defaults(run=_describe_rules)
     return parser
+
+
+def _date_argument(value: str) -> datetime:
+    try:
+        return datetime.combine(date.fromisoformat(value), time.min, tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cds_service.report import build_report, render_text
+    from cds_service.storage import Store, create_database_engine, create_schema
+
+    settings = Settings.load()
+    engine = create_database_engine(settings.database_url)
+    try:
+        create_schema(engine)
+        store = Store(engine)
+        rows = build_report(store.hook_call_rows(args.since), store.feedback_for_report(args.since))
+    except SQLAlchemyError as exc:
+        print(f"cds-service: cannot read the database: {type(exc).__name__}", file=sys.stderr)
+        return EXIT_PROBLEM
+    finally:
+        engine.dispose()
+    since = args.since.date().isoformat() if args.since else None
+    if args.json:
+        document = {"since": since, "findings": [row.as_dict() for row in rows]}
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_text(rows, since))
+    return EXIT_OK
 
 
 def _describe_rules(args: argparse.Namespace) -> int:

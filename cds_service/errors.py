@@ -25,8 +25,6 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
-from cds_service.metrics import JWT_FAILURES
-
 logger = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
@@ -137,7 +135,6 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(AuthenticationError)
     def _unauthenticated(error: AuthenticationError) -> Response:
-        JWT_FAILURES.labels(error.check).inc()
         logger.warning(
             "request not authenticated",
             extra={"check": error.check, "iss": error.issuer, "path": request.path},

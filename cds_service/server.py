@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,8 @@ from gunicorn.app.base import BaseApplication
 
 from cds_service.config import Settings
 from cds_service.storage import create_database_engine, create_schema
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -42,7 +47,8 @@ def serve(
     engine = create_database_engine(settings.database_url)
     create_schema(engine)
     engine.dispose()  # workers open their own connections after the fork
-    options: dict[str, Any] = {}
+    prepare_metrics_directory()
+    options: dict[str, Any] = {"child_exit": _child_exit}
     if tls is not None:
         options = {"certfile": str(tls[0]), "keyfile": str(tls[1])}
     _Gunicorn(
@@ -59,3 +65,26 @@ def serve(
             "proc_name": "cds-service",
         }
     ).run()
+
+
+def prepare_metrics_directory() -> Path:
+    """Point prometheus-client at a fresh per-run directory, so ``/metrics`` sums all workers.
+
+    Must run before ``prometheus_client`` is imported (the app imports it after the fork).
+    An operator's ``PROMETHEUS_MULTIPROC_DIR`` is used and emptied of the last run's files.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the metrics directory was set")
+    configured = os.environ.get(MULTIPROC_ENV)
+    directory = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="cds-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

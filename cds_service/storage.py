@@ -216,7 +216,7 @@ class Store:
                     issued_card.c.card_uuid.in_({row["card_uuid"] for row in rows.values()})
                 )
             )
-            issued: dict[str, str] = {uuid: code for uuid, code in found}
+            issued: dict[str, str] = {row.card_uuid: row.finding_code for row in found.all()}
             outcomes: list[tuple[str, str]] = []
             for row in rows.values():
                 row["card_issued"] = row["card_uuid"] in issued
@@ -256,6 +256,18 @@ class Store:
         with self.engine.connect() as connection:
             result = connection.execute(select(feedback).order_by(feedback.c.id))
             return [dict(row._mapping) for row in result]
+
+    def feedback_for_report(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Feedback rows with the finding code of their card (None when it is not known)."""
+        query = (
+            select(feedback, issued_card.c.finding_code)
+            .outerjoin(issued_card, issued_card.c.card_uuid == feedback.c.card_uuid)
+            .order_by(feedback.c.id)
+        )
+        if since is not None:
+            query = query.where(feedback.c.received_at >= since)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
 
     def hook_call_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
         """Audit records, oldest first, optionally from ``since`` on."""

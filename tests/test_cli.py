@@ -5,26 +5,19 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from conftest import EXPECTED, FIXTURES, ROOT, load_fixture, without_uuids
+from conftest import EXPECTED, FIXTURES, load_fixture, without_uuids
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from jwt_helpers import ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
+from serving import served
 
 from cds_service.cli import main
 from cds_service.rule_pack import default_cards_dir
@@ -121,47 +114,6 @@ def test_bad_configuration_exits_2(
     monkeypatch.setenv("CDS_MAX_BODY_BYTES", "many")
     assert main(["check-cards"]) == 2
     assert "CDS_MAX_BODY_BYTES" in capsys.readouterr().err
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def served(
-    tmp_path: Path,
-    *extra: str,
-    scheme: str = "http",
-    verify: Any = True,
-    env: dict[str, str] | None = None,
-) -> Iterator[str]:
-    """Run ``cds-service serve`` until the block ends; yield its base URL."""
-    port = free_port()
-    environment = os.environ | {"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'served.sqlite3'}"}
-    environment |= env or {}
-    command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), *extra]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    base = f"{scheme}://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.options(f"{base}/cds-services", timeout=2, verify=verify)
-                break
-            except requests.ConnectionError:
-                assert process.poll() is None, "server exited"
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
 
 
 def test_serve_answers_over_real_http(tmp_path: Path) -> None:
