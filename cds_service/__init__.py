@@ -11,15 +11,18 @@ from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.auth import JwksCache, TokenVerifier, replay_key
 from cds_service.config import SETTING_NAMES, Settings
 from cds_service.errors import ConfigError
 from cds_service.fhir_fetch import FhirFetcher
 from cds_service.logs import configure_logging
+from cds_service.migrate import current_revision, head_revision, upgrade_database
 from cds_service.rule_pack import RulePackError, load_rule_pack
 from cds_service.state import ServiceState
-from cds_service.storage import Store, create_database_engine, create_schema
+from cds_service.storage import Store, create_database_engine
 
 __all__ = ["create_app"]
 
@@ -42,7 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     except RulePackError as exc:
         raise ConfigError(f"CDS_CARDS_DIR: the rule pack is invalid:\n{exc}") from None
     engine = create_database_engine(settings.database_url)
-    create_schema(engine)
+    _prepare_schema(settings, engine)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -73,6 +76,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(playground.bp)
     return app
+
+
+def _prepare_schema(settings: Settings, engine: Engine) -> None:
+    """Migrate in development; in production only say so when ``db upgrade`` is due."""
+    if settings.profile == "development":
+        upgrade_database(engine)
+        return
+    try:
+        revision = current_revision(engine)
+    except SQLAlchemyError as exc:
+        logging.getLogger(__name__).error(
+            "database unreachable at start-up", extra={"error_type": type(exc).__name__}
+        )
+        return
+    if revision != head_revision():
+        logging.getLogger(__name__).error(
+            "database schema is not current: run `cds-service db upgrade`",
+            extra={"revision": revision, "needed": head_revision()},
+        )
 
 
 def _verifier(settings: Settings, store: Store) -> TokenVerifier | None:

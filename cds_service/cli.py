@@ -53,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM) for --certfile")
     serve.set_defaults(run=_serve)
 
+    demo = commands.add_parser(
+        "demo", help="the local FHIR sandbox with the fixtures' patients, and the service"
+    )
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument(
+        "--fhir-port", type=int, default=8081, help="FHIR server port (the fixtures name 8081)"
+    )
+    demo.add_argument(
+        "--sandbox-dir", type=Path, help="the fhir_sandbox directory (default: the checkout's)"
+    )
+    demo.set_defaults(run=_demo)
+
     evaluate = commands.add_parser(
         "evaluate", help="print the response the endpoint gives for a request file"
     )
@@ -78,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.set_defaults(run=_report)
 
+    database = commands.add_parser("db", help="database schema migrations")
+    database_commands = database.add_subparsers(required=True, metavar="ACTION")
+    upgrade = database_commands.add_parser("upgrade", help="apply pending migrations")
+    upgrade.set_defaults(run=_db_upgrade)
+    current = database_commands.add_parser("current", help="print the schema revision")
+    current.set_defaults(run=_db_current)
+
     describe = commands.add_parser("describe-rules", help="print the rule pack as a document")
     describe.add_argument("--markdown", action="store_true", help="markdown (the only format)")
     describe.add_argument("--cards-dir", type=Path, help="rule pack directory")
@@ -94,12 +115,11 @@ def _date_argument(value: str) -> datetime:
 
 def _report(args: argparse.Namespace) -> int:
     from cds_service.report import build_report, render_text
-    from cds_service.storage import Store, create_database_engine, create_schema
+    from cds_service.storage import Store, create_database_engine
 
     settings = Settings.load()
     engine = create_database_engine(settings.database_url)
     try:
-        create_schema(engine)
         store = Store(engine)
         rows = build_report(store.hook_call_rows(args.since), store.feedback_for_report(args.since))
     except SQLAlchemyError as exc:
@@ -114,6 +134,39 @@ def _report(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(rows, since))
     return EXIT_OK
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    from cds_service.migrate import upgrade_database
+    from cds_service.storage import create_database_engine
+
+    engine = create_database_engine(Settings.load().database_url)
+    try:
+        revision = upgrade_database(engine)
+    except SQLAlchemyError as exc:
+        print(f"cds-service: cannot upgrade the database: {type(exc).__name__}", file=sys.stderr)
+        return EXIT_PROBLEM
+    finally:
+        engine.dispose()
+    print(f"database schema at revision {revision} (current)")
+    return EXIT_OK
+
+
+def _db_current(_args: argparse.Namespace) -> int:
+    from cds_service.migrate import current_revision, head_revision
+    from cds_service.storage import create_database_engine
+
+    engine = create_database_engine(Settings.load().database_url)
+    try:
+        revision = current_revision(engine)
+    except SQLAlchemyError as exc:
+        print(f"cds-service: cannot read the database: {type(exc).__name__}", file=sys.stderr)
+        return EXIT_PROBLEM
+    finally:
+        engine.dispose()
+    state = "current" if revision == head_revision() else f"needs upgrade to {head_revision()}"
+    print(f"database schema at revision {revision or '(none)'} ({state})")
+    return EXIT_OK if revision == head_revision() else EXIT_PROBLEM
 
 
 def _describe_rules(args: argparse.Namespace) -> int:
@@ -147,6 +200,21 @@ def _serve(args: argparse.Namespace) -> int:
         tls=(args.certfile, args.keyfile) if args.certfile else None,
     )
     return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cds_service.demo import DemoError, run_demo
+
+    try:
+        return run_demo(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            fhir_port=args.fhir_port,
+            sandbox_dir=args.sandbox_dir,
+        )
+    except DemoError as exc:
+        return _bad_input(f"demo: {exc}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

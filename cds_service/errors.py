@@ -11,6 +11,7 @@ Hierarchy::
     +-- TooManyEntriesError       413  a context or prefetch Bundle has more entries than allowed
     AuthenticationError           401  the JWT is missing or fails a check (cds_service.auth)
     ConfigError                   start-up: a CDS_* setting is invalid (never an HTTP response)
+    sqlalchemy's SQLAlchemyError  503  the database is unavailable; nothing was stored, retry
 
 Werkzeug's HTTP errors (routing 404, 405, 413) and anything unexpected (500) get the same
 OperationOutcome body. Diagnostics never contain request values, patient data or stack traces.
@@ -23,6 +24,7 @@ import traceback
 from typing import Any
 
 from flask import Flask, Response, json, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,9 @@ _ISSUE_CODES = {
     413: "too-long",
     415: "not-supported",
     429: "throttled",
+    503: "transient",
 }
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 class ConfigError(Exception):
@@ -158,6 +162,15 @@ def register_error_handlers(app: Flask) -> None:
         response = outcome_response(status, _http_diagnostics(status, error))
         if status == 405 and error.get_response().headers.get("Allow"):
             response.headers["Allow"] = error.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database_unavailable(error: SQLAlchemyError) -> Response:
+        logger.error("database unavailable", extra={"error_type": type(error).__name__})
+        response = outcome_response(
+            503, "The service's database is unavailable; nothing was stored. Retry later."
+        )
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
         return response
 
     @app.errorhandler(Exception)

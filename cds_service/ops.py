@@ -14,9 +14,11 @@ from typing import Any
 
 import yaml
 from flask import Blueprint, Response, current_app
+from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service import metrics
 from cds_service.errors import outcome_response
+from cds_service.migrate import current_revision, head_revision
 from cds_service.state import ServiceState
 
 bp = Blueprint("ops", __name__)
@@ -36,12 +38,20 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Readiness: the rule pack is loaded and the database answers; 503 naming what is not."""
+    """Readiness: rule pack loaded, database answering at the current schema; 503 otherwise."""
     state = _state()
-    checks = {
-        "rulePack": "ok" if state.pack.services else "not loaded",
-        "database": "ok" if state.store.is_reachable() else "unreachable",
-    }
+    checks = {"rulePack": "ok" if state.pack.services else "not loaded"}
+    try:
+        revision = current_revision(state.store.engine)
+    except SQLAlchemyError:
+        checks["database"] = "unreachable"
+    else:
+        checks["database"] = "ok"
+        checks["schema"] = (
+            "ok"
+            if revision == head_revision()
+            else f"at revision {revision or '(none)'}, needs `cds-service db upgrade`"
+        )
     failing = [name for name, result in checks.items() if result != "ok"]
     if failing:
         return outcome_response(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from cds_service.config import Settings
-from cds_service.storage import create_database_engine, create_schema
+from cds_service.migrate import upgrade_database
+from cds_service.storage import create_database_engine
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
 
@@ -39,18 +41,23 @@ def serve(
     workers: int,
     timeout: int,
     tls: tuple[Path, Path] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Create the schema once, then start ``workers`` sync workers, each with its own app.
+    """Migrate the schema once (development), then start ``workers`` sync workers.
 
-    With ``tls`` (certificate and key files) gunicorn serves HTTPS itself.
+    With ``tls`` (certificate and key files) gunicorn serves HTTPS itself. ``on_ready`` runs in
+    the master once the socket listens (``cds-service demo`` prints its guide then).
     """
-    engine = create_database_engine(settings.database_url)
-    create_schema(engine)
-    engine.dispose()  # workers open their own connections after the fork
+    if settings.profile == "development":  # once here, so the workers find it done
+        engine = create_database_engine(settings.database_url)
+        upgrade_database(engine)
+        engine.dispose()  # workers open their own connections after the fork
     prepare_metrics_directory()
     options: dict[str, Any] = {"child_exit": _child_exit}
     if tls is not None:
         options = {"certfile": str(tls[0]), "keyfile": str(tls[1])}
+    if on_ready is not None:
+        options["when_ready"] = lambda _arbiter: on_ready()
     _Gunicorn(
         options
         | {

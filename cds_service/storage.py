@@ -38,7 +38,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from cds_service.protocol import FeedbackEntry
@@ -124,39 +123,39 @@ class HookCallRecord:
 
 
 def create_database_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout so several workers can share it."""
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and real transactions.
+
+    Python's sqlite3 module opens transactions lazily and commits before DDL, so a transaction
+    that reads and then writes can fail at once with "database is locked" when another worker
+    writes, and a migration is not atomic. Every SQLite transaction here starts with
+    ``BEGIN IMMEDIATE`` instead: writers queue on the busy timeout and DDL is transactional.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
     if parsed.database in (None, "", ":memory:"):
-        return create_engine(
+        engine = create_engine(
             parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
-    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, connect_args={"timeout": 15})
+    else:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 15})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+        connection.isolation_level = None  # no implicit transactions: we begin them ourselves
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
     return engine
-
-
-def create_schema(engine: Engine, attempts: int = 3) -> None:
-    """Create missing tables; tolerate another worker creating them at the same moment."""
-    for attempt in range(attempts):
-        try:
-            metadata.create_all(engine)
-            return
-        except (OperationalError, ProgrammingError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
 
 
 class Store:
@@ -276,15 +275,6 @@ class Store:
             query = query.where(hook_call.c.received_at >= since)
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
-
-    def is_reachable(self) -> bool:
-        """Whether the database answers a trivial query now."""
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(select(1))
-        except SQLAlchemyError:
-            return False
-        return True
 
     def count_issued_cards(self) -> int:
         """How many card uuids have been recorded."""

@@ -18,7 +18,9 @@ from jwt_helpers import MINTED
 
 from cds_service import create_app
 from cds_service.logs import JsonFormatter
+from cds_service.migrate import upgrade_database
 from cds_service.rule_pack import RulePack, default_cards_dir, load_rule_pack
+from cds_service.storage import create_database_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fhir_fixtures"
@@ -127,6 +129,18 @@ def pack() -> RulePack:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'cds.sqlite3'}"
+
+
+@pytest.fixture
+def migrated_sqlite_url(sqlite_url: str) -> str:
+    """A SQLite database at the current schema, as `cds-service db upgrade` leaves it.
+
+    Production-profile apps never migrate by themselves.
+    """
+    engine = create_database_engine(sqlite_url)
+    upgrade_database(engine)
+    engine.dispose()
+    return sqlite_url
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from fault_server import FaultServer, fault_server
 from flask import Flask
 from jwt_helpers import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
 
-from cds_service.storage import HookCallRecord, Store, create_database_engine, create_schema
+from cds_service.migrate import upgrade_database
+from cds_service.storage import HookCallRecord, Store, create_database_engine
 
 DISCHARGE_ID = "cpt20703-encounter-discharge"
 DISCHARGE = f"/cds-services/{DISCHARGE_ID}"
@@ -146,7 +147,7 @@ def record(store: Store, finding: str = "add-on-suggested") -> None:
 def test_records_older_than_the_retention_are_pruned(database_url: str) -> None:
     """Audit records and issued-card ids past CDS_AUDIT_RETENTION_DAYS go; feedback stays."""
     engine = create_database_engine(database_url)
-    create_schema(engine)
+    upgrade_database(engine)
     try:
         record(Store(engine, retention_days=30), "old-finding")
         with engine.begin() as connection:

@@ -384,7 +384,7 @@ def test_replayed_token_is_refused_across_workers(
 
 
 def test_development_only_client_is_refused_in_production(
-    make_app: Any, sqlite_url: str, tmp_path: Path, ec_key: SigningKey
+    make_app: Any, migrated_sqlite_url: str, tmp_path: Path, ec_key: SigningKey
 ) -> None:
     """In production a development-only client's valid token is refused (untrusted issuer)."""
     other = SigningKey.ec384()
@@ -397,7 +397,7 @@ def test_development_only_client_is_refused_in_production(
         name="production-trust.json",
     )  # fmt: skip
     app = make_app(
-        {"DATABASE_URL": sqlite_url, "PROFILE": "production", "PUBLIC_BASE_URL": BASE_URL,
+        {"DATABASE_URL": migrated_sqlite_url, "PROFILE": "production", "PUBLIC_BASE_URL": BASE_URL,
          "TRUSTED_CLIENTS": str(trust), "CORS_ORIGINS": "https://ehr.example.org",
          "FHIR_SERVER_ALLOWLIST": "https://ehr.example.org/fhir"}
     )  # fmt: skip

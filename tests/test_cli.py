@@ -119,13 +119,13 @@ def test_bad_configuration_exits_2(
 def test_serve_answers_over_real_http(tmp_path: Path) -> None:
     """cds-service serve starts gunicorn workers that answer discovery, hooks and feedback."""
     with served(tmp_path, "--workers", "2") as base:
-        discovery = requests.get(f"{base}/cds-services", timeout=10)
+        discovery = requests.get(f"{base}/cds-services", timeout=30)
         assert discovery.status_code == 200
         assert len(discovery.json()["services"]) == 2
         answer = requests.post(
             f"{base}/cds-services/cpt20703-encounter-discharge",
             json=load_fixture(STANDARD.name),
-            timeout=10,
+            timeout=30,
         )
         assert answer.status_code == 200
         card = answer.json()["cards"][0]
@@ -141,11 +141,11 @@ def test_serve_answers_over_real_http(tmp_path: Path) -> None:
                     }
                 ]
             },
-            timeout=10,
+            timeout=30,
         )
         assert feedback.json() == {"stored": 1, "duplicates": 0, "unknownCards": 0}
         refused = requests.post(
-            f"{base}/cds-services/cpt20703-encounter-discharge", data="nope", timeout=10
+            f"{base}/cds-services/cpt20703-encounter-discharge", data="nope", timeout=30
         )
         assert refused.status_code == 415
         assert refused.json()["resourceType"] == "OperationOutcome"
@@ -189,7 +189,7 @@ def test_serve_with_tls(tmp_path: Path) -> None:
         tmp_path, "--workers", "1", "--certfile", str(cert), "--keyfile", str(key),
         scheme="https", verify=str(cert),
     ) as base:  # fmt: skip
-        response = requests.get(f"{base}/cds-services", timeout=10, verify=str(cert))
+        response = requests.get(f"{base}/cds-services", timeout=30, verify=str(cert))
         assert response.status_code == 200
         assert response.headers["X-Content-Type-Options"] == "nosniff"
 

@@ -288,14 +288,14 @@ def test_null_keys_are_not_fetched(fault_client: FlaskClient, server: FaultServe
 
 
 def test_production_refuses_plain_http_fhir_servers(
-    make_app: Any, sqlite_url: str, server: FaultServer, tmp_path: Path
+    make_app: Any, migrated_sqlite_url: str, server: FaultServer, tmp_path: Path
 ) -> None:
     """In production only https servers on the allowlist are called."""
     key = SigningKey.ec384()
     trust = write_trust_file(tmp_path, [{"iss": ISSUER, "jwks": jwk_set(key)}])
     app = make_app(
         {
-            "DATABASE_URL": sqlite_url,
+            "DATABASE_URL": migrated_sqlite_url,
             "PROFILE": "production",
             "PUBLIC_BASE_URL": BASE_URL,
             "TRUSTED_CLIENTS": str(trust),

@@ -17,7 +17,9 @@ STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
 
 
 def post(client: FlaskClient, path: str, body: object, **headers: str) -> object:
-    return client.post(path, data=json.dumps(body), content_type="application/json", headers=headers)
+    return client.post(
+        path, data=json.dumps(body), content_type="application/json", headers=headers
+    )
 
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:

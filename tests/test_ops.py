@@ -22,7 +22,7 @@ def test_readyz_reports_each_check(make_app: Any, database_url: str) -> None:
     assert response.status_code == 200
     assert response.get_json() == {
         "status": "ready",
-        "checks": {"rulePack": "ok", "database": "ok"},
+        "checks": {"rulePack": "ok", "database": "ok", "schema": "ok"},
     }
 
 
