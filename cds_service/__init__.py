@@ -58,9 +58,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         settings, pack, store, FhirFetcher(settings.fetch), _verifier(settings, store)
     )
 
-    from cds_service import api, errors, observability, ops, playground
+    from cds_service import admission, api, errors, observability, ops, playground
 
     observability.init_app(app)
+    admission.init_app(
+        app, admission.AdmissionGate(settings.max_concurrent_calls, settings.queue_timeout)
+    )
     errors.register_error_handlers(app)
     if settings.cors_origins:
         CORS(

@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--timeout", type=int, default=30, help="worker timeout in seconds")
+    serve.add_argument("--threads", type=int, default=16, help="threads per worker")
+    serve.add_argument(
+        "--backlog", type=int, default=256, help="connections allowed to wait for accept"
+    )
     serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS")
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM) for --certfile")
     serve.set_defaults(run=_serve)
@@ -198,6 +202,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         timeout=args.timeout,
         tls=(args.certfile, args.keyfile) if args.certfile else None,
+        threads=args.threads,
+        backlog=args.backlog,
     )
     return EXIT_OK
 

@@ -52,6 +52,8 @@ DEFAULTS: dict[str, str] = {
     "JWKS_MIN_REFETCH_SECONDS": "10",
     "PLAYGROUND": "",
     "AUDIT_RETENTION_DAYS": "90",
+    "MAX_CONCURRENT_CALLS": "4",
+    "QUEUE_TIMEOUT_SECONDS": "1",
 }
 SETTING_NAMES = frozenset(DEFAULTS)
 
@@ -85,6 +87,8 @@ class Settings:
     auth: AuthSettings
     playground: bool
     audit_retention_days: int
+    max_concurrent_calls: int
+    queue_timeout: float
 
     @classmethod
     def load(
@@ -111,6 +115,8 @@ class Settings:
             auth=_auth_settings(raw),
             playground=_playground(raw["PLAYGROUND"], raw["PROFILE"]),
             audit_retention_days=int(_number(raw, "AUDIT_RETENTION_DAYS", 1, 36500, whole=True)),
+            max_concurrent_calls=int(_number(raw, "MAX_CONCURRENT_CALLS", 1, 256, whole=True)),
+            queue_timeout=_number(raw, "QUEUE_TIMEOUT_SECONDS", 0, 30),
         )
 
 

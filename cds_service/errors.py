@@ -9,6 +9,7 @@ Hierarchy::
     +-- PrefetchUnavailableError  412  required data is neither prefetched nor obtainable
     +-- UnsupportedMediaTypeError 415  the body is not JSON
     +-- TooManyEntriesError       413  a context or prefetch Bundle has more entries than allowed
+    +-- OverloadedError           503  no processing slot within CDS_QUEUE_TIMEOUT_SECONDS
     AuthenticationError           401  the JWT is missing or fails a check (cds_service.auth)
     ConfigError                   start-up: a CDS_* setting is invalid (never an HTTP response)
     sqlalchemy's SQLAlchemyError  503  the database is unavailable; nothing was stored, retry
@@ -68,6 +69,7 @@ class CdsError(Exception):
 
     status_code = 500
     issue_code = "exception"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, diagnostics: str) -> None:
         super().__init__(diagnostics)
@@ -109,6 +111,14 @@ class UnsupportedMediaTypeError(CdsError):
     issue_code = "not-supported"
 
 
+class OverloadedError(CdsError):
+    """Every processing slot stayed busy for the queue timeout: answer now, not late (503)."""
+
+    status_code = 503
+    issue_code = "transient"
+    retry_after = 1
+
+
 class TooManyEntriesError(CdsError):
     """A context or prefetch Bundle holds more entries than CDS_MAX_BUNDLE_ENTRIES (413)."""
 
@@ -135,7 +145,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CdsError)
     def _cds_error(error: CdsError) -> Response:
-        return outcome_response(error.status_code, error.diagnostics, error.issue_code)
+        response = outcome_response(error.status_code, error.diagnostics, error.issue_code)
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     @app.errorhandler(AuthenticationError)
     def _unauthenticated(error: AuthenticationError) -> Response:

@@ -61,6 +61,11 @@ FHIR_FETCH_LATENCY = Histogram(
 JWT_FAILURES = Counter(
     "cds_jwt_failures_total", "Requests refused by JWT authentication, by failed check.", ["reason"]
 )
+SHED = Counter(
+    "cds_requests_shed_total",
+    "Requests answered 503 at once because every processing slot was busy, by endpoint.",
+    ["endpoint"],
+)
 AUDIT_FAILURES = Counter(
     "cds_audit_write_failures_total", "Hook calls whose audit record could not be written."
 )

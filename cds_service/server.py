@@ -42,8 +42,14 @@ def serve(
     timeout: int,
     tls: tuple[Path, Path] | None = None,
     on_ready: Callable[[], None] | None = None,
+    threads: int = 16,
+    backlog: int = 256,
 ) -> None:
-    """Migrate the schema once (development), then start ``workers`` sync workers.
+    """Migrate the schema once (development), then start ``workers`` threaded workers.
+
+    Each worker has ``threads`` threads, more than the admission gate lets work at once
+    (CDS_MAX_CONCURRENT_CALLS), so surplus requests reach the gate and get a quick 503 instead
+    of waiting unseen in a queue; ``backlog`` bounds the connections waiting to be accepted.
 
     With ``tls`` (certificate and key files) gunicorn serves HTTPS itself. ``on_ready`` runs in
     the master once the socket listens (``cds-service demo`` prints its guide then).
@@ -55,7 +61,7 @@ def serve(
     prepare_metrics_directory()
     options: dict[str, Any] = {"child_exit": _child_exit}
     if tls is not None:
-        options = {"certfile": str(tls[0]), "keyfile": str(tls[1])}
+        options |= {"certfile": str(tls[0]), "keyfile": str(tls[1])}
     if on_ready is not None:
         options["when_ready"] = lambda _arbiter: on_ready()
     _Gunicorn(
@@ -63,7 +69,9 @@ def serve(
         | {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "sync",
+            "worker_class": "gthread",
+            "threads": threads,
+            "backlog": backlog,
             "timeout": timeout,
             "graceful_timeout": timeout,
             "accesslog": None,

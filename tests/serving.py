@@ -47,7 +47,7 @@ def served(
             try:
                 requests.options(f"{base}/cds-services", timeout=2, verify=verify)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening, or no worker yet
                 assert process.poll() is None, "server exited"
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
