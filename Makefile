@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-FHIR_SERVER_DEPS := tests/fhir_server/node_modules/.package-lock.json
+FHIR_SERVER_DEPS := fhir_sandbox/node_modules/.package-lock.json
 
-.PHONY: run test lint bench check-cards clean
+.PHONY: run demo test lint bench check-cards clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,15 @@ lint: $(TEST_STAMP)
 	$(BIN)/mypy
 	$(BIN)/cds-service check-cards
 
-# The Medplum FHIR server the integration tests start (skipped with a reason where Node is absent).
-$(FHIR_SERVER_DEPS): tests/fhir_server/package-lock.json
-	if command -v npm >/dev/null; then cd tests/fhir_server && npm ci --no-audit --no-fund --loglevel=error; fi
+# The local Medplum FHIR server (fhir_sandbox/) that the integration tests, the benchmark and the
+# demo start (the tests skip with a reason where Node is absent).
+$(FHIR_SERVER_DEPS): fhir_sandbox/package-lock.json
+	if command -v npm >/dev/null; then cd fhir_sandbox && npm ci --no-audit --no-fund --loglevel=error; fi
+
+## demo: the local FHIR server seeded with the fixtures' patients, and the service (needs Node.js)
+demo: $(RUNTIME_STAMP) $(FHIR_SERVER_DEPS)
+	@command -v npm >/dev/null || { echo "make demo needs Node.js >= 20 and npm on PATH" >&2; exit 2; }
+	$(BIN)/cds-service demo
 
 ## test: the whole suite, after lint
 test: lint $(FHIR_SERVER_DEPS)
@@ -48,4 +54,4 @@ check-cards: $(RUNTIME_STAMP)
 	$(BIN)/cds-service check-cards
 
 clean:
-	rm -rf $(VENV) var dist build .pytest_cache .mypy_cache .ruff_cache tests/fhir_server/node_modules
+	rm -rf $(VENV) var dist build .pytest_cache .mypy_cache .ruff_cache fhir_sandbox/node_modules

@@ -1,6 +1,6 @@
 """A real FHIR R4 server for integration tests: Medplum's in-memory FHIR router on loopback.
 
-``tests/fhir_server/server.mjs`` wraps ``@medplum/fhir-router`` 4.5.2 in a small Node HTTP server
+``fhir_sandbox/server.mjs`` wraps ``@medplum/fhir-router`` 4.5.2 in a small Node HTTP server
 seeded from CDS Hooks request fixtures (the resources of their ``prefetch``). Use it as a context
 manager::
 
@@ -29,7 +29,7 @@ from typing import IO, Any, NoReturn, Self
 import pytest
 import requests
 
-SERVER_DIR = Path(__file__).resolve().parent / "fhir_server"
+SERVER_DIR = Path(__file__).resolve().parents[1] / "fhir_sandbox"
 MEDPLUM_PACKAGES = ("core", "definitions", "fhir-router")
 MIN_NODE_MAJOR = 20
 STARTUP_TIMEOUT_S = 30.0
@@ -65,6 +65,12 @@ def _node_executable() -> str:
     if match is None or int(match.group(1)) < MIN_NODE_MAJOR:
         raise NodeUnavailable(f"{node} is version {version or '?'}; Node.js >= 20 is needed")
     return node
+
+
+def require_node_and_packages() -> None:
+    """Node.js >= 20 and the sandbox's npm packages, installed if missing (NodeUnavailable)."""
+    _node_executable()
+    ensure_packages()
 
 
 def ensure_packages() -> None:

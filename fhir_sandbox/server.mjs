@@ -1,12 +1,19 @@
 #!/usr/bin/env node
-// Test-only FHIR R4 server: Medplum's in-memory FhirRouter (4.5.2) behind a small HTTP wrapper.
+// Local FHIR R4 server of the tests, the benchmark and `cds-service demo`: Medplum's in-memory
+// FhirRouter (4.5.2) behind a small HTTP wrapper, holding fictional data only.
 //
-//   node server.mjs --port 0 [--seed FIXTURE.json ...]
+//   node server.mjs --port 0 [--seed FIXTURE.json ...] [--patients] [--stop-on-stdin-eof]
 //
 // Listens on 127.0.0.1, FHIR base path /fhir, prints exactly one line `LISTENING <port>` on stdout
 // when ready; everything else (seed log, errors) goes to stderr. Read-only: it serves
 // GET /fhir/metadata, GET /fhir/<Type>/<id>, GET /fhir/<Type>?<params> and
-// POST /fhir/<Type>/_search (form body). Test control endpoints, outside /fhir:
+// POST /fhir/<Type>/_search (form body), with CORS headers so that a browser-based CDS client
+// (the CDS Hooks sandbox) can read it.
+//   --patients           also store a Patient for each seed file's context.patientId (the
+//                        fixtures prefetch none; a client that shows the patient needs one)
+//   --stop-on-stdin-eof  exit when stdin closes: a parent that holds the pipe and dies, even by
+//                        SIGKILL, takes the server with it
+// Test control endpoints, outside /fhir:
 //   GET /__health       -> {"status": "ok", "resources": N, "skipped": [...]}
 //   GET /__requests     -> [{method, path, query, authorization, inFlight}] of the FHIR requests
 //                          received; inFlight counts the FHIR requests open when this one arrived
@@ -129,6 +136,61 @@ async function seed(repo, files) {
   return { count: stored.size, skipped };
 }
 
+/** "Harriet M. Lindqvist" -> a HumanName with the last word as the family name. */
+function humanName(display) {
+  const words = display.trim().split(/\s+/);
+  const name = { use: 'official', text: display.trim(), family: words[words.length - 1] };
+  if (words.length > 1) {
+    name.given = words.slice(0, -1);
+  }
+  return name;
+}
+
+/** The display of the first reference to Patient/<id> anywhere in `value`, if any. */
+function patientDisplay(value, id) {
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      const found = patientDisplay(item, id);
+      if (found) return found;
+    }
+  } else if (value && typeof value === 'object') {
+    if (value.reference === `Patient/${id}` && typeof value.display === 'string' && value.display.trim()) {
+      return value.display;
+    }
+    for (const child of Object.values(value)) {
+      const found = patientDisplay(child, id);
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
+/** A minimal Patient for each seed file's context.patientId that is not stored yet. */
+async function seedPatients(repo, files) {
+  let count = 0;
+  for (const file of files) {
+    const request = JSON.parse(readFileSync(file, 'utf8'));
+    const id = request.context?.patientId;
+    if (typeof id !== 'string' || !id) {
+      continue;
+    }
+    try {
+      await repo.readResource('Patient', id);
+      continue; // already there (seeded, or named by an earlier file)
+    } catch {
+      // not found: create it below
+    }
+    const patient = { resourceType: 'Patient', id, active: true };
+    const display = patientDisplay(request, id);
+    if (display) {
+      patient.name = [humanName(display)];
+    }
+    await repo.updateResource(patient);
+    count += 1;
+  }
+  return count;
+}
+
 // ---------------------------------------------------------------------------------------------
 // FHIR request handling
 // ---------------------------------------------------------------------------------------------
@@ -223,7 +285,7 @@ function capabilityStatement() {
     status: 'active',
     date: new Date().toISOString(),
     kind: 'instance',
-    software: { name: 'cds-20703 test FHIR server (Medplum fhir-router 4.5.2, in memory)' },
+    software: { name: 'cds-20703 FHIR sandbox (Medplum fhir-router 4.5.2, in memory)' },
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'json'],
     rest: [{ mode: 'server', resource }],
@@ -317,10 +379,37 @@ function readBody(req) {
   });
 }
 
-function send(res, status, body, contentType = FHIR_JSON) {
+function send(res, status, body, contentType = FHIR_JSON, headers = {}) {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(text) });
+  res.writeHead(status, {
+    'Content-Type': contentType,
+    'Content-Length': Buffer.byteLength(text),
+    ...headers,
+  });
   res.end(text);
+}
+
+// A browser-based client (the CDS Hooks sandbox) reads /fhir from another origin. The data is
+// fictional and read-only, so any origin may read it; no credentials are involved.
+const CORS_HEADERS = {
+  'Access-Control-Allow-Origin': '*',
+  'Access-Control-Expose-Headers': 'Content-Type, Location',
+};
+
+function sendPreflight(req, res) {
+  const headers = {
+    ...CORS_HEADERS,
+    'Access-Control-Allow-Methods': 'GET, POST, OPTIONS',
+    'Access-Control-Allow-Headers': 'Accept, Authorization, Content-Type',
+    'Access-Control-Max-Age': '600',
+    'Content-Length': '0',
+  };
+  // Chrome asks before a public https page may call a loopback address.
+  if (req.headers['access-control-request-private-network'] === 'true') {
+    headers['Access-Control-Allow-Private-Network'] = 'true';
+  }
+  res.writeHead(204, headers);
+  res.end();
 }
 
 async function main() {
@@ -330,6 +419,8 @@ async function main() {
     options: {
       port: { type: 'string', default: '0' },
       seed: { type: 'string', multiple: true, default: [] },
+      patients: { type: 'boolean', default: false },
+      'stop-on-stdin-eof': { type: 'boolean', default: false },
     },
   });
 
@@ -344,6 +435,11 @@ async function main() {
   const router = new FhirRouter();
   const seedFiles = [...values.seed, ...positionals];
   const seeded = await seed(repo, seedFiles);
+  if (values.patients) {
+    const patients = await seedPatients(repo, seedFiles);
+    seeded.count += patients;
+    log(`added ${patients} Patient resources for the seed files' context.patientId`);
+  }
   log(`seeded ${seeded.count} resources from ${seedFiles.length} files, ${seeded.skipped.length} skipped`);
 
   const state = { delayMs: 0, requests: [], inFlight: 0 };
@@ -375,6 +471,9 @@ async function main() {
       if (url.pathname !== BASE_PATH && !url.pathname.startsWith(`${BASE_PATH}/`)) {
         return send(res, 404, outcome('error', 'not-found', `No such path: ${url.pathname}`));
       }
+      if (method === 'OPTIONS') {
+        return sendPreflight(req, res);
+      }
 
       state.inFlight += 1;
       state.requests.push({
@@ -390,14 +489,14 @@ async function main() {
         }
         const baseUrl = `http://${req.headers.host ?? `127.0.0.1:${server.address().port}`}${BASE_PATH}`;
         const [status, answer] = await handleFhir(router, repo, method, url, body, baseUrl);
-        return send(res, status, answer);
+        return send(res, status, answer, FHIR_JSON, CORS_HEADERS);
       } finally {
         state.inFlight -= 1;
       }
     } catch (err) {
       log(`error: ${err?.stack ?? err}`);
       if (!res.headersSent) {
-        send(res, 500, outcome('fatal', 'exception', 'Internal error in the test FHIR server'));
+        send(res, 500, outcome('fatal', 'exception', 'Internal error in the FHIR sandbox'));
       }
     }
   });
@@ -411,6 +510,11 @@ async function main() {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  if (values['stop-on-stdin-eof']) {
+    process.stdin.on('end', stop);
+    process.stdin.on('error', stop);
+    process.stdin.resume(); // read (and drop) whatever arrives, so that 'end' fires
+  }
 }
 
 main().catch((err) => {
