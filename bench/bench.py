@@ -76,7 +76,8 @@ NO_FHIR_SERVER = "http://127.0.0.1:9/none"
 
 # The settings cds_service/server.py gives gunicorn, repeated for the echo app.
 WORKERS = 2
-WORKER_CLASS = "sync"
+WORKER_CLASS = "gthread"
+WORKER_THREADS = 16
 TIMEOUT_S = 30
 HOST = "127.0.0.1"
 SERVICE_LOG_LEVEL = "WARNING"
@@ -460,6 +461,8 @@ def running_servers(
             str(settings.workers),
             "--worker-class",
             settings.worker_class,
+            "--threads",
+            str(WORKER_THREADS),
             "--timeout",
             str(settings.timeout_s),
             "--graceful-timeout",

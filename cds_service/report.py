@@ -26,7 +26,7 @@ class FindingReport:
     feedback: int = 0
     accepted: int = 0
     overridden: int = 0
-    override_reasons: Counter[str] = field(default_factory=Counter)
+    override_reasons: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -50,8 +50,8 @@ class FindingReport:
             "acceptance_rate": self.acceptance_rate,
             "override_rate": self.override_rate,
             "top_override_reasons": [
-                {"reason": reason, "count": count}
-                for reason, count in self.override_reasons.most_common(TOP_REASONS)
+                {"code": code, "system": system, "count": count}
+                for (code, system), count in self.override_reasons.most_common(TOP_REASONS)
             ],
             "latency_ms": self.latency_percentiles(),
         }
@@ -97,9 +97,9 @@ def build_report(
     return [overall, *ordered]
 
 
-def _reason_label(entry: Mapping[str, Any]) -> str:
+def _reason_label(entry: Mapping[str, Any]) -> tuple[str, str | None]:
     code = entry.get("override_code")
-    return f"{code} ({entry.get('override_system')})" if code else "(no reason given)"
+    return (code, entry.get("override_system")) if code else ("(no reason given)", None)
 
 
 def render_text(rows: Sequence[FindingReport], since: str | None) -> str:
@@ -113,7 +113,9 @@ def render_text(rows: Sequence[FindingReport], since: str | None) -> str:
     lines += [header, "-" * len(header)]
     for row in rows:
         latency = row.latency_percentiles()
-        reasons = ", ".join(f"{r} x{n}" for r, n in row.override_reasons.most_common(TOP_REASONS))
+        reasons = ", ".join(
+            f"{code} x{n}" for (code, _), n in row.override_reasons.most_common(TOP_REASONS)
+        )
         lines.append(
             f"{row.finding:<32} {row.cards_issued:>6} {row.feedback:>8} "
             f"{_rate(row.acceptance_rate):>7} {_rate(row.override_rate):>8} "
