@@ -1,15 +1,16 @@
-"""The ``cds-service`` command: serve, evaluate, check-cards, report, describe-rules."""
+"""The ``cds-service`` command: serve, demo, evaluate, check-cards, report, db, describe-rules."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.config import Settings
@@ -21,6 +22,7 @@ from cds_service.rule_pack import (
     load_rule_pack,
 )
 
+T = TypeVar("T")
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_BAD_INPUT = 2
@@ -117,20 +119,36 @@ def _date_argument(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
-def _report(args: argparse.Namespace) -> int:
-    from cds_service.report import build_report, render_text
-    from cds_service.storage import Store, create_database_engine
+class _DatabaseUnavailable(Exception):
+    """The configured database could not be used; the message is already printed."""
 
-    settings = Settings.load()
-    engine = create_database_engine(settings.database_url)
+
+def _with_database(action: Callable[[Engine], T], failure: str) -> T:
+    """Run ``action`` on an engine for CDS_DATABASE_URL; say ``failure`` and raise if it fails."""
+    from cds_service.storage import create_database_engine
+
+    engine = create_database_engine(Settings.load().database_url)
     try:
-        store = Store(engine)
-        rows = build_report(store.hook_call_rows(args.since), store.feedback_for_report(args.since))
+        return action(engine)
     except SQLAlchemyError as exc:
-        print(f"cds-service: cannot read the database: {type(exc).__name__}", file=sys.stderr)
-        return EXIT_PROBLEM
+        print(f"cds-service: {failure}: {type(exc).__name__}", file=sys.stderr)
+        raise _DatabaseUnavailable from None
     finally:
         engine.dispose()
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cds_service.report import FindingReport, build_report, render_text
+    from cds_service.storage import Store
+
+    def figures(engine: Engine) -> list[FindingReport]:
+        store = Store(engine)
+        return build_report(store.hook_call_rows(args.since), store.feedback_for_report(args.since))
+
+    try:
+        rows = _with_database(figures, "cannot read the database")
+    except _DatabaseUnavailable:
+        return EXIT_PROBLEM
     since = args.since.date().isoformat() if args.since else None
     if args.json:
         document = {"since": since, "findings": [row.as_dict() for row in rows]}
@@ -142,32 +160,22 @@ def _report(args: argparse.Namespace) -> int:
 
 def _db_upgrade(_args: argparse.Namespace) -> int:
     from cds_service.migrate import upgrade_database
-    from cds_service.storage import create_database_engine
 
-    engine = create_database_engine(Settings.load().database_url)
     try:
-        revision = upgrade_database(engine)
-    except SQLAlchemyError as exc:
-        print(f"cds-service: cannot upgrade the database: {type(exc).__name__}", file=sys.stderr)
+        revision = _with_database(upgrade_database, "cannot upgrade the database")
+    except _DatabaseUnavailable:
         return EXIT_PROBLEM
-    finally:
-        engine.dispose()
     print(f"database schema at revision {revision} (current)")
     return EXIT_OK
 
 
 def _db_current(_args: argparse.Namespace) -> int:
     from cds_service.migrate import current_revision, head_revision
-    from cds_service.storage import create_database_engine
 
-    engine = create_database_engine(Settings.load().database_url)
     try:
-        revision = current_revision(engine)
-    except SQLAlchemyError as exc:
-        print(f"cds-service: cannot read the database: {type(exc).__name__}", file=sys.stderr)
+        revision = _with_database(current_revision, "cannot read the database")
+    except _DatabaseUnavailable:
         return EXIT_PROBLEM
-    finally:
-        engine.dispose()
     state = "current" if revision == head_revision() else f"needs upgrade to {head_revision()}"
     print(f"database schema at revision {revision or '(none)'} ({state})")
     return EXIT_OK if revision == head_revision() else EXIT_PROBLEM
