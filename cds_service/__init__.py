@@ -82,16 +82,23 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _prepare_schema(settings: Settings, engine: Engine) -> None:
-    """Migrate in development; in production only say so when ``db upgrade`` is due."""
-    if settings.profile == "development":
-        upgrade_database(engine)
-        return
+    """Migrate in development; in production only say so when ``db upgrade`` is due.
+
+    A database that cannot be used now does not stop start-up (no crash loop while it is down):
+    the failure is logged, /readyz answers 503 and the requests that need the database get 503
+    until it is back. A development migration that failed runs again at the next start-up, or
+    with ``cds-service db upgrade``.
+    """
     try:
+        if settings.profile == "development":
+            upgrade_database(engine)
+            return
         revision = current_revision(engine)
     except SQLAlchemyError as exc:
-        logging.getLogger(__name__).error(
-            "database unreachable at start-up", extra={"error_type": type(exc).__name__}
-        )
+        message = "database unreachable at start-up"
+        if settings.profile == "development":
+            message += ": schema not migrated (`cds-service db upgrade` or the next start-up will)"
+        logging.getLogger(__name__).error(message, extra={"error_type": type(exc).__name__})
         return
     if revision != head_revision():
         logging.getLogger(__name__).error(

@@ -15,10 +15,12 @@ from cds_service.auth import TokenVerifier, VerifiedClient
 from cds_service.errors import (
     AuthenticationError,
     InvalidRequestError,
+    KeySetUnavailableError,
     UnknownResourceError,
     UnsupportedMediaTypeError,
 )
 from cds_service.fhir_fetch import FetchStats
+from cds_service.json_discipline import MAX_JSON_DEPTH, nested_deeper_than
 from cds_service.observability import add_log_fields, elapsed_ms, request_id, service_label
 from cds_service.service import find_service, handle_hook_call, parse_feedback_request
 from cds_service.state import ServiceState
@@ -50,7 +52,8 @@ def _reject_constant(name: str) -> Any:
 
 
 def _json_body() -> Any:
-    """The parsed JSON body: 415 when it is not declared JSON, 400 when it does not parse."""
+    """The parsed JSON body: 415 when it is not declared JSON, 400 when it does not parse or
+    nests deeper than ``MAX_JSON_DEPTH``."""
     mimetype = request.mimetype
     if not (
         mimetype in ("application/json", "application/fhir+json") or mimetype.endswith("+json")
@@ -60,9 +63,14 @@ def _json_body() -> Any:
         )
     data = request.get_data(cache=False)
     try:
-        return json.loads(data, parse_constant=_reject_constant)
+        body = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise InvalidRequestError("The request body is not well-formed JSON.") from None
+    if nested_deeper_than(body):
+        raise InvalidRequestError(
+            f"The request body nests objects and arrays more than {MAX_JSON_DEPTH} levels deep."
+        )
+    return body
 
 
 @bp.before_request
@@ -79,6 +87,9 @@ def authenticate() -> None:
         )
     except AuthenticationError as exc:
         metrics.JWT_FAILURES.labels(exc.check).inc()
+        raise
+    except KeySetUnavailableError:  # 503: the token could not be checked, not found wanting
+        metrics.JWT_FAILURES.labels("jwks-unavailable").inc()
         raise
 
 

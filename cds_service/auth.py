@@ -18,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import requests
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cds_service.errors import AuthenticationError, ConfigError
+from cds_service.errors import AuthenticationError, ConfigError, KeySetUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ PERMITTED_ALGORITHMS = frozenset(
 )
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _JWKS_MAX_BYTES = 256 * 1024
+_JWKS_CHUNK = 16 * 1024
 
 
 class _ClientEntry(BaseModel):
@@ -181,9 +184,18 @@ class _CachedSet:
     fetched_at: float
 
 
+def _fetch_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="jwks-fetch")
+
+
 @dataclass
 class JwksCache:
-    """JWK Sets fetched from allowlisted ``jku`` URLs, cached; refetched on an unknown kid."""
+    """JWK Sets fetched from allowlisted ``jku`` URLs, cached; refetched on an unknown kid.
+
+    A fetch takes at most ``timeout`` seconds, however slowly the endpoint answers (it runs in
+    a small pool; the caller stops waiting). When a refetch fails, the cached set is used for as
+    long as it is kept (stale if error); with no set at all, :class:`KeySetUnavailableError`.
+    """
 
     lifespan: float = 300.0
     min_refetch_interval: float = 10.0
@@ -192,6 +204,7 @@ class JwksCache:
     _sets: dict[str, _CachedSet] = field(default_factory=dict)
     _last_fetch: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pool: ThreadPoolExecutor = field(default_factory=_fetch_pool)
 
     def key(self, url: str, kid: str) -> dict[str, Any] | None:
         """The key ``kid`` of the set at ``url``; fetch when stale, or once more when unknown."""
@@ -204,26 +217,41 @@ class JwksCache:
             # Every fetch is rate-limited, so unknown kids cannot make us hammer the client.
             if wanted and now - self._last_fetch.get(url, -1e9) >= self.min_refetch_interval:
                 cached = self._fetch(url, now)
-            return cached.keys.get(kid) if cached is not None else None
+            if cached is None:  # never fetched: the token cannot be checked now, nor refused
+                next_fetch = self._last_fetch[url] + self.min_refetch_interval
+                raise KeySetUnavailableError(max(1, math.ceil(next_fetch - time.monotonic())))
+            return cached.keys.get(kid)
 
     def _fetch(self, url: str, now: float) -> _CachedSet | None:
         self._last_fetch[url] = now
         try:
-            response = self.session.get(
-                url, timeout=self.timeout, allow_redirects=False, stream=True
-            )
-            with response:
-                if response.status_code != 200:
-                    raise ValueError(f"HTTP {response.status_code}")
-                body = response.raw.read(_JWKS_MAX_BYTES + 1, decode_content=True)
-                if len(body) > _JWKS_MAX_BYTES:
-                    raise ValueError("too large")
+            body = self._pool.submit(self._download, url).result(timeout=self.timeout)
             keys = jwk_set_keys(json.loads(body))
+        except TimeoutError:
+            logger.warning("JWK Set not fetched", extra={"jku": url, "reason": "timed out"})
+            return self._sets.get(url)
         except (requests.RequestException, ValueError) as exc:
             logger.warning("JWK Set not fetched", extra={"jku": url, "reason": str(exc)[:100]})
             return self._sets.get(url)
         self._sets[url] = _CachedSet(keys, now)
         return self._sets[url]
+
+    def _download(self, url: str) -> bytes:
+        """The body at ``url`` (at most ``_JWKS_MAX_BYTES``), given up on after ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+        with self.session.get(
+            url, timeout=self.timeout, allow_redirects=False, stream=True
+        ) as response:
+            if response.status_code != 200:
+                raise ValueError(f"HTTP {response.status_code}")
+            body = b""
+            for chunk in response.iter_content(_JWKS_CHUNK):
+                body += chunk
+                if len(body) > _JWKS_MAX_BYTES:
+                    raise ValueError("too large")
+                if time.monotonic() > deadline:
+                    raise ValueError("too slow")
+            return body
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ Hierarchy::
     +-- UnsupportedMediaTypeError 415  the body is not JSON
     +-- TooManyEntriesError       413  a context or prefetch Bundle has more entries than allowed
     +-- OverloadedError           503  no processing slot within CDS_QUEUE_TIMEOUT_SECONDS
+    +-- KeySetUnavailableError    503  a jku client's JWK Set cannot be fetched and none is cached
     AuthenticationError           401  the JWT is missing or fails a check (cds_service.auth)
     ConfigError                   start-up: a CDS_* setting is invalid (never an HTTP response)
-    sqlalchemy's SQLAlchemyError  503  the database is unavailable; nothing was stored, retry
+    sqlalchemy's SQLAlchemyError  503  the database is unavailable; retrying is safe
 
 Werkzeug's HTTP errors (routing 404, 405, 413) and anything unexpected (500) get the same
 OperationOutcome body. Diagnostics never contain request values, patient data or stack traces.
@@ -119,6 +120,23 @@ class OverloadedError(CdsError):
     retry_after = 1
 
 
+class KeySetUnavailableError(CdsError):
+    """The issuer's JWK Set (``jku``) could not be fetched and no copy is cached (503).
+
+    The token may be perfectly valid, so this is not a 401: the client should retry once the
+    set can be fetched again (``retry_after``: when the next fetch is allowed).
+    """
+
+    status_code = 503
+    issue_code = "transient"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "The token could not be checked: the issuer's JWK Set could not be fetched; retry."
+        )
+        self.retry_after = retry_after
+
+
 class TooManyEntriesError(CdsError):
     """A context or prefetch Bundle holds more entries than CDS_MAX_BUNDLE_ENTRIES (413)."""
 
@@ -181,7 +199,9 @@ def register_error_handlers(app: Flask) -> None:
     def _database_unavailable(error: SQLAlchemyError) -> Response:
         logger.error("database unavailable", extra={"error_type": type(error).__name__})
         response = outcome_response(
-            503, "The service's database is unavailable; nothing was stored. Retry later."
+            503,
+            "The service's database is unavailable; the request may not have been stored. "
+            "Retrying is safe (a repeated feedback entry is stored once).",
         )
         response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
         return response

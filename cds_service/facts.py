@@ -135,6 +135,11 @@ def _day(value: Any) -> str | None:
     return None
 
 
+def _numbers(values: Sequence[Any] | None) -> tuple[int, ...]:
+    """The numbers of a list of FHIR positiveInts, without its nulls."""
+    return tuple(int(value) for value in values or [] if value is not None)
+
+
 def _codes(concept: CodeableConcept | None, system: str) -> list[str]:
     if concept is None or not concept.coding:
         return []
@@ -358,8 +363,9 @@ class FactReader:
             quantity=quantity,
             serviced_date=serviced,
             encounter_ids=encounters,
-            diagnosis_sequence=tuple(int(number) for number in item.diagnosisSequence or []),
-            care_team_sequence=tuple(int(number) for number in item.careTeamSequence or []),
+            # FHIR lists of primitives may hold null (an element with only an extension)
+            diagnosis_sequence=_numbers(item.diagnosisSequence),
+            care_team_sequence=_numbers(item.careTeamSequence),
         )
 
     def session_primaries(

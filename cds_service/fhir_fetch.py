@@ -27,6 +27,8 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from cds_service.json_discipline import nested_deeper_than
+
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 _CHUNK = 16 * 1024
 
@@ -247,7 +249,7 @@ class FhirFetcher:
             document = json.loads(body)
         except (ValueError, RecursionError):
             raise _Failure("not-json") from None
-        if not isinstance(document, dict):
+        if not isinstance(document, dict) or nested_deeper_than(document):
             raise _Failure("not-fhir")
         return document
 

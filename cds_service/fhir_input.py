@@ -27,6 +27,8 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import BaseModel, ValidationError
 
+from cds_service.json_discipline import prune_empty
+
 logger = logging.getLogger(__name__)
 
 MODELS: dict[str, type[BaseModel]] = {
@@ -88,8 +90,8 @@ def read_resources(prefetch: Mapping[str, Any], draft_orders: Any = None) -> Res
     seen: set[tuple[str, str]] = set()
     for resource in iter_resources(draft_orders):
         parsed = _parse(resource, "context.draftOrders", result)
-        if isinstance(parsed, ServiceRequest):
-            result.draft_orders.append(parsed)
+        if parsed is not None and isinstance(parsed[0], ServiceRequest):
+            result.draft_orders.append(parsed[0])
     for key, value in prefetch.items():
         for resource in iter_resources(value):
             identity = (str(resource.get("resourceType")), str(resource.get("id", "")))
@@ -98,7 +100,7 @@ def read_resources(prefetch: Mapping[str, Any], draft_orders: Any = None) -> Res
             seen.add(identity)
             parsed = _parse(resource, f"prefetch.{key}", result)
             if parsed is not None:
-                _file(parsed, resource, result)
+                _file(*parsed, result)
     return result
 
 
@@ -122,19 +124,29 @@ def _file(parsed: BaseModel, raw: dict[str, Any], result: ResourceSet) -> None:
         getattr(result, _LISTS[type(parsed)]).append(parsed)
 
 
-def _parse(resource: dict[str, Any], origin: str, result: ResourceSet) -> BaseModel | None:
+def _parse(
+    resource: dict[str, Any], origin: str, result: ResourceSet
+) -> tuple[BaseModel, dict[str, Any]] | None:
+    """The model, and the JSON it was read from: a Claim's is the base of the whole Claim an
+    update suggestion carries, so it is read as a card carries it (without empty values, which
+    FHIR JSON forbids and cards never hold) and without elements unknown to R4."""
     resource_type = resource.get("resourceType")
     model = MODELS.get(resource_type) if isinstance(resource_type, str) else None
     if model is None:
         return None  # a type the rules never read (Patient, MedicationRequest, ...)
+    if model is Claim:
+        resource = prune_empty(resource)
     try:
-        return model.model_validate(resource)
+        return model.model_validate(resource), resource
     except (ValidationError, ValueError, TypeError) as first_error:
         errors = _errors(first_error)
         unknown = [error["loc"] for error in errors if error["type"] == "extra_forbidden"]
         if unknown and len(unknown) == len(errors):
+            trimmed = _without(resource, unknown)
+            if model is Claim:
+                trimmed = prune_empty(trimmed)
             try:
-                return model.model_validate(_without(resource, unknown))
+                return model.model_validate(trimmed), trimmed
             except (ValidationError, ValueError, TypeError) as second_error:
                 errors = _errors(second_error)
         result.skipped += 1

@@ -8,6 +8,27 @@ from __future__ import annotations
 from typing import Any
 
 _EMPTY: tuple[Any, ...] = (None, "", [], {})
+# Deepest nesting of objects and arrays accepted from a client or a FHIR server. Real requests and
+# resources stay under 20 levels; FHIR parsing, copying and serialising recurse and fail near 300.
+MAX_JSON_DEPTH = 100
+
+
+def nested_deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when objects and arrays nest more than ``limit`` levels (``value`` is level 1).
+
+    Breadth-first, so a hostile document cannot exhaust the stack while being measured.
+    """
+    level = [value] if type(value) is dict or type(value) is list else []
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if type(item) is dict else item)
+            if type(child) is dict or type(child) is list
+        ]
+        if not level:
+            return False
+    return True
 
 
 def prune_empty(value: Any) -> Any:

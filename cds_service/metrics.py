@@ -59,7 +59,9 @@ FHIR_FETCH_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 JWT_FAILURES = Counter(
-    "cds_jwt_failures_total", "Requests refused by JWT authentication, by failed check.", ["reason"]
+    "cds_jwt_failures_total",
+    "Requests refused by JWT authentication, by failed check (jwks-unavailable: answered 503).",
+    ["reason"],
 )
 SHED = Counter(
     "cds_requests_shed_total",

@@ -6,12 +6,26 @@ Outbound models forbid them, so a card can only be built with the fields the spe
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 NonEmpty = Field(min_length=1)
+
+
+def _without_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# Feedback values stored as they are, sized to their columns (PostgreSQL refuses longer text, and
+# NUL characters in any text): a card id or reason code, and a code system.
+StoredCode = Annotated[StrictStr, Field(min_length=1, max_length=200), AfterValidator(_without_nul)]
+StoredSystem = Annotated[
+    StrictStr, Field(min_length=1, max_length=500), AfterValidator(_without_nul)
+]
 
 
 class _Inbound(BaseModel):
@@ -51,8 +65,8 @@ class HookRequest(_Inbound):
 
 
 class FeedbackCoding(_Inbound):
-    code: StrictStr = NonEmpty
-    system: StrictStr = NonEmpty
+    code: StoredCode
+    system: StoredSystem
     display: StrictStr | None = None
 
 
@@ -74,7 +88,7 @@ class AcceptedSuggestion(_Inbound):
 class FeedbackEntry(_Inbound):
     """One card outcome reported by the client."""
 
-    card: StrictStr = NonEmpty
+    card: StoredCode
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
@@ -86,6 +100,10 @@ class FeedbackEntry(_Inbound):
             raise ValueError("an accepted outcome needs acceptedSuggestions")
         if self.outcomeTimestamp.tzinfo is None:
             raise ValueError("outcomeTimestamp needs a time zone (UTC)")
+        try:
+            self.outcomeTimestamp.astimezone(UTC)  # how it is stored
+        except OverflowError:
+            raise ValueError("outcomeTimestamp is outside the years 1 to 9999 in UTC") from None
         return self
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -11,12 +12,31 @@ from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
+from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.config import Settings
+from cds_service.logs import configure_logging
 from cds_service.migrate import upgrade_database
 from cds_service.storage import create_database_engine
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
+
+
+class _ThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn's gthread worker, which stops listening as soon as it is told to stop.
+
+    On SIGTERM gunicorn's worker stops accepting but keeps its listening socket open until the
+    requests in flight are answered: meanwhile the kernel still completes new connections into
+    the backlog, and resets them at the end. Closing the socket at once makes them fail fast
+    (connection refused), so a client or load balancer goes to another instance.
+    """
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:  # shutting down, not only at the connection limit
+            for listener in self.sockets:
+                listener.close()
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -47,6 +67,9 @@ def serve(
 ) -> None:
     """Migrate the schema once (development), then start ``workers`` threaded workers.
 
+    A database that cannot be reached does not stop the service: the failed migration is logged
+    and the workers start (they answer 503 where the database is needed until it is back).
+
     Each worker has ``threads`` threads, more than the admission gate lets work at once
     (CDS_MAX_CONCURRENT_CALLS), so surplus requests reach the gate and get a quick 503 instead
     of waiting unseen in a queue; ``backlog`` bounds the connections waiting to be accepted.
@@ -54,10 +77,18 @@ def serve(
     With ``tls`` (certificate and key files) gunicorn serves HTTPS itself. ``on_ready`` runs in
     the master once the socket listens (``cds-service demo`` prints its guide then).
     """
+    configure_logging(settings.log_level)
     if settings.profile == "development":  # once here, so the workers find it done
         engine = create_database_engine(settings.database_url)
-        upgrade_database(engine)
-        engine.dispose()  # workers open their own connections after the fork
+        try:
+            upgrade_database(engine)
+        except SQLAlchemyError as exc:
+            logging.getLogger(__name__).error(
+                "database unreachable at start-up: schema not migrated",
+                extra={"error_type": type(exc).__name__},
+            )
+        finally:
+            engine.dispose()  # workers open their own connections after the fork
     prepare_metrics_directory()
     options: dict[str, Any] = {"child_exit": _child_exit}
     if tls is not None:
@@ -69,7 +100,7 @@ def serve(
         | {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gthread",
+            "worker_class": _ThreadWorker,
             "threads": threads,
             "backlog": backlog,
             "timeout": timeout,

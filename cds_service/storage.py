@@ -8,6 +8,7 @@ latency, fetch counts) and timestamps. A clinician's free-text override comment 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -44,6 +45,9 @@ from cds_service.protocol import FeedbackEntry
 
 metadata = MetaData()
 PRUNE_EVERY = 100  # every 100th token also deletes all expired ones
+# Seconds to wait for a PostgreSQL connection (libpq waits forever by default): a database host
+# that stops answering costs each request this long, never a hang. The URL may set its own.
+POSTGRES_CONNECT_TIMEOUT = 3
 
 issued_card = Table(
     "issued_card",
@@ -129,26 +133,40 @@ def create_database_engine(url: str) -> Engine:
     that reads and then writes can fail at once with "database is locked" when another worker
     writes, and a migration is not atomic. Every SQLite transaction here starts with
     ``BEGIN IMMEDIATE`` instead: writers queue on the busy timeout and DDL is transactional.
+
+    No connection is opened here: a database that is unreachable now is an error of the requests
+    that need it (503), not of start-up. The SQLite file's directory is created when a connection
+    is opened, so a volume mounted late is used once it is there.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT
+        return create_engine(
+            parsed, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args
+        )
     if parsed.database in (None, "", ":memory:"):
         engine = create_engine(
             parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": 15})
+        directory = Path(parsed.database).parent
+
+        @event.listens_for(engine, "do_connect")
+        def _make_directory(*_args: Any) -> None:
+            with contextlib.suppress(OSError):  # if impossible now, opening the file fails (503)
+                directory.mkdir(parents=True, exist_ok=True)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(connection: Any, _record: Any) -> None:
         connection.isolation_level = None  # no implicit transactions: we begin them ourselves
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # acknowledged means on disk, even on power loss
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -18,7 +18,12 @@
 //   GET /__requests     -> [{method, path, query, authorization, inFlight}] of the FHIR requests
 //                          received; inFlight counts the FHIR requests open when this one arrived
 //   DELETE /__requests  -> clears that list
-//   POST /__config      -> {"delayMs": N}: every later /fhir answer waits N ms first
+//   POST /__config      -> {"delayMs": N, "errorRate": F}, each member optional (an absent one
+//                          keeps its value): every later /fhir answer waits N ms first, and
+//                          then that fraction F (0..1, drawn at random per request) of them is
+//                          answered 500 with an OperationOutcome instead (still listed in
+//                          /__requests); answers the whole configuration, as GET does
+//   GET /__config       -> {"delayMs": N, "errorRate": F, "injectedErrors": count so far}
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
@@ -442,7 +447,12 @@ async function main() {
   }
   log(`seeded ${seeded.count} resources from ${seedFiles.length} files, ${seeded.skipped.length} skipped`);
 
-  const state = { delayMs: 0, requests: [], inFlight: 0 };
+  const state = { delayMs: 0, errorRate: 0, injectedErrors: 0, requests: [], inFlight: 0 };
+  const config = () => ({
+    delayMs: state.delayMs,
+    errorRate: state.errorRate,
+    injectedErrors: state.injectedErrors,
+  });
   const server = http.createServer(async (req, res) => {
     try {
       const url = new URL(req.url, 'http://127.0.0.1');
@@ -460,13 +470,21 @@ async function main() {
         state.requests = [];
         return send(res, 200, { cleared: true }, 'application/json');
       }
+      if (url.pathname === '/__config' && method === 'GET') {
+        return send(res, 200, config(), 'application/json');
+      }
       if (url.pathname === '/__config' && method === 'POST') {
-        const delayMs = Number(JSON.parse(body || '{}').delayMs ?? 0);
+        const update = JSON.parse(body || '{}');
+        const delayMs = Number(update.delayMs ?? state.delayMs);
+        const errorRate = Number(update.errorRate ?? state.errorRate);
         if (!Number.isFinite(delayMs) || delayMs < 0) {
           return send(res, 400, { error: 'delayMs must be a number >= 0' }, 'application/json');
         }
-        state.delayMs = delayMs;
-        return send(res, 200, { delayMs }, 'application/json');
+        if (!Number.isFinite(errorRate) || errorRate < 0 || errorRate > 1) {
+          return send(res, 400, { error: 'errorRate must be a number in 0..1' }, 'application/json');
+        }
+        Object.assign(state, { delayMs, errorRate });
+        return send(res, 200, config(), 'application/json');
       }
       if (url.pathname !== BASE_PATH && !url.pathname.startsWith(`${BASE_PATH}/`)) {
         return send(res, 404, outcome('error', 'not-found', `No such path: ${url.pathname}`));
@@ -486,6 +504,11 @@ async function main() {
       try {
         if (state.delayMs > 0) {
           await new Promise((resolve) => setTimeout(resolve, state.delayMs));
+        }
+        if (state.errorRate > 0 && Math.random() < state.errorRate) {
+          state.injectedErrors += 1;
+          const text = 'Injected error (test control: errorRate)';
+          return send(res, 500, outcome('error', 'transient', text), FHIR_JSON, CORS_HEADERS);
         }
         const baseUrl = `http://${req.headers.host ?? `127.0.0.1:${server.address().port}`}${BASE_PATH}`;
         const [status, answer] = await handleFhir(router, repo, method, url, body, baseUrl);

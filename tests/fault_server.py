@@ -2,15 +2,21 @@
 
 The first path segment chooses the behaviour for everything below it, so a test picks a fault by
 choosing the FHIR base URL: ``{server.url}/status-503/fhir`` answers 503 to every query.
+
+:class:`TcpProxy` stands between the service and its PostgreSQL server, so a test can take the
+database away (refuse connections, cut the open ones, or swallow them) and bring it back.
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,6 +49,27 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.open_request():
                 time.sleep(int(scenario.removeprefix("delay-")) / 1000)
             self._send(200, EMPTY_BUNDLE)
+        elif scenario == "hold":  # answered once the test calls release()
+            with self.server.open_request():
+                while not (self.server.released.wait(0.05) or self.server.stopping.is_set()):
+                    pass
+            self._send(200, EMPTY_BUNDLE)
+        elif scenario == "stall":  # the request is read, the answer never comes
+            with self.server.open_request():
+                self.server.stopping.wait()
+        elif scenario.startswith("burst-"):  # burst-N-tag: the first N requests fail with 503
+            failures = int(scenario.split("-")[1])
+            if self.server.count(scenario) <= failures:
+                self._send(503, {"resourceType": "OperationOutcome"})
+            else:
+                self._send(200, EMPTY_BUNDLE)
+        elif scenario == "slow-headers":
+            self._trickle(json.dumps(EMPTY_BUNDLE).encode())
+        elif scenario == "jwks":  # the JWK Set the test put in server.jwks; 503 while it is None
+            if self.server.jwks is None:
+                self._send(503, {"error": "unavailable"})
+            else:
+                self._raw(200, json.dumps(self.server.jwks).encode(), "application/json")
         elif scenario == "ok":
             self._send(200, EMPTY_BUNDLE)
         elif scenario == "cookie":
@@ -63,6 +90,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"resourceType": "Patient", "id": "p"})
         elif scenario == "array":
             self._send(200, [1, 2, 3])
+        elif scenario == "deep":  # a Procedure whose extension nests 300 levels
+            nested: dict[str, Any] = {"url": "https://example.org/x", "valueString": "x"}
+            for _ in range(300):
+                nested = {"url": "https://example.org/x", "extension": [nested]}
+            procedure = {"resourceType": "Procedure", "id": "p", "extension": [nested]}
+            self._send(200, _bundle([procedure]))
         elif scenario == "huge":
             self._raw(200, b'{"resourceType": "Bundle", "x": "' + b"a" * 200_000 + b'"}')
         elif scenario == "redirect":
@@ -98,6 +131,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _trickle(self, body: bytes) -> None:
+        """A whole response, status line and headers included, one byte every 50 ms."""
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        try:
+            for byte in head + body:
+                if self.server.stopping.is_set():
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:
+            return
+        self.close_connection = True
+
     def _drip(self) -> None:
         """A 200 whose body never ends: one byte every 50 ms until the client goes away."""
         self.send_response(200)
@@ -127,8 +177,11 @@ class FaultServer(ThreadingHTTPServer):
         self.received: list[tuple[str, str | None]] = []
         self.cookies: list[str | None] = []
         self.stopping = threading.Event()
+        self.released = threading.Event()  # ends every "hold" request
+        self.jwks: dict[str, Any] | None = None  # what the "jwks" scenario serves
         self.most_open = 0
         self._open = 0
+        self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     @property
@@ -138,6 +191,25 @@ class FaultServer(ThreadingHTTPServer):
     def record(self, path: str, authorization: str | None) -> None:
         with self._lock:
             self.received.append((path, authorization))
+
+    @property
+    def open_now(self) -> int:
+        """How many held, stalled or delayed requests are waiting at this moment."""
+        with self._lock:
+            return self._open
+
+    def count(self, scenario: str) -> int:
+        """Count one more request for ``scenario``; return how many there were so far."""
+        with self._lock:
+            self._counts[scenario] += 1
+            return self._counts[scenario]
+
+    def wait_until_open(self, count: int = 1, timeout: float = 30) -> None:
+        """Wait until ``count`` requests are held open here (AssertionError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self.open_now < count:
+            assert time.monotonic() < deadline, f"{self.open_now} requests open, wanted {count}"
+            time.sleep(0.02)
 
     @contextmanager
     def open_request(self) -> Iterator[None]:
@@ -165,3 +237,111 @@ def fault_server() -> Iterator[FaultServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+class TcpProxy:
+    """A loopback TCP port that forwards to ``target`` while up; the port never changes.
+
+    ``down()`` closes the port and cuts every forwarded connection (a database that is gone:
+    connections refused); ``swallow()`` accepts connections and never forwards a byte (a database
+    host that stopped answering); ``up()`` forwards again.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.mode = "down"
+        self._listener: socket.socket | None = None
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def up(self) -> None:
+        self._set("up")
+
+    def swallow(self) -> None:
+        self._set("swallow")
+
+    def down(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        self._set("down")
+
+    def close(self) -> None:
+        self.down()
+
+    def _set(self, mode: str) -> None:
+        self._stop_listening()
+        self._cut_connections()
+        self.mode = mode
+        if mode == "down":
+            return
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, args=(listener,), daemon=True)
+        self._thread.start()
+
+    def _stop_listening(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _cut_connections(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with suppress(OSError):  # already closed by its peer
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            readable, _, _ = select.select([listener], [], [], 0.05)
+            if not readable:
+                continue
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._connections.add(client)
+            if self.mode == "up":
+                threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+
+    def _forward(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._connections.add(upstream)
+        sockets = [client, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 1.0)
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (upstream if source is client else client).sendall(data)
+        except (OSError, ValueError):  # cut by down(): the socket was closed under us
+            return
+        finally:
+            with self._lock:
+                self._connections.discard(client)
+                self._connections.discard(upstream)
+            client.close()
+            upstream.close()

@@ -261,3 +261,17 @@ class MedplumServer:
             f"{self.root_url}/__config", json={"delayMs": ms}, timeout=CONTROL_TIMEOUT_S
         )
         response.raise_for_status()
+
+    def set_error_rate(self, fraction: float) -> None:
+        """Answer that fraction (0..1, drawn per request) of later FHIR requests with a 500."""
+        response = requests.post(
+            f"{self.root_url}/__config", json={"errorRate": fraction}, timeout=CONTROL_TIMEOUT_S
+        )
+        response.raise_for_status()
+
+    def config(self) -> dict[str, Any]:
+        """``{"delayMs": N, "errorRate": F, "injectedErrors": count of 500s injected so far}``."""
+        response = requests.get(f"{self.root_url}/__config", timeout=CONTROL_TIMEOUT_S)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body

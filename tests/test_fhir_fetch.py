@@ -60,6 +60,7 @@ def fetch_one(fetcher: FhirFetcher, base: str, query: str, token: str | None = N
         ("outcome", "operation-outcome"),
         ("wrong-type", "not-fhir"),
         ("array", "not-fhir"),
+        ("deep", "not-fhir"),  # nested past MAX_JSON_DEPTH: refused before any recursive parsing
         ("huge", "too-large"),
         ("redirect", "redirect"),
         ("reset", "connection"),

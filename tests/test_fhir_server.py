@@ -274,3 +274,32 @@ def test_set_delay_delays_every_answer_without_serializing_them(fhir: MedplumSer
     started = time.monotonic()
     assert get(url).status_code == 200
     assert time.monotonic() - started < delay_s
+
+
+def test_error_rate_answers_that_fraction_with_500_and_leaves_the_delay(
+    fhir: MedplumServer,
+) -> None:
+    """errorRate 1 fails every FHIR request (recorded, with an OperationOutcome); 0 none.
+
+    Setting the error rate alone keeps the delay, and the control endpoints are never failed.
+    """
+    url = f"{fhir.base_url}/Encounter/enc-7c31d0"
+    fhir.clear_requests()
+    fhir.set_delay(0)
+    before = fhir.config()["injectedErrors"]
+    fhir.set_error_rate(1)
+    try:
+        assert fhir.config() == {"delayMs": 0, "errorRate": 1, "injectedErrors": before}
+        answers = [get(url) for _ in range(3)]
+        assert [answer.status_code for answer in answers] == [500] * 3
+        assert {answer.json()["resourceType"] for answer in answers} == {"OperationOutcome"}
+        assert fhir.health()["status"] == "ok"
+        assert len(fhir.requests()) == 3
+        assert fhir.config()["injectedErrors"] == before + 3
+        refused = requests.post(f"{fhir.root_url}/__config", json={"errorRate": 2}, timeout=5)
+        assert refused.status_code == 400
+    finally:
+        fhir.set_error_rate(0)
+    assert get(url).status_code == 200
+    assert fhir.config()["errorRate"] == 0
+    fhir.clear_requests()
