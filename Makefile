@@ -50,6 +50,16 @@ test: lint $(FHIR_SERVER_DEPS)
 bench: $(TEST_STAMP) $(FHIR_SERVER_DEPS)
 	$(BIN)/python bench/bench.py
 
+## fuzz: 20,000 generated requests per POST endpoint from a random seed, printed (CDS_FUZZ_SEED=N repeats a run)
+.PHONY: fuzz
+fuzz: $(TEST_STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_fuzz.py
+
+## soak: 60 s of mixed load, then 60 s with 5% FHIR errors (not a test; SOAK_ARGS="--duration 10")
+.PHONY: soak
+soak: $(TEST_STAMP) $(FHIR_SERVER_DEPS)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
 check-cards: $(RUNTIME_STAMP)
 	$(BIN)/cds-service check-cards
 
