@@ -112,14 +112,36 @@ def load_fixture(name: str) -> dict[str, Any]:
     return body
 
 
-@pytest.fixture(autouse=True)
-def _clean_cds_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No CDS_* variable of the developer's shell leaks into a test."""
+def _clear_cds_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CDS_") and name != "CDS_TEST_POSTGRES_URL":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _clean_cds_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CDS_* variable of the developer's shell leaks into a test."""
+    _clear_cds_variables(monkeypatch)
     # Tests call no FHIR server but the ones they start on loopback: refuse all others.
     monkeypatch.setenv("CDS_FHIR_SERVER_ALLOWLIST", NO_FHIR_SERVER)
+
+
+def isolated_app(database: Path, config: dict[str, Any]) -> Flask:
+    """create_app for a module-scoped fixture (outside the per-test environment cleaning).
+
+    No CDS_* variable of the shell, a SQLite file at ``database``, FHIR calls refused unless
+    ``config`` allows some.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        _clear_cds_variables(patch)
+        return create_app(
+            {
+                "TESTING": True,
+                "DATABASE_URL": f"sqlite:///{database}",
+                "FHIR_SERVER_ALLOWLIST": NO_FHIR_SERVER,
+            }
+            | config
+        )
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 import jsonschema
 import pytest
-from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, NO_FHIR_SERVER
+from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, NO_FHIR_SERVER, isolated_app
 from fhir.resources.R4B import get_fhir_model_class
 from flask import Flask
 from flask.testing import FlaskClient
@@ -54,7 +54,6 @@ from hypothesis import strategies as st
 from hypothesis_profiles import FUZZ_EXAMPLES_PER_ENDPOINT
 from werkzeug.test import TestResponse
 
-from cds_service import create_app
 from cds_service.facts import QUESTIONNAIRE_PATH
 from cds_service.json_discipline import violations
 from cds_service.protocol import Card
@@ -118,18 +117,7 @@ FIXTURE_BODIES = {
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     """One app on one SQLite file for the module; only the dead loopback FHIR server allowed."""
     database = tmp_path_factory.mktemp("fuzz") / "cds.sqlite3"
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("CDS_") and name != "CDS_TEST_POSTGRES_URL":
-                patch.delenv(name)
-        app = create_app(
-            {
-                "TESTING": True,
-                "DATABASE_URL": f"sqlite:///{database}",
-                "FHIR_SERVER_ALLOWLIST": NO_FHIR_SERVER,
-                "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-            }
-        )
+    app = isolated_app(database, {"MAX_BODY_BYTES": str(MAX_BODY_BYTES)})
     yield app
     app.extensions["cds_20703"].store.engine.dispose()
 

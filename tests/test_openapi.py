@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.metadata
 import ipaddress
 import json
-import os
 import re
 import shutil
 import socket
@@ -30,7 +29,7 @@ import pytest
 import requests
 import schemathesis
 import yaml
-from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, NO_FHIR_SERVER, load_fixture
+from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, isolated_app, load_fixture
 from flask import Flask
 from jwt_helpers import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
 from openapi_spec_validator import validate as validate_openapi
@@ -50,7 +49,7 @@ from schemathesis.config import SchemathesisConfig
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.test import TestResponse
 
-from cds_service import admission, create_app, ops, playground
+from cds_service import admission, ops, playground
 from cds_service.rule_pack import default_cards_dir, load_rule_pack
 
 DOC_URI = "urn:cds-20703:openapi"
@@ -165,19 +164,7 @@ def build_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
     apps: list[Flask] = []
 
     def build(**config: Any) -> Flask:
-        database = tmp_path_factory.mktemp("db") / "cds.sqlite3"
-        with pytest.MonkeyPatch.context() as patch:
-            for name in list(os.environ):
-                if name.startswith("CDS_") and name != "CDS_TEST_POSTGRES_URL":
-                    patch.delenv(name)
-            app = create_app(
-                {
-                    "TESTING": True,
-                    "DATABASE_URL": f"sqlite:///{database}",
-                    "FHIR_SERVER_ALLOWLIST": NO_FHIR_SERVER,
-                }
-                | config
-            )
+        app = isolated_app(tmp_path_factory.mktemp("db") / "cds.sqlite3", config)
         apps.append(app)
         return app
 
