@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from cds_service import metrics
 from cds_service.auth import TokenVerifier, VerifiedClient
@@ -62,6 +63,8 @@ def _json_body() -> Any:
             "The request body must be JSON (Content-Type: application/json)."
         )
     data = request.get_data(cache=False)
+    if _chunked_body_over_the_limit(data):
+        raise RequestEntityTooLarge()
     try:
         body = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
@@ -71,6 +74,19 @@ def _json_body() -> Any:
             f"The request body nests objects and arrays more than {MAX_JSON_DEPTH} levels deep."
         )
     return body
+
+
+def _chunked_body_over_the_limit(data: bytes) -> bool:
+    """True when a body sent without Content-Length (chunked) went on past the limit.
+
+    Werkzeug stops reading such a body at ``MAX_CONTENT_LENGTH`` without complaint, so a body
+    cut there would be parsed as if it were whole (a misleading 400, or worse, a short document
+    that parses). One more byte read from the server's stream tells a cut body from a whole one.
+    """
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None or limit is None or len(data) < limit:
+        return False
+    return bool(request.environ["wsgi.input"].read(1))
 
 
 @bp.before_request

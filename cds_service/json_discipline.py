@@ -32,12 +32,36 @@ def nested_deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
 
 
 def prune_empty(value: Any) -> Any:
-    """``value`` with null and empty strings, arrays and objects removed at every depth."""
+    """``value`` with null and empty strings, arrays and objects removed at every depth.
+
+    A value with nothing to remove is returned as it is (no copy): most requests and every card
+    are already clean, and the walk that proves it costs a fraction of a rebuild.
+    """
+    return _pruned(value) if has_empty(value) else value
+
+
+def has_empty(value: Any) -> bool:
+    """True when ``value`` holds a null or an empty string, array or object at any depth."""
     if isinstance(value, dict):
-        pruned = {key: prune_empty(item) for key, item in value.items()}
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    for item in children:
+        if item is None or item == "" or item == [] or item == {}:
+            return True
+        if isinstance(item, dict | list) and has_empty(item):
+            return True
+    return False
+
+
+def _pruned(value: Any) -> Any:
+    if isinstance(value, dict):
+        pruned = {key: _pruned(item) for key, item in value.items()}
         return {key: item for key, item in pruned.items() if not _is_empty(item)}
     if isinstance(value, list):
-        pruned_items = [prune_empty(item) for item in value]
+        pruned_items = [_pruned(item) for item in value]
         return [item for item in pruned_items if not _is_empty(item)]
     return value
 

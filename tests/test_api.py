@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 from pathlib import Path
@@ -287,6 +288,36 @@ def test_body_over_the_limit_is_413(make_app: Any, sqlite_url: str) -> None:
     body = load_fixture(STANDARD)
     body["padding"] = "x" * 4096
     assert_operation_outcome(post(app.test_client(), body, DISCHARGE), 413, "CDS_MAX_BODY_BYTES")
+
+
+def post_chunked(client: FlaskClient, body: bytes, url: str) -> Any:
+    """POST ``body`` without Content-Length, as gunicorn hands a chunked request to the app."""
+    return client.post(
+        url,
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+@pytest.mark.parametrize("url", [DISCHARGE, DISCHARGE + "/feedback"])
+def test_chunked_body_over_the_limit_is_413(make_app: Any, sqlite_url: str, url: str) -> None:
+    """A chunked body longer than CDS_MAX_BODY_BYTES is 413, not parsed cut at the limit."""
+    app = make_app({"DATABASE_URL": sqlite_url, "MAX_BODY_BYTES": "2048"})
+    body = json.dumps(load_fixture(STANDARD) | {"padding": "x" * 4096}).encode()
+    response = post_chunked(app.test_client(), body, url)
+    assert_operation_outcome(response, 413, "CDS_MAX_BODY_BYTES")
+
+
+def test_chunked_body_at_the_limit_is_read_whole(make_app: Any, sqlite_url: str) -> None:
+    """A chunked body of exactly CDS_MAX_BODY_BYTES is answered like the same body with a length."""
+    body = json.dumps(load_fixture(STANDARD)).encode()
+    app = make_app({"DATABASE_URL": sqlite_url, "MAX_BODY_BYTES": str(len(body))})
+    client = app.test_client()
+    chunked = post_chunked(client, body, DISCHARGE)
+    assert chunked.status_code == 200
+    assert chunked.get_json()["cards"]
+    assert post_chunked(client, body + b" ", DISCHARGE).status_code == 413
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cds_service.json_discipline import prune_empty, violations
+from cds_service.json_discipline import has_empty, prune_empty, violations
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=3),
@@ -38,6 +38,22 @@ def test_prune_removes_empties_at_every_depth() -> None:
 def test_pruned_documents_have_no_violations(document: Any) -> None:
     """Whatever goes in, what comes out obeys the rule (0 and false are values, not empties)."""
     assert violations(prune_empty({"x": document})) == []
+
+
+@given(json_values)
+def test_has_empty_agrees_with_violations(document: Any) -> None:
+    """The quick check that lets clean documents skip the copy finds exactly what the rule finds."""
+    assert has_empty({"x": document}) == bool(violations({"x": document}))
+
+
+def test_clean_document_is_returned_without_a_copy() -> None:
+    """A document with nothing to prune comes back as the same object; a dirty one as a copy."""
+    clean = {"a": [{"b": 1, "c": False}], "d": "text"}
+    dirty = {"a": [{"b": 1, "c": None}], "d": "text"}
+    assert prune_empty(clean) is clean
+    pruned = prune_empty(dirty)
+    assert pruned == {"a": [{"b": 1}], "d": "text"}
+    assert dirty == {"a": [{"b": 1, "c": None}], "d": "text"}
 
 
 @pytest.mark.parametrize(
