@@ -15,6 +15,7 @@ Tokens are never logged or stored; the replay store keeps a hash of ``iss`` and 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -37,6 +39,9 @@ from cds_service.errors import AuthenticationError, ConfigError, KeySetUnavailab
 logger = logging.getLogger(__name__)
 
 DEFAULT_ALGORITHMS = ("ES384", "RS384")
+# The public CDS Hooks sandbox: its private key is published, so its tokens prove nothing.
+SANDBOX_HOST = "sandbox.cds-hooks.org"
+SANDBOX_TRUST_FILE = Path(__file__).parent / "trust" / "cds-hooks-sandbox.development.json"
 PERMITTED_ALGORITHMS = frozenset(
     {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 )
@@ -86,7 +91,11 @@ class TrustedClient:
 
 
 def load_trusted_clients(path: Path, production: bool) -> list[TrustedClient]:
-    """Read and check a trusted-clients file (JSON, or YAML by extension)."""
+    """Read and check a trusted-clients file (JSON, or YAML by extension).
+
+    In production, development-only clients are skipped, and any other entry for the public CDS
+    Hooks sandbox (its issuer, a ``jku`` on its host, or its published key) stops start-up.
+    """
     variable = "CDS_TRUSTED_CLIENTS"
     try:
         text = path.read_text(encoding="utf-8")
@@ -96,6 +105,8 @@ def load_trusted_clients(path: Path, production: bool) -> list[TrustedClient]:
         data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{variable}: {path} is not valid JSON/YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{variable}: {path}: the top level must be an object with 'clients'.")
     try:
         parsed = _TrustFile.model_validate(data)
     except ValidationError as exc:
@@ -116,6 +127,14 @@ def load_trusted_clients(path: Path, production: bool) -> list[TrustedClient]:
                 "development-only client not trusted in production", extra={"iss": entry.iss}
             )
             continue
+        if production and (
+            _on_sandbox_host(entry.iss) or any(_on_sandbox_host(url) for url in entry.jku or ())
+        ):
+            raise ConfigError(
+                f"{where}: the public CDS Hooks sandbox ({SANDBOX_HOST}) is never trusted in "
+                "production: its private key is published, so anyone can sign its tokens. Mark "
+                "the entry development_only: true, or remove it."
+            )
         keys = None
         if entry.jwks is not None:
             keys = _static_keys(entry.jwks, where)
@@ -125,9 +144,15 @@ def load_trusted_clients(path: Path, production: bool) -> list[TrustedClient]:
                 keys = _static_keys(json.loads(key_path.read_text(encoding="utf-8")), where)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{where}.jwks_file: cannot read a JWK Set ({exc}).") from None
+        if production and keys is not None and set(map(_key_id, keys.values())) & _sandbox_keys():
+            raise ConfigError(
+                f"{where}: holds the public CDS Hooks sandbox's key, never trusted in production: "
+                "its private key is published, so anyone can sign with it."
+            )
         for server in entry.fhir_servers:
-            if not server.startswith(("https://", "http://")):
-                raise ConfigError(f"{where}.fhir_servers: {server!r} is not a URL.")
+            parts = urlsplit(server)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+                raise ConfigError(f"{where}.fhir_servers: {server!r} is not an http(s) base URL.")
         clients.append(
             TrustedClient(
                 iss=entry.iss,
@@ -139,6 +164,27 @@ def load_trusted_clients(path: Path, production: bool) -> list[TrustedClient]:
             )
         )
     return clients
+
+
+def _on_sandbox_host(url: str) -> bool:
+    try:
+        return urlsplit(url.strip()).hostname == SANDBOX_HOST
+    except ValueError:  # not a URL at all (e.g. an unbalanced "[")
+        return False
+
+
+def _key_id(key: Mapping[str, Any]) -> tuple[str, ...]:
+    """What identifies a public key: its type and public numbers (not its kid)."""
+    return tuple(str(key.get(name, "")) for name in ("kty", "crv", "x", "y", "n", "e"))
+
+
+@functools.cache
+def _sandbox_keys() -> frozenset[tuple[str, ...]]:
+    """The public CDS Hooks sandbox's published key(s), from the shipped development trust file."""
+    shipped = json.loads(SANDBOX_TRUST_FILE.read_text(encoding="utf-8"))
+    return frozenset(
+        _key_id(key) for client in shipped["clients"] for key in client["jwks"]["keys"]
+    )
 
 
 def _static_keys(jwks: Any, where: str) -> dict[str, dict[str, Any]]:

@@ -198,6 +198,10 @@ def _serve(args: argparse.Namespace) -> int:
     from cds_service.server import serve
 
     settings = Settings.load()  # fail fast, before any worker starts
+    try:
+        load_rule_pack(settings.cards_dir)
+    except RulePackError as exc:
+        return _bad_input(f"the rule pack in CDS_CARDS_DIR is invalid:\n{exc}")
     if (args.certfile is None) != (args.keyfile is None):
         return _bad_input("--certfile and --keyfile go together")
     for path in (args.certfile, args.keyfile):

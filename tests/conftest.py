@@ -81,20 +81,34 @@ class _LogCollector(logging.Handler):
         self.lines.append(self.formatter_.format(record))
 
 
+def log_secrets() -> set[str]:
+    """What no log may hold: the tests' access tokens, every JWT they made (so far), and the
+    fixtures' patient ids, names and identifiers."""
+    secrets = set(TEST_ACCESS_TOKENS) | MINTED
+    for name in FIXTURE_NAMES:
+        secrets |= sensitive_strings(load_fixture(name))
+    return secrets
+
+
+def assert_no_secret_in(text: str, where: str) -> None:
+    """Fail when ``text`` (a log) holds any of :func:`log_secrets`."""
+    leaked = sorted(secret for secret in log_secrets() if secret in text)
+    assert leaked == [], f"secrets found in {where}: {leaked[:5]}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_secret_in_any_log() -> Iterator[None]:
-    """Everything the service logs during the whole suite holds no token, JWT or patient id."""
+    """Everything the service logs during the whole suite holds no token, JWT or patient id.
+
+    (Served subprocesses log elsewhere: tests/serving.py checks their output the same way.)
+    """
     collector = _LogCollector()
     logger = logging.getLogger("cds_service")
     logger.addHandler(collector)
     yield
     logger.removeHandler(collector)
-    secrets = set(TEST_ACCESS_TOKENS) | MINTED
-    for name in FIXTURE_NAMES:
-        secrets |= sensitive_strings(load_fixture(name))
-    text = "\n".join(collector.lines)  # empty when a run selects no test that logs
-    leaked = sorted(secret for secret in secrets if secret in text)
-    assert leaked == [], f"secrets found in the service's logs: {leaked[:5]}"
+    # Empty when a run selects no test that logs.
+    assert_no_secret_in("\n".join(collector.lines), "the service's logs")
 
 
 def without_uuids(document: Any) -> Any:

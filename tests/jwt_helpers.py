@@ -14,8 +14,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 BASE_URL = "https://cds.example.org"
-MINTED: set[str] = set()  # every token minted here: the session log check looks for them
+MINTED: set[str] = set()  # every token the tests made: the log checks look for them
 ISSUER = "https://ehr.example.org"
+
+
+def remember(token: str) -> str:
+    """Register ``token`` (and its signature) with the log checks; return it.
+
+    Every token a test sends goes through here, the hand-built ones too (``alg: none``, HS256):
+    the session-wide log check (conftest) and the served-process check (serving) look for them.
+    An unsigned token's empty signature is not registered (it would match any text); its signing
+    input is, instead.
+    """
+    signing_input, _, signature = token.rpartition(".")
+    MINTED.update(part for part in (token, signature or signing_input) if part)
+    return token
 
 
 @dataclass
@@ -80,8 +93,7 @@ class TokenFactory:
         token = jwt.encode(
             payload, signer.private, algorithm=algorithm or signer.algorithm, headers=header
         )
-        MINTED.update({token, token.rsplit(".", 1)[-1]})
-        return token
+        return remember(token)
 
 
 def write_trust_file(

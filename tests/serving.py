@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from conftest import ROOT
+from conftest import ROOT, assert_no_secret_in
 
 
 def free_port() -> int:
@@ -82,7 +82,9 @@ def serving(
     """Run ``cds-service serve`` until the block ends; it must then exit 0 on SIGTERM.
 
     The output goes to a file, not a pipe: a busy server never blocks on a full pipe. A test may
-    stop the server itself (the exit status is still checked).
+    stop the server itself (the exit status is still checked). Once the server has stopped, its
+    output must hold none of the secrets the session log check looks for (conftest
+    ``log_secrets``: every token the tests made, their access tokens, the fixtures' patient data).
     """
     port = free_port()
     environment = os.environ | {"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'served.sqlite3'}"}
@@ -111,7 +113,9 @@ def serving(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        assert process.returncode == 0, server.output()  # only reached when the block succeeded
+        # Only reached when the block succeeded.
+        assert process.returncode == 0, server.output()
+        assert_no_secret_in(server.output(), f"the served process's output ({log_path})")
 
 
 @contextmanager

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +20,22 @@ import pytest
 from conftest import load_fixture
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from fault_server import FaultServer, fault_server
 from flask import Flask
 from flask.testing import FlaskClient
-from jwt_helpers import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
+from jwt_helpers import (
+    BASE_URL,
+    ISSUER,
+    SigningKey,
+    TokenFactory,
+    jwk_set,
+    remember,
+    write_trust_file,
+)
 
+from cds_service.auth import SANDBOX_TRUST_FILE
+from cds_service.config import Settings
+from cds_service.errors import ConfigError
 from cds_service.storage import Store
 
 DISCOVERY = "/cds-services"
@@ -130,8 +144,14 @@ def tokens(ec_key: SigningKey) -> TokenFactory:
     return TokenFactory(ec_key)
 
 
-def post(client: FlaskClient, path: str, token: str | None, body: Any = None) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+def post(
+    client: FlaskClient,
+    path: str,
+    token: str | None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    headers = (headers or {}) | ({"Authorization": f"Bearer {token}"} if token is not None else {})
     return client.post(
         path,
         data=json.dumps(body if body is not None else STANDARD),
@@ -268,7 +288,7 @@ def _none_token(path: str) -> str:
 
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": BASE_URL + path, "exp": now + 60, "iat": now, "jti": "x1"}
-    return f"{part({'alg': 'none', 'typ': 'JWT', 'kid': 'k'})}.{part(claims)}."
+    return remember(f"{part({'alg': 'none', 'typ': 'JWT', 'kid': 'k'})}.{part(claims)}.")
 
 
 def _hs256_with_public_key(ec_key: SigningKey, path: str) -> str:
@@ -283,10 +303,21 @@ def _hs256_with_public_key(ec_key: SigningKey, path: str) -> str:
         for item in ({"alg": "HS256"} | header, claims)
     )
     digest = hmac.new(public, signing_input.encode(), "sha256").digest()
-    return signing_input + "." + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return remember(signing_input + "." + base64.urlsafe_b64encode(digest).rstrip(b"=").decode())
+
+
+def test_hand_built_tokens_are_looked_for_in_the_logs(ec_key: SigningKey) -> None:
+    """The log checks (conftest, serving) know the tokens built without TokenFactory too, and
+    never an empty string (which any log would 'contain')."""
+    from jwt_helpers import MINTED
+
+    none, hs256 = _none_token(SERVICE), _hs256_with_public_key(ec_key, SERVICE)
+    assert {none, none.rstrip("."), hs256, hs256.rsplit(".", 1)[1]} <= MINTED
+    assert "" not in MINTED
 
 
 ES256_KEY = SigningKey(ec.generate_private_key(ec.SECP256R1()), "k256", "ES256")
+RSA_SIGNER = SigningKey.rsa("rsa-signer")  # signs RS384 tokens that name the EC key's kid
 REFUSALS = {
     "malformed": lambda f, k, a, p: "not.a.jwt",
     "alg none": lambda f, k, a, p: _none_token(p),
@@ -303,13 +334,17 @@ REFUSALS = {
     "jti missing": lambda f, k, a, p: f.token(p, drop=("jti",)),
     "typ not JWT": lambda f, k, a, p: f.token(p, headers={"typ": "at+jwt"}),
     "alg not allowed": lambda f, k, a, p: f.token(p, key=ES256_KEY, headers={"kid": k.kid}),
+    "RS384 with the EC key's kid": lambda f, k, a, p: f.token(p, key=RSA_SIGNER, headers={"kid": k.kid}),
+    "exp missing": lambda f, k, a, p: f.token(p, drop=("exp",)),
+    "iat missing": lambda f, k, a, p: f.token(p, drop=("iat",)),
 }  # fmt: skip
 EXPECTED_CHECK = {
     "malformed": "malformed", "alg none": "alg", "HS256 with the public key": "alg",
     "unknown kid": "kid", "wrong signature": "signature", "untrusted iss": "iss",
     "aud of another endpoint": "aud", "aud of another host": "aud", "aud missing": "aud",
     "expired": "exp", "iat in the future": "iat", "exp too far": "exp", "jti missing": "jti",
-    "typ not JWT": "typ", "alg not allowed": "alg",
+    "typ not JWT": "typ", "alg not allowed": "alg", "RS384 with the EC key's kid": "alg",
+    "exp missing": "exp", "iat missing": "iat",
 }  # fmt: skip
 
 
@@ -348,13 +383,16 @@ def test_basic_authorization_is_malformed(client: FlaskClient) -> None:
 
 
 def test_jku_not_on_the_allowlist_is_never_fetched(
-    client: FlaskClient, rsa_key: SigningKey, jwks_server: JwksServer
+    secured: Flask, rsa_key: SigningKey, jwks_server: JwksServer
 ) -> None:
-    """A jku the client's entry does not list is refused before anything is fetched."""
+    """A jku the client's entry does not list is refused before anything is fetched or stored."""
+    client = secured.test_client()
     attacker_url = jwks_server.url.replace("jwks.json", "attacker.json")
     factory = TokenFactory(rsa_key, issuer=JKU_ISSUER, headers={"jku": attacker_url})
     assert_401(post(client, SERVICE, factory.token(SERVICE)), "jku")
+    assert_401(post(client, FEEDBACK, factory.token(FEEDBACK), FEEDBACK_BODY), "jku")
     assert jwks_server.fetches == []
+    assert feedback_rows(secured) == []
 
 
 def test_jku_header_of_an_inline_keys_client_is_ignored(
@@ -383,6 +421,45 @@ def test_replayed_token_is_refused_across_workers(
     assert_401(post(first, SERVICE, token), "jti")
 
 
+def test_replayed_feedback_token_stores_nothing_more(
+    make_app: Any, database_url: str, trust_file: Path, tokens: TokenFactory
+) -> None:
+    """A feedback token is accepted once (stored); replayed to another worker it is 401 and the
+    feedback it carries (about another card, so it would be a new row) is not stored."""
+    config = {
+        "DATABASE_URL": database_url,
+        "AUTH": "required",
+        "TRUSTED_CLIENTS": str(trust_file),
+        "PUBLIC_BASE_URL": BASE_URL,
+    }
+    first, second = make_app(config), make_app(config)
+    token = tokens.token(FEEDBACK)
+    accepted = post(first.test_client(), FEEDBACK, token, FEEDBACK_BODY)
+    assert accepted.status_code == 200, accepted.get_data(as_text=True)
+    assert accepted.get_json()["stored"] == 1
+    assert len(feedback_rows(first)) == 1
+    replayed_body = copy.deepcopy(FEEDBACK_BODY)
+    replayed_body["feedback"][0]["card"] = "c0ffee00-0000-4000-8000-000000000002"
+    assert_401(post(second.test_client(), FEEDBACK, token, replayed_body), "jti")
+    assert len(feedback_rows(second)) == 1
+    assert len(feedback_rows(first)) == 1
+
+
+def production_app(make_app: Any, database_url: str, trust: Path, **settings: str) -> Flask:
+    """A production-profile app (its FHIR allowlist https, as production demands)."""
+    app: Flask = make_app(
+        {
+            "DATABASE_URL": database_url,
+            "PROFILE": "production",
+            "PUBLIC_BASE_URL": BASE_URL,
+            "TRUSTED_CLIENTS": str(trust),
+            "FHIR_SERVER_ALLOWLIST": "https://ehr.example.org/fhir",
+        }
+        | settings
+    )
+    return app
+
+
 def test_development_only_client_is_refused_in_production(
     make_app: Any, migrated_sqlite_url: str, tmp_path: Path, ec_key: SigningKey
 ) -> None:
@@ -396,16 +473,260 @@ def test_development_only_client_is_refused_in_production(
         ],
         name="production-trust.json",
     )  # fmt: skip
-    app = make_app(
-        {"DATABASE_URL": migrated_sqlite_url, "PROFILE": "production", "PUBLIC_BASE_URL": BASE_URL,
-         "TRUSTED_CLIENTS": str(trust), "CORS_ORIGINS": "https://ehr.example.org",
-         "FHIR_SERVER_ALLOWLIST": "https://ehr.example.org/fhir"}
-    )  # fmt: skip
+    app = production_app(
+        make_app, migrated_sqlite_url, trust, CORS_ORIGINS="https://ehr.example.org"
+    )
     sandbox = TokenFactory(ec_key, issuer="https://sandbox.cds-hooks.org")
-    response = post(app.test_client(), SERVICE, sandbox.token(SERVICE))
-    assert response.status_code == 401
-    assert "(iss)" in response.get_json()["issue"][0]["diagnostics"]
-    assert post(app.test_client(), SERVICE, TokenFactory(other).token(SERVICE)).status_code == 200
+    for path, body in ((SERVICE, None), (FEEDBACK, FEEDBACK_BODY)):
+        response = post(app.test_client(), path, sandbox.token(path), body)
+        assert response.status_code == 401
+        assert "(iss)" in response.get_json()["issue"][0]["diagnostics"]
+    assert feedback_rows(app) == []
+    trusted = TokenFactory(other)
+    assert post(app.test_client(), SERVICE, trusted.token(SERVICE)).status_code == 200
+    stored = post(app.test_client(), FEEDBACK, trusted.token(FEEDBACK), FEEDBACK_BODY)
+    assert stored.status_code == 200
+    assert len(feedback_rows(app)) == 1  # the store works: the refusals above stored nothing
+
+
+SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
+
+
+@pytest.mark.parametrize(
+    "case", ["sandbox issuer", "sandbox issuer spelled differently", "sandbox key", "sandbox jku"]
+)
+def test_production_refuses_the_public_sandbox_even_without_development_only(
+    make_app: Any, migrated_sqlite_url: str, tmp_path: Path, ec_key: SigningKey, case: str
+) -> None:
+    """The sandbox's private key is published: in production an entry for it (by issuer, by its
+    key under another issuer, or by a jku on its host) stops start-up; development accepts it."""
+    published = json.loads(SANDBOX_TRUST_FILE.read_text())["clients"][0]["jwks"]
+    entry: dict[str, Any] = {
+        "sandbox issuer": {"iss": SANDBOX_ISSUER, "jwks": jwk_set(ec_key)},
+        "sandbox issuer spelled differently": {
+            "iss": "HTTPS://Sandbox.CDS-Hooks.org/",
+            "jwks": jwk_set(ec_key),
+        },
+        "sandbox key": {"iss": "https://my-ehr.example.org", "jwks": published},
+        "sandbox jku": {
+            "iss": "https://my-ehr.example.org",
+            "jku": ["https://sandbox.cds-hooks.org/.well-known/jwks.json"],
+        },
+    }[case]
+    trust = write_trust_file(
+        tmp_path, [{"iss": ISSUER, "jwks": jwk_set(SigningKey.ec384())}, entry]
+    )
+    with pytest.raises(ConfigError) as error:
+        production_app(make_app, migrated_sqlite_url, trust)
+    message = str(error.value)
+    assert message.startswith("CDS_TRUSTED_CLIENTS")
+    assert "clients.1" in message
+    assert "CDS Hooks sandbox" in message
+    assert "private key is published" in message
+    development = Settings.load(environ={"CDS_AUTH": "required", "CDS_TRUSTED_CLIENTS": str(trust)})
+    assert len(development.auth.clients) == 2
+
+
+def test_production_still_skips_a_development_only_sandbox_entry(
+    make_app: Any, migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    """The shipped development trust file's entry next to a real client: production starts."""
+    shipped = json.loads(SANDBOX_TRUST_FILE.read_text())["clients"][0]
+    trust = write_trust_file(
+        tmp_path, [shipped, {"iss": ISSUER, "jwks": jwk_set(SigningKey.ec384())}]
+    )
+    app = production_app(make_app, migrated_sqlite_url, trust)
+    clients = app.extensions["cds_20703"].settings.auth.clients
+    assert [client.iss for client in clients] == [ISSUER]
+
+
+def test_tenant_claim_must_match_the_trust_entry(
+    make_app: Any, sqlite_url: str, tmp_path: Path, ec_key: SigningKey
+) -> None:
+    """A client entry with a tenant accepts only tokens whose tenant claim is that tenant."""
+    trust = write_trust_file(
+        tmp_path, [{"iss": ISSUER, "jwks": jwk_set(ec_key), "tenant": "hosp-a"}], "tenant.json"
+    )
+    app: Flask = make_app(
+        {
+            "DATABASE_URL": sqlite_url,
+            "AUTH": "required",
+            "TRUSTED_CLIENTS": str(trust),
+            "PUBLIC_BASE_URL": BASE_URL,
+        }
+    )
+    client, tokens = app.test_client(), TokenFactory(ec_key)
+    matching = post(client, SERVICE, tokens.token(SERVICE, claims={"tenant": "hosp-a"}))
+    assert matching.status_code == 200, matching.get_data(as_text=True)
+    assert_401(post(client, SERVICE, tokens.token(SERVICE, claims={"tenant": "hosp-b"})), "tenant")
+    assert_401(post(client, SERVICE, tokens.token(SERVICE)), "tenant")
+    wrong = tokens.token(FEEDBACK, claims={"tenant": "hosp-b"})
+    assert_401(post(client, FEEDBACK, wrong, FEEDBACK_BODY), "tenant")
+    assert feedback_rows(app) == []
+
+
+def test_development_default_is_off_with_a_loud_warning(
+    make_app: Any, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No CDS_AUTH in development: authentication is off, start-up warns, no token is needed."""
+    with caplog.at_level(logging.WARNING, logger="cds_service"):
+        app: Flask = make_app({"DATABASE_URL": sqlite_url})
+    warnings = [
+        record
+        for record in caplog.records
+        if record.levelno == logging.WARNING and record.getMessage().startswith("CDS_AUTH is off")
+    ]
+    assert len(warnings) == 1
+    assert "NOT authenticated" in warnings[0].getMessage()
+    client = app.test_client()
+    assert client.get(DISCOVERY).status_code == 200
+    assert post(client, SERVICE, None).status_code == 200
+    assert post(client, FEEDBACK, None, FEEDBACK_BODY).status_code == 200
+
+
+def test_required_auth_does_not_warn(
+    make_app: Any, sqlite_url: str, trust_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning is about authentication being off, not printed whatever the mode."""
+    with caplog.at_level(logging.WARNING, logger="cds_service"):
+        make_app(
+            {
+                "DATABASE_URL": sqlite_url,
+                "AUTH": "required",
+                "TRUSTED_CLIENTS": str(trust_file),
+                "PUBLIC_BASE_URL": BASE_URL,
+            }
+        )
+    assert "CDS_AUTH is off" not in caplog.text
+
+
+UNLISTED_ORIGIN = "https://unlisted.example.org"
+LISTED_ORIGIN = "https://ehr-ui.example.org"
+
+
+def preflight(client: FlaskClient, origin: str) -> Any:
+    return client.options(
+        SERVICE,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Authorization, Content-Type",
+        },
+    )
+
+
+@pytest.fixture
+def production_trust(tmp_path: Path, ec_key: SigningKey) -> Path:
+    return write_trust_file(tmp_path, [{"iss": ISSUER, "jwks": jwk_set(ec_key)}], "prod.json")
+
+
+def test_production_cors_allows_no_origin_by_default(
+    make_app: Any, migrated_sqlite_url: str, production_trust: Path
+) -> None:
+    """Production without CDS_CORS_ORIGINS: no Access-Control-Allow-Origin, on a 401 or a
+    preflight; the preflight still needs no token."""
+    client = production_app(make_app, migrated_sqlite_url, production_trust).test_client()
+    refused = post(client, SERVICE, None, headers={"Origin": UNLISTED_ORIGIN})
+    assert refused.status_code == 401
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    answer = preflight(client, UNLISTED_ORIGIN)
+    assert answer.status_code == 200
+    assert "Access-Control-Allow-Origin" not in answer.headers
+
+
+def test_production_cors_echoes_a_listed_origin(
+    make_app: Any, migrated_sqlite_url: str, production_trust: Path
+) -> None:
+    """CDS_CORS_ORIGINS names an origin: it is echoed on a 401 and on the preflight (which
+    allows the Authorization header); another origin still gets nothing."""
+    client = production_app(
+        make_app, migrated_sqlite_url, production_trust, CORS_ORIGINS=LISTED_ORIGIN
+    ).test_client()
+    refused = post(client, SERVICE, None, headers={"Origin": LISTED_ORIGIN})
+    assert refused.status_code == 401
+    assert refused.headers["Access-Control-Allow-Origin"] == LISTED_ORIGIN
+    answer = preflight(client, LISTED_ORIGIN)
+    assert answer.status_code == 200
+    assert answer.headers["Access-Control-Allow-Origin"] == LISTED_ORIGIN
+    allowed = answer.headers["Access-Control-Allow-Headers"].lower()
+    assert "authorization" in re.split(r"\s*,\s*", allowed)
+    other = post(client, SERVICE, None, headers={"Origin": UNLISTED_ORIGIN})
+    assert other.status_code == 401
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert "Access-Control-Allow-Origin" not in preflight(client, UNLISTED_ORIGIN).headers
+
+
+# -- a client's fhir_servers -----------------------------------------------------------------
+
+OTHER_ISSUER = "https://third-ehr.example.org"
+
+
+@pytest.fixture(scope="module")
+def fhir() -> Iterator[FaultServer]:
+    with fault_server() as server:
+        yield server
+
+
+def fhir_client(make_app: Any, sqlite_url: str, trust: Path) -> FlaskClient:
+    """An app whose configured FHIR allowlist (conftest) names no server the tests start."""
+    app: Flask = make_app(
+        {
+            "DATABASE_URL": sqlite_url,
+            "AUTH": "required",
+            "TRUSTED_CLIENTS": str(trust),
+            "PUBLIC_BASE_URL": BASE_URL,
+        }
+    )
+    return app.test_client()
+
+
+def assert_not_allowed(response: Any) -> None:
+    """412: the required 'procedures' was not prefetched and fhirServer may not be called."""
+    assert response.status_code == 412, response.get_data(as_text=True)
+    diagnostics = response.get_json()["issue"][0]["diagnostics"]
+    assert "'procedures'" in diagnostics
+    assert "not an allowed FHIR server" in diagnostics
+
+
+def test_client_fhir_servers_join_the_outbound_allowlist(
+    make_app: Any, sqlite_url: str, tmp_path: Path, ec_key: SigningKey, fhir: FaultServer
+) -> None:
+    """A FHIR server listed only in a client's trust entry is called for that client's
+    requests; not for another client's, and not when the entry does not list it."""
+    base = f"{fhir.url}/ok/fhir"
+    body = copy.deepcopy(STANDARD)
+    del body["prefetch"]["procedures"]  # required: it must be fetched
+    body["fhirServer"] = base
+    other_key = SigningKey.ec384()
+    listed = fhir_client(
+        make_app,
+        sqlite_url,
+        write_trust_file(
+            tmp_path,
+            [
+                {"iss": ISSUER, "jwks": jwk_set(ec_key), "fhir_servers": [base]},
+                {"iss": OTHER_ISSUER, "jwks": jwk_set(other_key)},
+            ],
+            "listed.json",
+        ),
+    )
+    fhir.received.clear()
+    response = post(listed, SERVICE, TokenFactory(ec_key).token(SERVICE), body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert any(path.startswith("/ok/fhir/Procedure?") for path, _ in fhir.received)
+
+    fhir.received.clear()
+    other = TokenFactory(other_key, issuer=OTHER_ISSUER)
+    assert_not_allowed(post(listed, SERVICE, other.token(SERVICE), body))
+    assert fhir.received == []
+
+    unlisted = fhir_client(
+        make_app,
+        sqlite_url,
+        write_trust_file(tmp_path, [{"iss": ISSUER, "jwks": jwk_set(ec_key)}], "unlisted.json"),
+    )
+    assert_not_allowed(post(unlisted, SERVICE, TokenFactory(ec_key).token(SERVICE), body))
+    assert fhir.received == []
 
 
 def test_shipped_sandbox_trust_file_accepts_sandbox_style_tokens(
@@ -551,26 +872,97 @@ def test_yaml_trust_file_and_jwks_file(tmp_path: Path, ec_key: SigningKey) -> No
     assert client.fhir_servers == ("https://ehr.example.org/fhir/",)
 
 
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("CDS_AUTH", "sometimes"),
-        ("CDS_AUTH", "required"),
-        ("CDS_JWT_ALGORITHMS", "HS256"),
-        ("CDS_JWT_ALGORITHMS", "none"),
-        ("CDS_JWT_LEEWAY_SECONDS", "-1"),
-        ("CDS_JWT_MAX_LIFETIME_SECONDS", "forever"),
-        ("CDS_TRUSTED_CLIENTS", "/no/such/trust.json"),
-    ],
-)
-def test_bad_auth_setting_names_the_variable(variable: str, value: str) -> None:
-    """Bad authentication settings stop start-up naming the variable (required needs clients)."""
-    from cds_service.config import Settings
-    from cds_service.errors import ConfigError
+VALID_KEY = ES256_KEY.public_jwk()
+# id: (environment, files written to tmp_path (the first is the trust file), variable, message)
+BAD_AUTH_SETTINGS: dict[str, tuple[dict[str, str], dict[str, Any], str, str]] = {
+    "CDS_AUTH unknown": ({"CDS_AUTH": "sometimes"}, {}, "CDS_AUTH", "'required', 'optional' or 'off'"),
+    "CDS_AUTH off in production": (
+        {"CDS_PROFILE": "production", "CDS_AUTH": "off"}, {}, "CDS_AUTH",
+        "'required' in the production profile",
+    ),
+    "required without clients": (
+        {"CDS_AUTH": "required"}, {}, "CDS_TRUSTED_CLIENTS", "at least one trusted client",
+    ),
+    "HS256": ({"CDS_JWT_ALGORITHMS": "HS256"}, {}, "CDS_JWT_ALGORITHMS", "asymmetric algorithms"),
+    "none": ({"CDS_JWT_ALGORITHMS": "none"}, {}, "CDS_JWT_ALGORITHMS", "asymmetric algorithms"),
+    "leeway negative": ({"CDS_JWT_LEEWAY_SECONDS": "-1"}, {}, "CDS_JWT_LEEWAY_SECONDS", "from 0 to 300"),
+    "lifetime not a number": (
+        {"CDS_JWT_MAX_LIFETIME_SECONDS": "forever"}, {}, "CDS_JWT_MAX_LIFETIME_SECONDS", "a number",
+    ),
+    "jwks cache not a number": (
+        {"CDS_JWKS_CACHE_SECONDS": "soon"}, {}, "CDS_JWKS_CACHE_SECONDS", "from 0 to 86400",
+    ),
+    "jwks refetch negative": (
+        {"CDS_JWKS_MIN_REFETCH_SECONDS": "-5"}, {}, "CDS_JWKS_MIN_REFETCH_SECONDS", "from 0 to 3600",
+    ),
+    "bundle entries zero": (
+        {"CDS_MAX_BUNDLE_ENTRIES": "0"}, {}, "CDS_MAX_BUNDLE_ENTRIES", "a whole number from 1",
+    ),
+    "bundle entries fractional": (
+        {"CDS_MAX_BUNDLE_ENTRIES": "2.5"}, {}, "CDS_MAX_BUNDLE_ENTRIES", "a whole number from 1",
+    ),
+    "trust file missing": (
+        {"CDS_TRUSTED_CLIENTS": "/no/such/trust.json"}, {}, "CDS_TRUSTED_CLIENTS", "cannot read",
+    ),
+    "trust file YAML syntax error": (
+        {}, {"trust.yaml": "clients: [unclosed\n"}, "CDS_TRUSTED_CLIENTS", "not valid JSON/YAML",
+    ),
+    "trust file top level not an object": (
+        {}, {"trust.json": ["clients"]}, "CDS_TRUSTED_CLIENTS", "top level must be an object",
+    ),
+    "trust file YAML top level not an object": (
+        {}, {"trust.yml": "- iss: x\n"}, "CDS_TRUSTED_CLIENTS", "top level must be an object",
+    ),
+    "empty iss": (
+        {}, {"trust.json": {"clients": [{"iss": "", "jwks": {"keys": [VALID_KEY]}}]}},
+        "CDS_TRUSTED_CLIENTS", "clients.0.iss: String should have at least 1 character",
+    ),
+    "duplicate kid": (
+        {}, {"trust.json": {"clients": [{"iss": "x", "jwks": {"keys": [VALID_KEY, VALID_KEY]}}]}},
+        "CDS_TRUSTED_CLIENTS", "kid 'k256' appears twice",
+    ),
+    "kty not EC or RSA": (
+        {}, {"trust.json": {"clients": [{"iss": "x", "jwks": {"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ed",
+             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}]}},
+        "CDS_TRUSTED_CLIENTS", "key 0 is not an EC or RSA public key",
+    ),
+    "unusable key": (
+        {}, {"trust.json": {"clients": [{"iss": "x", "jwks": {"keys": [
+            {"kty": "EC", "crv": "P-384", "kid": "bad", "x": "AAAA", "y": "AAAA"}]}}]}},
+        "CDS_TRUSTED_CLIENTS", "key 0 is not a usable public key",
+    ),
+    "fhir_servers entry not a URL": (
+        {}, {"trust.json": {"clients": [{"iss": "x", "jwks": {"keys": [VALID_KEY]},
+                                         "fhir_servers": ["ehr.example.org/fhir"]}]}},
+        "CDS_TRUSTED_CLIENTS", "clients.0.fhir_servers: 'ehr.example.org/fhir' is not",
+    ),
+    "jwks_file not a JWK Set": (
+        {}, {"trust.json": {"clients": [{"iss": "x", "jwks_file": "keys.json"}]},
+             "keys.json": {"keys": "k256"}},
+        "CDS_TRUSTED_CLIENTS", "a JWK Set needs a non-empty 'keys' array",
+    ),
+}  # fmt: skip
 
+
+@pytest.mark.parametrize("case", sorted(BAD_AUTH_SETTINGS))
+def test_bad_auth_setting_names_the_variable(tmp_path: Path, case: str) -> None:
+    """Each bad authentication setting stops start-up with a message that begins with the one
+    variable to fix and says what is wrong."""
+    environ, files, variable, problem = BAD_AUTH_SETTINGS[case]
+    environ = dict(environ)
+    for name, content in files.items():
+        (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    if files:
+        environ |= {
+            "CDS_AUTH": "required",
+            "CDS_TRUSTED_CLIENTS": str(tmp_path / next(iter(files))),
+        }
     with pytest.raises(ConfigError) as error:
-        Settings.load(environ={variable: value})
-    assert variable in str(error.value) or "CDS_TRUSTED_CLIENTS" in str(error.value)
+        Settings.load(environ=environ)
+    message = str(error.value)
+    assert re.findall(r"^CDS_[A-Z_]+", message) == [variable], message
+    assert problem in message
 
 
 def test_replay_store_forgets_expired_tokens(make_app: Any, database_url: str) -> None:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from jwt_helpers import ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
-from serving import served
+from serving import free_port, served, serving
 
 from cds_service.cli import main
 from cds_service.rule_pack import default_cards_dir
@@ -114,6 +114,57 @@ def test_bad_configuration_exits_2(
     monkeypatch.setenv("CDS_MAX_BODY_BYTES", "many")
     assert main(["check-cards"]) == 2
     assert "CDS_MAX_BODY_BYTES" in capsys.readouterr().err
+
+
+def test_serve_with_a_bad_trust_file_exits_2_before_gunicorn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """serve checks the trusted-clients file first: a bad one exits 2 naming
+    CDS_TRUSTED_CLIENTS, and gunicorn is never started."""
+    import cds_service.server
+
+    def no_gunicorn(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("gunicorn was started despite the bad configuration")
+
+    monkeypatch.setattr(cds_service.server, "serve", no_gunicorn)
+    trust = tmp_path / "trust.json"
+    trust.write_text(json.dumps({"clients": [{"iss": "https://ehr.example.org"}]}))
+    monkeypatch.setenv("CDS_AUTH", "required")
+    monkeypatch.setenv("CDS_TRUSTED_CLIENTS", str(trust))
+    assert main(["serve", "--port", str(free_port()), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: CDS_TRUSTED_CLIENTS" in err
+    assert "exactly one of jwks, jwks_file, jku" in err
+
+
+def test_serve_with_a_broken_rule_pack_exits_2_before_gunicorn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rule pack that does not load stops serve with exit 2 and the problem, instead of
+    workers that crash on boot one after another."""
+    import cds_service.server
+
+    def no_gunicorn(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("gunicorn was started with a broken rule pack")
+
+    monkeypatch.setattr(cds_service.server, "serve", no_gunicorn)
+    monkeypatch.setenv("CDS_CARDS_DIR", str(tmp_path))  # exists, but holds no rule pack
+    assert main(["serve", "--port", str(free_port()), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "the rule pack in CDS_CARDS_DIR is invalid" in err
+    assert "Traceback" not in err
+
+
+def test_served_output_is_checked_for_secrets(tmp_path: Path) -> None:
+    """When a served process stops, its output is searched for every token the tests made: a
+    token found there fails the test (here one is put there on purpose)."""
+    token = TokenFactory(SigningKey.ec384()).token("/cds-services")
+    with (
+        pytest.raises(AssertionError, match="secrets found in the served process's output"),
+        serving(tmp_path, "--workers", "1") as server,
+        server.log.open("a") as log,
+    ):
+        log.write(f"a careless log line with {token}\n")
 
 
 def test_serve_answers_over_real_http(tmp_path: Path) -> None:
