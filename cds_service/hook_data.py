@@ -52,8 +52,10 @@ REASONS: dict[str, str] = {
     "foreign-link": "a paging link pointed away from the FHIR server, and was not followed",
 }
 REFERENCES_KEY = "(resolved references)"
-# References are read only for resource types the rules read (today Device and DocumentReference;
-# Coverage and its payer Organization once payer rules read them).
+# References are read only for resource types the rules read: Device and DocumentReference for the
+# removal and documentation findings, Coverage and its payer Organization for the payer note.
+# Round 2 is the last: references found in what it read (the payer of a Coverage read by
+# reference) are not followed (README, "Fetching what was not prefetched").
 RULE_INPUT_TYPES = frozenset(MODELS)
 MAX_REFERENCES = 50
 

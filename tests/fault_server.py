@@ -41,6 +41,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.server.record(self.path, self.headers.get("Authorization"))
         self.server.cookies.append(self.headers.get("Cookie"))
+        self.server.accepts.append(self.headers.get("Accept"))
         scenario = self.path.strip("/").split("/")[0]
         base = f"http://127.0.0.1:{self.server.server_port}/{scenario}/fhir"
         if scenario.startswith("status-"):
@@ -72,6 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._raw(200, json.dumps(self.server.jwks).encode(), "application/json")
         elif scenario == "ok":
             self._send(200, EMPTY_BUNDLE)
+        elif scenario == "plain-json":  # application/json, not application/fhir+json
+            self._raw(200, json.dumps(EMPTY_BUNDLE).encode(), "application/json; charset=utf-8")
         elif scenario == "cookie":
             self.send_response(200)
             self.send_header("Set-Cookie", "session=abc; Path=/")
@@ -98,6 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, _bundle([procedure]))
         elif scenario == "huge":
             self._raw(200, b'{"resourceType": "Bundle", "x": "' + b"a" * 200_000 + b'"}')
+        elif scenario == "huge-chunked":  # the same, chunked: no Content-Length to refuse it by
+            self._chunked(b'{"resourceType": "Bundle", "x": "' + b"a" * 200_000 + b'"}')
         elif scenario == "redirect":
             self.send_response(302)
             self.send_header("Location", "http://127.0.0.2:9/elsewhere")
@@ -130,6 +135,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _chunked(self, body: bytes, chunk: int = 8192) -> None:
+        """A 200 in HTTP/1.1 chunked transfer encoding, without Content-Length."""
+        self.protocol_version = "HTTP/1.1"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for start in range(0, len(body), chunk):
+                part = body[start : start + chunk]
+                self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client stopped reading at its size cap
+            return
 
     def _trickle(self, body: bytes) -> None:
         """A whole response, status line and headers included, one byte every 50 ms."""
@@ -166,6 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
 class FaultServer(ThreadingHTTPServer):
     """The server, with the requests it received (path and Authorization header).
 
+    ``cookies`` and ``accepts`` hold each request's Cookie and Accept header, in arrival order.
+
     ``most_open`` is the largest number of delayed requests that were waiting at the same time:
     it shows whether a client sent them concurrently without timing anything.
     """
@@ -176,6 +200,7 @@ class FaultServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.received: list[tuple[str, str | None]] = []
         self.cookies: list[str | None] = []
+        self.accepts: list[str | None] = []
         self.stopping = threading.Event()
         self.released = threading.Event()  # ends every "hold" request
         self.jwks: dict[str, Any] | None = None  # what the "jwks" scenario serves

@@ -1,19 +1,24 @@
-"""The FHIR fetcher against a misbehaving loopback server: every fault is a kind, never a hang."""
+"""The FHIR fetcher against a misbehaving loopback server (every fault is a kind, never a hang),
+through the service too, and the CDS_FHIR_* settings that bound it."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_fixture
-from fault_server import FaultServer, fault_server
+from conftest import load_fixture, without_uuids
+from fault_server import EMPTY_BUNDLE, FaultServer, fault_server
+from flask import Flask
 from flask.testing import FlaskClient
 from jwt_helpers import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
 
+from cds_service.config import Settings
+from cds_service.errors import ConfigError
 from cds_service.fhir_fetch import (
     FetchPolicy,
     FetchStats,
@@ -21,10 +26,12 @@ from cds_service.fhir_fetch import (
     references_to_resolve,
     render_template,
 )
+from cds_service.hook_data import REASONS
 
 POLICY = FetchPolicy(connect_timeout=0.5, read_timeout=0.5, deadline=2.0, max_response_bytes=50_000)
 DISCHARGE = "/cds-services/cpt20703-encounter-discharge"
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
+REFUSED = "http://127.0.0.1:9/fhir"  # nothing listens on the discard port: connection refused
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +69,7 @@ def fetch_one(fetcher: FhirFetcher, base: str, query: str, token: str | None = N
         ("array", "not-fhir"),
         ("deep", "not-fhir"),  # nested past MAX_JSON_DEPTH: refused before any recursive parsing
         ("huge", "too-large"),
+        ("huge-chunked", "too-large"),  # no Content-Length: counted while read
         ("redirect", "redirect"),
         ("reset", "connection"),
         ("delay-1500", "timeout"),
@@ -225,40 +233,134 @@ def test_references_to_resolve() -> None:
 
 
 @pytest.fixture
-def fault_client(make_app: Any, sqlite_url: str, server: FaultServer) -> FlaskClient:
-    app = make_app(
-        {
-            "DATABASE_URL": sqlite_url,
-            "FHIR_SERVER_ALLOWLIST": server.url,
-            "FHIR_DEADLINE_SECONDS": "1.5",
-            "FHIR_READ_TIMEOUT_SECONDS": "0.5",
-        }
-    )
-    return app.test_client()
+def fault_app(make_app: Callable[..., Flask], sqlite_url: str, server: FaultServer) -> Any:
+    """An app allowed to call the fault server (and the refused port); ``settings`` add CDS_*."""
+
+    def make(**settings: str) -> Flask:
+        return make_app(
+            {
+                "DATABASE_URL": sqlite_url,
+                "FHIR_SERVER_ALLOWLIST": f"{server.url},{REFUSED}",
+                "FHIR_DEADLINE_SECONDS": "1.5",
+                "FHIR_READ_TIMEOUT_SECONDS": "0.5",
+                "FHIR_MAX_RESPONSE_BYTES": str(POLICY.max_response_bytes),
+            }
+            | settings
+        )
+
+    return make
+
+
+@pytest.fixture
+def fault_client(fault_app: Callable[..., Flask]) -> FlaskClient:
+    return fault_app().test_client()
 
 
 def call(client: FlaskClient, body: dict[str, Any]) -> Any:
     return client.post(DISCHARGE, data=json.dumps(body), content_type="application/json")
 
 
-@pytest.mark.parametrize("scenario", ["status-503", "garbage", "drip", "delay-10000", "redirect"])
+def card_details(response: Any) -> list[str]:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    cards = response.get_json()["cards"]
+    assert cards
+    return [card["detail"] for card in cards]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind"),
+    [
+        ("status-401", "http-401"),
+        ("status-403", "http-403"),
+        ("status-404", "http-404"),  # a search answered 404: a failure (a read would be no data)
+        ("status-429", "http-4xx"),
+        ("status-503", "http-5xx"),
+        ("garbage", "not-json"),
+        ("html", "not-json"),
+        ("outcome", "operation-outcome"),
+        ("wrong-type", "not-fhir"),
+        ("array", "not-fhir"),
+        ("huge", "too-large"),
+        ("huge-chunked", "too-large"),
+        ("deep", "not-fhir"),
+        ("drip", "deadline"),
+        ("delay-10000", "timeout"),
+        ("redirect", "redirect"),
+        ("refused", "connection"),
+    ],
+)
 def test_required_key_unobtainable_is_412_within_the_deadline(
-    fault_client: FlaskClient, server: FaultServer, scenario: str
+    fault_client: FlaskClient, server: FaultServer, scenario: str, kind: str
 ) -> None:
-    """Required data that cannot be fetched is a 412 naming it, in bounded time, without the token."""
+    """Required data that cannot be fetched is a 412 naming it and why, in bounded time, without
+    the token anywhere in the answer."""
     body = load_fixture(STANDARD)
     del body["prefetch"]["procedures"]
-    body["fhirServer"] = f"{server.url}/{scenario}/fhir"
+    body["fhirServer"] = REFUSED if scenario == "refused" else f"{server.url}/{scenario}/fhir"
     body["fhirAuthorization"] = {"access_token": "secret-tok", "token_type": "Bearer"}
     started = time.monotonic()
     response = call(fault_client, body)
     elapsed = time.monotonic() - started
     assert response.status_code == 412
     diagnostics = response.get_json()["issue"][0]["diagnostics"]
-    assert "'procedures'" in diagnostics
-    assert "secret-tok" not in diagnostics
+    assert "'procedures' (Procedure?patient={{context.patientId}}" in diagnostics
+    assert REASONS[kind] in diagnostics
+    assert "secret-tok" not in response.get_data(as_text=True)
     assert body["context"]["patientId"] not in diagnostics
     assert elapsed < 1.5 + 3.0  # the deadline plus slack for a busy machine; unbounded would hang
+
+
+def test_read_answered_404_is_no_data(fault_client: FlaskClient, server: FaultServer) -> None:
+    """The Encounter read answered 404 means no such Encounter: the same cards as `null`, with
+    nothing marked not checked (a search answered 404 is a failure: see above)."""
+    body = load_fixture(STANDARD)
+    body["prefetch"]["encounter"] = None
+    expected = without_uuids(call(fault_client, body).get_json())
+    del body["prefetch"]["encounter"]
+    body["fhirServer"] = f"{server.url}/status-404/fhir"
+    server.received.clear()
+    response = call(fault_client, body)
+    assert [path for path, _ in server.received] == ["/status-404/fhir/Encounter/enc-7c31d0"]
+    assert "**Not checked**" not in "".join(card_details(response))
+    assert without_uuids(response.get_json()) == expected
+
+
+def test_plain_json_answers_are_accepted(fault_client: FlaskClient, server: FaultServer) -> None:
+    """A FHIR server answering `application/json` (not fhir+json): the data is used, the cards
+    are those of the same data prefetched; the Accept header offers both media types."""
+    body = load_fixture(STANDARD)
+    body["prefetch"]["conditions"] = EMPTY_BUNDLE
+    expected = without_uuids(call(fault_client, body).get_json())
+    del body["prefetch"]["conditions"]
+    body["fhirServer"] = f"{server.url}/plain-json/fhir"
+    server.accepts.clear()
+    response = call(fault_client, body)
+    assert "**Not checked**" not in "".join(card_details(response))
+    assert without_uuids(response.get_json()) == expected
+    [accept] = server.accepts
+    assert accept is not None
+    offered = [part.split(";")[0].strip() for part in accept.split(",")]
+    assert offered[0] == "application/fhir+json"
+    assert "application/json" in offered
+
+
+def test_page_cap_is_said_on_the_cards(
+    fault_app: Callable[..., Flask], server: FaultServer
+) -> None:
+    """A search with more pages than CDS_FHIR_MAX_PAGES=2: two pages are read, and every card
+    says only the first pages of that search were read."""
+    client = fault_app(FHIR_MAX_PAGES="2").test_client()
+    body = load_fixture(STANDARD)
+    del body["prefetch"]["conditions"]
+    body["fhirServer"] = f"{server.url}/pages/fhir"
+    server.received.clear()
+    details = card_details(call(client, body))
+    assert [path.split("?")[0] for path, _ in server.received] == [
+        "/pages/fhir/Condition",
+        "/pages/fhir/Procedure",  # the fault server's next link
+    ]
+    for text in details:
+        assert "`conditions`: only the first pages of the search were read" in text
 
 
 def test_optional_key_unobtainable_gives_cards_that_say_so(
@@ -288,32 +390,134 @@ def test_null_keys_are_not_fetched(fault_client: FlaskClient, server: FaultServe
     assert [path.split("/")[3] for path, _ in server.received] == ["Device"]
 
 
-def test_production_refuses_plain_http_fhir_servers(
-    make_app: Any, migrated_sqlite_url: str, server: FaultServer, tmp_path: Path
-) -> None:
-    """In production only https servers on the allowlist are called."""
+def production_app(
+    make_app: Callable[..., Flask], database_url: str, tmp_path: Path, **settings: str
+) -> tuple[Flask, SigningKey]:
+    """A production-profile app trusting one client, and that client's signing key."""
     key = SigningKey.ec384()
     trust = write_trust_file(tmp_path, [{"iss": ISSUER, "jwks": jwk_set(key)}])
     app = make_app(
         {
-            "DATABASE_URL": migrated_sqlite_url,
+            "DATABASE_URL": database_url,
             "PROFILE": "production",
             "PUBLIC_BASE_URL": BASE_URL,
             "TRUSTED_CLIENTS": str(trust),
-            "FHIR_SERVER_ALLOWLIST": "https://ehr.example.org/fhir",
         }
+        | settings
+    )
+    return app, key
+
+
+def signed_call(app: Flask, key: SigningKey, body: dict[str, Any]) -> Any:
+    return app.test_client().post(
+        DISCHARGE,
+        data=json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {TokenFactory(key).token(DISCHARGE)}"},
+    )
+
+
+def test_production_refuses_plain_http_fhir_servers(
+    make_app: Any, migrated_sqlite_url: str, server: FaultServer, tmp_path: Path
+) -> None:
+    """In production only https servers on the allowlist are called."""
+    app, key = production_app(
+        make_app,
+        migrated_sqlite_url,
+        tmp_path,
+        FHIR_SERVER_ALLOWLIST="https://ehr.example.org/fhir",
     )
     body = load_fixture(STANDARD)
     del body["prefetch"]["procedures"]
     body["fhirServer"] = f"{server.url}/ok/fhir"
     server.received.clear()
-    token = TokenFactory(key).token(DISCHARGE)
-    response = app.test_client().post(
-        DISCHARGE,
-        data=json.dumps(body),
-        content_type="application/json",
-        headers={"Authorization": f"Bearer {token}"},
-    )
+    response = signed_call(app, key, body)
     assert response.status_code == 412
     assert "not an allowed FHIR server" in response.get_json()["issue"][0]["diagnostics"]
     assert server.received == []
+
+
+def test_production_with_an_empty_allowlist_calls_nothing(
+    make_app: Callable[..., Flask], migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    """Production without CDS_FHIR_SERVER_ALLOWLIST starts, but calls no FHIR server: even an
+    https one is refused, no connection is opened, and the 412 says why."""
+    app, key = production_app(make_app, migrated_sqlite_url, tmp_path, FHIR_SERVER_ALLOWLIST="")
+    assert app.extensions["cds_20703"].settings.fetch.refuse_all
+    body = load_fixture(STANDARD)
+    del body["prefetch"]["procedures"]
+    with socket.socket() as listener:  # where the FHIR server would be: any connection queues
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        body["fhirServer"] = f"https://127.0.0.1:{listener.getsockname()[1]}/fhir"
+        response = signed_call(app, key, body)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert response.status_code == 412
+    diagnostics = response.get_json()["issue"][0]["diagnostics"]
+    assert "'procedures'" in diagnostics
+    assert REASONS["not-allowed"] in diagnostics
+
+
+# -- configuration of the outbound path ------------------------------------------------------
+
+
+def test_default_deadline_is_three_seconds(make_app: Callable[..., Flask], sqlite_url: str) -> None:
+    """Without CDS_FHIR_DEADLINE_SECONDS each hook call may fetch for 3 s."""
+    assert Settings.load(environ={}).fetch.deadline == 3.0
+    fetcher = make_app({"DATABASE_URL": sqlite_url}).extensions["cds_20703"].fetcher
+    assert fetcher.policy.deadline == 3.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FHIR_DEADLINE_SECONDS", "0.05"),
+        ("FHIR_DEADLINE_SECONDS", "61"),
+        ("FHIR_DEADLINE_SECONDS", "nan"),
+        ("FHIR_DEADLINE_SECONDS", "3s"),
+        ("FHIR_CONNECT_TIMEOUT_SECONDS", "0"),
+        ("FHIR_CONNECT_TIMEOUT_SECONDS", "61"),
+        ("FHIR_READ_TIMEOUT_SECONDS", "-1"),
+        ("FHIR_READ_TIMEOUT_SECONDS", "inf"),
+        ("FHIR_MAX_PAGES", "0"),
+        ("FHIR_MAX_PAGES", "101"),
+        ("FHIR_MAX_PAGES", "2.5"),
+        ("FHIR_MAX_RESPONSE_BYTES", "1023"),
+        ("FHIR_MAX_RESPONSE_BYTES", str(1024**3 + 1)),
+        ("FHIR_MAX_CONCURRENCY", "0"),
+        ("FHIR_MAX_CONCURRENCY", "65"),
+        ("FHIR_SERVER_ALLOWLIST", "ftp://ehr.example.org/fhir"),
+        ("FHIR_SERVER_ALLOWLIST", "https://ehr.example.org/fhir?tenant=1"),
+    ],
+)
+def test_bad_fetch_setting_stops_start_up_naming_it(
+    make_app: Callable[..., Flask],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+) -> None:
+    """An out-of-range CDS_FHIR_* value in the environment stops create_app, naming it."""
+    monkeypatch.setenv(f"CDS_{name}", value)
+    with pytest.raises(ConfigError, match=f"^CDS_{name} "):
+        make_app({"DATABASE_URL": sqlite_url})
+
+
+def test_production_allowlist_must_be_https(
+    make_app: Callable[..., Flask], migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    """In production an http:// allowlist entry is a start-up error, not a silently dead entry."""
+    https_only = "https://ehr.example.org/fhir"
+    app, _ = production_app(
+        make_app, migrated_sqlite_url, tmp_path, FHIR_SERVER_ALLOWLIST=https_only
+    )
+    assert app.extensions["cds_20703"].settings.fetch.allowlist == (https_only + "/",)
+    with pytest.raises(ConfigError, match="CDS_FHIR_SERVER_ALLOWLIST may list only https URLs"):
+        production_app(
+            make_app,
+            migrated_sqlite_url,
+            tmp_path,
+            FHIR_SERVER_ALLOWLIST=f"{https_only},http://127.0.0.1:8081/fhir",
+        )
