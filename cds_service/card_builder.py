@@ -124,7 +124,7 @@ def build_card(
         + payer_section(pack, payer)
         + "\n\n"
         + sources_section(pack, template.source.sources),
-        indicator=template.indicator,
+        indicator=template.indicator_for(finding.note),
         source=Source(
             label=template.source.label,
             url=template.source.url,

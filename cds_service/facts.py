@@ -18,13 +18,15 @@ from decimal import Decimal
 from typing import Any
 
 from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
 
 from cds_service.fhir_input import ClaimInput, ResourceSet
-from cds_service.rule_pack import CompiledPatterns, DiagnosisLinkage, RulePack
+from cds_service.rule_pack import ICD10CM_CODE, CompiledPatterns, DiagnosisLinkage, RulePack
 
 PERFORMED_STATUSES = frozenset({"completed", "in-progress"})
 ORDER_STATUSES = frozenset({"draft", "active", "on-hold", "completed"})
@@ -97,15 +99,29 @@ def derive_facts(
     public_base_url: str = "http://127.0.0.1:8080",
 ) -> ClinicalFacts:
     """Build the facts of one hook call from its resources."""
-    reader = FactReader(resources, pack, encounter_id)
-    return replace(
-        reader.facts(hook),
-        patient_id=patient_id,
-        questionnaire_url=public_base_url.rstrip("/") + QUESTIONNAIRE_PATH,
-    )
+    questionnaire_url = public_base_url.rstrip("/") + QUESTIONNAIRE_PATH
+    reader = FactReader(resources, pack, encounter_id, questionnaire_url)
+    return replace(reader.facts(hook), patient_id=patient_id, questionnaire_url=questionnaire_url)
 
 
 QUESTIONNAIRE_PATH = "/questionnaires/cpt20703-removal-documentation"
+DEFAULT_QUESTIONNAIRE_URL = "http://127.0.0.1:8080" + QUESTIONNAIRE_PATH
+
+
+def canonical_url(canonical: str) -> str:
+    """A canonical reference without its ``|version`` suffix."""
+    return canonical.split("|", 1)[0]
+
+
+def icd10cm_compact(code: str) -> str | None:
+    """An ICD-10-CM code without its dot, upper case; None when it is not in ICD-10-CM format.
+
+    Claims carry codes with the dot (T84.622A) or without it (T84622A); both compare equal here.
+    """
+    normalized = code.strip().upper()
+    if not ICD10CM_CODE.fullmatch(normalized):
+        return None
+    return normalized.replace(".", "")
 
 
 def _has_value(answer: Any) -> bool:
@@ -160,9 +176,16 @@ def _concept_text(concepts: Iterable[CodeableConcept | None]) -> str:
 class FactReader:
     """Derives facts; holds the per-call indexes so each is built once."""
 
-    def __init__(self, resources: ResourceSet, pack: RulePack, encounter_id: str | None) -> None:
+    def __init__(
+        self,
+        resources: ResourceSet,
+        pack: RulePack,
+        encounter_id: str | None,
+        questionnaire_url: str = DEFAULT_QUESTIONNAIRE_URL,
+    ) -> None:
         self.resources = resources
         self.pack = pack
+        self.questionnaire_url = questionnaire_url
         self.coding = pack.coding
         self.patterns: CompiledPatterns = pack.patterns
         self.encounter_id = encounter_id
@@ -469,11 +492,15 @@ class FactReader:
         return typed and any(self.in_session(reference) for reference in encounters or [])
 
     def answered(self) -> frozenset[str]:
-        """Documentation keys answered in a QuestionnaireResponse to our Questionnaire."""
+        """Documentation keys answered in a QuestionnaireResponse to our Questionnaire.
+
+        The response must answer this server's Questionnaire (its canonical, any ``|version``),
+        be completed or amended, and belong to the session's encounter when it names one.
+        """
         keys: set[str] = set()
         for response in self.resources.questionnaire_responses:
-            questionnaire = response.questionnaire or ""
-            if not questionnaire.endswith(QUESTIONNAIRE_PATH) or response.status not in (
+            questionnaire = canonical_url(response.questionnaire or "")
+            if questionnaire != self.questionnaire_url or response.status not in (
                 "completed",
                 "amended",
             ):
@@ -571,31 +598,53 @@ class FactReader:
             code.isdigit() and low <= code <= high and code not in excluded for code in codes
         )
 
-    def payer(self, claim: DraftClaim | None) -> str:
-        """The payer profile key of the claim's Coverage (or the first active one)."""
+    def coverage(self, claim: DraftClaim | None) -> Coverage | None:
+        """The Coverage of the claim's insurance, or else the first active Coverage."""
         coverages = {coverage.id: coverage for coverage in self.resources.coverages}
-        chosen = None
         if claim is not None:
             for insurance in claim.source.model.insurance or []:
                 chosen = coverages.get(reference_id(insurance.coverage, "Coverage") or "")
                 if chosen is not None:
-                    break
-        if chosen is None:
-            active = [c for c in self.resources.coverages if c.status in (None, "active")]
-            chosen = active[0] if active else None
-        if chosen is None:
+                    return chosen
+        active = [c for c in self.resources.coverages if c.status in (None, "active")]
+        return active[0] if active else None
+
+    def payer(self, claim: DraftClaim | None) -> str:
+        """The payer profile key of the claim's Coverage (see cards/payers.yaml).
+
+        The payer organization decides first (payor display and identifier, the Organization's
+        name, aliases and identifiers); the plan's type and class text only when no organization
+        matched, so "Medicare Advantage" in a plan type does not hide the plan's payer.
+        """
+        coverage = self.coverage(claim)
+        if coverage is None:
             return "general"
         organizations = {org.id: org for org in self.resources.organizations}
-        names = [_concept_text([chosen.type])]
-        for payor in chosen.payor or []:
+        names: list[str] = []
+        identifiers: list[Identifier] = []
+        for payor in coverage.payor or []:
             names.append(payor.display or "")
+            if payor.identifier is not None:
+                identifiers.append(payor.identifier)
             organization = organizations.get(reference_id(payor, "Organization") or "")
             if organization is not None:
                 names.append(organization.name or "")
-        text = " ".join(names)
-        for key, pattern in self.patterns.payers:
-            if pattern.search(text):
-                return key
+                names.extend(alias for alias in organization.alias or [] if alias)
+                identifiers.extend(organization.identifier or [])
+        organization_text = " ".join(name for name in names if name)
+        ids = [(i.system or "", i.value or "") for i in identifiers if i.value]
+        for matcher in self.patterns.payers:
+            if matcher.matches_name(organization_text) or any(
+                matcher.matches_identifier(system, value) for system, value in ids
+            ):
+                return matcher.key
+        plan = [_concept_text([coverage.type])]
+        for item in coverage.class_fhir or []:
+            plan.extend([item.value or "", item.name or ""])
+        plan_text = " ".join(text for text in plan if text)
+        for matcher in self.patterns.payers:
+            if matcher.matches_name(plan_text):
+                return matcher.key
         return "general"
 
     def order_facts(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -679,12 +728,21 @@ def _attachment_texts(document: DocumentReference) -> list[str]:
     return texts
 
 
+def has_icd10cm_prefix(compact: str, prefixes: Iterable[str]) -> bool:
+    """``compact`` (a dot-less code) falls under one of ``prefixes`` (dotted or not)."""
+    return any(compact.startswith(prefix.replace(".", "")) for prefix in prefixes)
+
+
 def links_diagnosis(code: str, linkage: DiagnosisLinkage) -> bool:
-    """True for device infection, osteomyelitis or nonunion codes (7th character K/M/N)."""
-    normalized = code.upper().strip()
-    if any(normalized.startswith(prefix) for prefix in linkage.icd10cm_prefixes):
+    """True for device infection, osteomyelitis or nonunion codes (7th character K/M/N).
+
+    Codes compare without their dot: T84622A is T84.622A.
+    """
+    compact = icd10cm_compact(code)
+    if compact is None:
+        return False
+    if has_icd10cm_prefix(compact, linkage.icd10cm_prefixes):
         return True
-    compact = normalized.replace(".", "")
     return (
         compact.startswith(linkage.fracture_prefix)
         and len(compact) == 7

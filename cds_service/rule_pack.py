@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -41,6 +42,13 @@ BASE_URL_PLACEHOLDER = "{public_base_url}"
 SUMMARY_LIMIT = 140
 CPT_CODE = re.compile(r"^\d{5}$")  # CPT Category I
 ICD10CM_PREFIX = r"^[A-TV-Z]\d[0-9A-Z](\.[0-9A-Z]{0,4})?$"
+# A whole ICD-10-CM code, with or without its dot (claims often carry "T84622A" for "T84.622A").
+ICD10CM_CODE = re.compile(r"^[A-TV-Z]\d[0-9A-Z]\.?[0-9A-Z]{0,4}$")
+Tier = Literal[1, 2, 3]
+# How a card names the anatomic tier of a removed drug device that is not intramedullary.
+TIER_LABELS = {"soft-tissue": "in deep soft tissue", "intra-articular": "in a joint"}
+# A summary lists at most this many items of a list; the rest are counted ("and 7 more").
+SUMMARY_LIST_ITEMS = 2
 
 
 class _Strict(BaseModel):
@@ -58,12 +66,25 @@ class SourcesFile(_Strict):
     sources: dict[str, Source]
 
 
+class Sourced(_Strict):
+    """A coding fact: it names at least one source key and the confidence tier behind it.
+
+    ``confidence`` is the best tier of the sources that support the fact (as the facts file
+    grades them); ``unconfirmed`` says what those sources do not confirm.
+    """
+
+    sources: list[str] = Field(min_length=1)
+    confidence: Tier
+    unconfirmed: str | None = None
+
+
 class CodedConcept(_Strict):
     code: str = Field(pattern=CPT_CODE.pattern)
     display: str
-    sources: list[str] = Field(default_factory=list)
+
+
+class SourcedConcept(CodedConcept, Sourced):
     short_descriptor: str | None = None
-    confidence: str | None = None
 
 
 class PrimaryCode(_Strict):
@@ -71,18 +92,16 @@ class PrimaryCode(_Strict):
     descriptor: str
 
 
-class PrimaryList(_Strict):
+class PrimaryList(Sourced):
     edit_type: Literal[1, 2, 3]
     effective: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
     file: str
-    sources: list[str]
     codes: list[PrimaryCode] = Field(min_length=1)
 
 
-class DeviceActions(_Strict):
+class DeviceActions(Sourced):
     removal: str
     implantation: str
-    sources: list[str]
 
 
 class Coding(_Strict):
@@ -91,8 +110,7 @@ class Coding(_Strict):
     display: str | None = None
 
 
-class DiagnosisLinkage(_Strict):
-    sources: list[str]
+class DiagnosisLinkage(Sourced):
     icd10cm_prefixes: list[Annotated[str, Field(pattern=ICD10CM_PREFIX)]] = Field(min_length=1)
     fracture_prefix: str
     nonunion_seventh_characters: list[str]
@@ -112,11 +130,22 @@ class TextPatterns(_Strict):
     prefabricated: list[str] = Field(min_length=1)
 
 
-class Mue(_Strict):
+class Mue(Sourced):
     units: int = Field(ge=1)
     mai: int
     file: str
-    sources: list[str]
+
+
+# Single-value coding facts of coding.yaml; each needs an entry in its ``fact_sources``.
+ScalarFact = Literal[
+    "insertion_code",
+    "family_effective",
+    "hardware_removal_code",
+    "laterality_modifiers",
+    "assistant_modifiers",
+    "multiple_procedure_modifier",
+    "invalid_modifiers",
+]
 
 
 class EvidenceGroup(_Strict):
@@ -138,16 +167,16 @@ class DocumentationElement(_Strict):
 
 class CodingFile(_Strict):
     systems: dict[Literal["cpt", "icd10cm", "snomed", "loinc", "hcpcs"], str]
-    add_on: CodedConcept
+    add_on: SourcedConcept
     insertion_code: str = Field(pattern=CPT_CODE.pattern)
     family_effective: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
-    siblings: dict[Literal["soft-tissue", "intra-articular"], CodedConcept]
+    siblings: dict[Literal["soft-tissue", "intra-articular"], SourcedConcept]
     hardware_removal_code: str = Field(pattern=CPT_CODE.pattern)
     surgical_code_range: tuple[
         Annotated[str, Field(pattern=CPT_CODE.pattern)],
         Annotated[str, Field(pattern=CPT_CODE.pattern)],
     ]
-    standalone_removal_code: CodedConcept
+    standalone_removal_code: SourcedConcept
     primaries: PrimaryList
     device_actions: DeviceActions
     operative_note_types: list[Coding]
@@ -159,6 +188,7 @@ class CodingFile(_Strict):
     diagnosis_linkage: DiagnosisLinkage
     text_patterns: TextPatterns
     documentation: list[DocumentationElement] = Field(min_length=1)
+    fact_sources: dict[ScalarFact, Sourced]
 
     @cached_property
     def primary_codes(self) -> dict[str, str]:
@@ -183,7 +213,7 @@ class OverrideReason(_Strict):
 
 
 class FindingTemplate(_Strict):
-    confidence: Literal[1, 2, 3]  # best tier of the sources behind the rule
+    confidence: Tier  # best tier of the sources behind the rule
     unconfirmed: str | None = None  # what the sources do not confirm
     effective_from: str = Field(default="2020-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
     suppresses: list[str] = Field(default_factory=list)
@@ -192,9 +222,21 @@ class FindingTemplate(_Strict):
     summary: str
     detail: str
     notes: dict[str, str] = Field(default_factory=dict)
+    # Per note: the card's indicator, and further findings suppressed, when the rule raises the
+    # finding with that note (e.g. a warning only where a confirmed source makes it one).
+    note_indicators: dict[str, Indicator] = Field(default_factory=dict)
+    note_suppresses: dict[str, list[str]] = Field(default_factory=dict)
     source: CardSource
     suggestion: SuggestionTemplate | None = None
     override_reasons: list[OverrideReason] = Field(default_factory=list)
+
+    def indicator_for(self, note: str | None) -> Indicator:
+        """The card indicator when the finding is raised with ``note``."""
+        return self.note_indicators.get(note or "", self.indicator)
+
+    def suppressed_by(self, note: str | None) -> list[str]:
+        """The findings this one suppresses when raised with ``note``."""
+        return [*self.suppresses, *self.note_suppresses.get(note or "", [])]
 
 
 class TopicCoding(_Strict):
@@ -245,14 +287,33 @@ class PayerNote(_Strict):
     text: str
     sources: list[str] = Field(min_length=1)
     read: str = Field(pattern=r"^\d{4}-\d{2}$")
-    tier: Literal[1, 2, 3]
+    tier: Tier
+
+
+class IdentifierMatcher(_Strict):
+    """An Identifier pattern: ``system`` and ``value`` are regular expressions, fully matched."""
+
+    system: str
+    value: str
+
+
+class AddOnBilling(_Strict):
+    """What the payer's checked policy says about billing an add-on with its primary."""
+
+    same_claim: Literal["required", "not-stated"]
+    rendering_provider: Literal["same-individual", "same-provider-or-group-tin", "not-stated"]
+    sources: list[str] = Field(min_length=1)
+    read: str = Field(pattern=r"^\d{4}-\d{2}$")
+    tier: Tier
 
 
 class PayerProfile(_Strict):
     key: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
     label: str
     names: list[str]
+    identifiers: list[IdentifierMatcher] = Field(default_factory=list)
     commercial: bool
+    add_on_billing: AddOnBilling | None = None
     notes: list[PayerNote] = Field(min_length=1)
 
 
@@ -303,7 +364,7 @@ FINDING_VARIABLES: dict[str, frozenset[str]] = {
         {"primary_code", "primary_descriptor", "evidence", "note", "line_sequence"}
     ),
     "documentation-missing": frozenset({"missing_count", "missing_checklist"}),
-    "orphan-add-on": frozenset({"note", "primary_code", "primary_descriptor"}),
+    "orphan-add-on": frozenset({"note", "primary_code", "primary_descriptor", "payer_label"}),
     "planned-removal-reminder": frozenset(
         {"primary_code", "primary_descriptor", "evidence", "documentation_checklist"}
     ),
@@ -315,25 +376,35 @@ FINDING_VARIABLES |= {
     "assistant-documentation": frozenset({"modifiers", "note"}),
     "wrong-tier": frozenset({"tier_label", "sibling_code", "sibling_display", "note"}),
     "insertion-instead-of-removal": frozenset(
-        {"billed_code", "right_code", "action_label", "other_action"}
+        {"billed_code", "right_code", "action_label", "other_action", "note"}
     ),
     "insertion-with-removal": frozenset(),
     "duplicate-hardware-removal": frozenset(),
     "primary-not-listed": frozenset({"payer_label", "note"}),
     "prefabricated-device": frozenset({"note"}),
-    "diagnosis-conflict": frozenset({"conflicting"}),
+    "diagnosis-conflict": frozenset({"conflicting", "conflicting_all"}),
     "diagnosis-unsupported": frozenset({"note"}),
-    "provider-mismatch": frozenset({"primary_code", "note"}),
+    "provider-mismatch": frozenset({"primary_code", "note", "payer_label"}),
 }
 FINDING_NOTES: dict[str, frozenset[str]] = {
     "add-on-suggested": frozenset({"claim-updated", "no-claim", "primary-not-on-claim"}),
-    "orphan-add-on": frozenset({"removal-only", "primary-not-on-claim", "other-procedures"}),
+    "orphan-add-on": frozenset(
+        {
+            "removal-only",
+            "primary-not-on-claim",
+            "other-procedures-medicare",
+            "other-procedures-commercial",
+        }
+    ),
     "assistant-documentation": frozenset({"role-documented", "role-missing"}),
     "wrong-tier": frozenset({"billed", "not-billed"}),
+    "insertion-instead-of-removal": frozenset({"insertion-code-billed", "removal-code-billed"}),
     "primary-not-listed": frozenset({"medicare", "commercial"}),
     "prefabricated-device": frozenset({"billed", "not-billed"}),
     "diagnosis-unsupported": frozenset({"fixable", "missing"}),
-    "provider-mismatch": frozenset({"care-team", "other-claim"}),
+    "provider-mismatch": frozenset(
+        {"care-team", "care-team-group-tin", "other-claim", "other-claim-required"}
+    ),
 }
 FINDINGS_WITH_SUGGESTION = frozenset(
     {
@@ -360,8 +431,29 @@ EVIDENCE_KINDS = frozenset(
         "prior-insertion",
     }
 )
-# Longest values a placeholder can take, used to prove summaries stay under the limit.
-_WORST_CASE_VALUES = {"primary_code": "99999", "missing_count": "99", "add_on_code": "99999"}
+
+
+def capped_list(items: Sequence[str], shown: int = SUMMARY_LIST_ITEMS) -> str:
+    """``items`` joined for a summary: the first ``shown``, then how many more ("and 7 more")."""
+    if len(items) <= shown:
+        return ", ".join(items)
+    more = len(items) - shown
+    return f"{', '.join(items[:shown])} and {more if more < 1000 else '999+'} more"
+
+
+# Longest values a summary placeholder can take, used to prove summaries stay under the limit
+# (values that depend on the pack are added in _worst_case_values). A placeholder used in a
+# summary with no worst-case value is an error.
+_WORST_CASE_VALUES = {
+    "primary_code": "99999",
+    "sibling_code": "99999",
+    "billed_code": "99999",
+    "right_code": "99999",
+    "action_label": max(("insertion", "removal"), key=len),
+    "tier_label": max(TIER_LABELS.values(), key=len),
+    # The longest ICD-10-CM code has 8 characters with its dot; a claim can list many.
+    "conflicting": capped_list(["T84.610A"] * 100_000),
+}
 
 
 @dataclass(frozen=True)
@@ -420,7 +512,7 @@ class CompiledPatterns:
     intra_articular_site: re.Pattern[str]
     prefabricated: re.Pattern[str]
     documentation: dict[str, tuple[re.Pattern[str] | None, ...]]
-    payers: tuple[tuple[str, re.Pattern[str]], ...]
+    payers: tuple[PayerMatcher, ...]
 
     @classmethod
     def from_pack(cls, coding: CodingFile, payers: PayersFile) -> CompiledPatterns:
@@ -444,10 +536,35 @@ class CompiledPatterns:
             prefabricated=_any_of(text.prefabricated),
             documentation=documentation,
             payers=tuple(
-                (profile.key, _any_of(profile.names))
+                PayerMatcher(
+                    key=profile.key,
+                    names=_any_of(profile.names) if profile.names else None,
+                    identifiers=tuple(
+                        (re.compile(matcher.system), re.compile(matcher.value))
+                        for matcher in profile.identifiers
+                    ),
+                )
                 for profile in payers.profiles
-                if profile.names
+                if profile.names or profile.identifiers
             ),
+        )
+
+
+@dataclass(frozen=True)
+class PayerMatcher:
+    """How one payer profile is recognised: names (searched) and identifiers (fully matched)."""
+
+    key: str
+    names: re.Pattern[str] | None
+    identifiers: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = ()
+
+    def matches_name(self, text: str) -> bool:
+        return self.names is not None and self.names.search(text) is not None
+
+    def matches_identifier(self, system: str, value: str) -> bool:
+        return any(
+            system_re.fullmatch(system) is not None and value_re.fullmatch(value) is not None
+            for system_re, value_re in self.identifiers
         )
 
 
@@ -580,16 +697,41 @@ def _cross_checks(
     def problem(file: str, loc: tuple[str | int, ...], message: str) -> None:
         problems.append(PackProblem(file, _line_of(line_maps[file], loc), _describe(loc, message)))
 
-    def check_sources(file: str, loc: tuple[str | int, ...], keys: Iterable[str]) -> None:
+    def check_sources(
+        file: str, loc: tuple[str | int, ...], keys: Iterable[str], tier: int | str | None = None
+    ) -> None:
+        """Known source keys, and a tier no better than the best of those sources."""
+        known = [key for key in keys if key in pack.sources]
         for key in keys:
             if key not in pack.sources:
-                problem(file, loc, f"unknown source key {key!r} (not in sources.yaml)")
+                message = f"unknown source key {key!r} (not in sources.yaml)"
+                problem(file, (*loc, "sources"), message)
+        if isinstance(tier, int) and known:
+            best = min(pack.sources[key].tier for key in known)
+            if tier < best:
+                problem(
+                    file,
+                    loc,
+                    f"confidence tier {tier} is better than its best source's tier ({best}): "
+                    "a fact is no surer than its sources",
+                )
 
     coding = pack.coding
-    check_sources("coding.yaml", ("add_on", "sources"), coding.add_on.sources)
-    check_sources("coding.yaml", ("primaries", "sources"), coding.primaries.sources)
-    check_sources("coding.yaml", ("device_actions", "sources"), coding.device_actions.sources)
-    check_sources("coding.yaml", ("diagnosis_linkage", "sources"), coding.diagnosis_linkage.sources)
+    sourced: dict[tuple[str | int, ...], Sourced] = {
+        ("add_on",): coding.add_on,
+        ("standalone_removal_code",): coding.standalone_removal_code,
+        ("primaries",): coding.primaries,
+        ("device_actions",): coding.device_actions,
+        ("diagnosis_linkage",): coding.diagnosis_linkage,
+        ("mue",): coding.mue,
+    }
+    sourced |= {("siblings", name): sibling for name, sibling in coding.siblings.items()}
+    sourced |= {("fact_sources", name): fact for name, fact in coding.fact_sources.items()}
+    for fact_loc, fact in sourced.items():
+        check_sources("coding.yaml", fact_loc, fact.sources, fact.confidence)
+    for name in typing.get_args(ScalarFact):
+        if name not in coding.fact_sources:
+            problem("coding.yaml", ("fact_sources",), f"no sources and confidence for {name!r}")
     for field_name in TextPatterns.model_fields:
         for index, pattern in enumerate(getattr(coding.text_patterns, field_name)):
             _check_regex(pattern, ("text_patterns", field_name, index), problem)
@@ -599,7 +741,7 @@ def _cross_checks(
         if element.key in seen_keys:
             problem("coding.yaml", (*loc, "key"), f"duplicate documentation key {element.key!r}")
         seen_keys.add(element.key)
-        check_sources("coding.yaml", (*loc, "sources"), element.sources)
+        check_sources("coding.yaml", loc, element.sources, element.confidence)
         if not element.sources and element.confidence != "team":
             problem("coding.yaml", (*loc, "sources"), "a sourced element needs source keys")
         for group_index, group in enumerate(element.requires):
@@ -611,6 +753,7 @@ def _cross_checks(
                 )
 
     findings = pack.findings
+    worst = _worst_case_values(pack)
     for code in sorted(set(FINDING_VARIABLES) - set(findings.findings)):
         problem("findings.yaml", ("findings",), f"no card template for finding {code!r}")
     for code in sorted(set(findings.evidence_labels) ^ EVIDENCE_KINDS):
@@ -637,17 +780,41 @@ def _cross_checks(
                 continue
             for name in sorted(used - allowed):
                 problem("findings.yaml", field_loc, f"placeholder {{{name}}} is not filled here")
-        if len(_render(template.summary, _WorstCase())) >= SUMMARY_LIMIT:
+        try:
+            summary_names = _placeholders(template.summary)
+        except ValueError:
+            summary_names = set()
+        without_worst = sorted(summary_names - set(worst))
+        for name in without_worst:
+            problem(
+                "findings.yaml",
+                (*loc, "summary"),
+                f"placeholder {{{name}}} has no worst-case value (rule_pack._WORST_CASE_VALUES)",
+            )
+        measurable = not without_worst and summary_names <= allowed
+        if measurable and len(_render(template.summary, worst)) >= SUMMARY_LIMIT:
             problem("findings.yaml", (*loc, "summary"), "summary can reach 140 characters")
         expected_notes = FINDING_NOTES.get(code, frozenset())
         for name in sorted(expected_notes ^ set(template.notes)):
             problem("findings.yaml", (*loc, "notes"), f"note set differs at {name!r}")
+        for field_name in ("note_indicators", "note_suppresses"):
+            for name in sorted(set(getattr(template, field_name)) - set(template.notes)):
+                problem("findings.yaml", (*loc, field_name, name), f"no note named {name!r}")
         if (template.suggestion is not None) != (code in FINDINGS_WITH_SUGGESTION):
             problem("findings.yaml", loc, "suggestion template present/absent contrary to rule")
-        check_sources("findings.yaml", (*loc, "source", "sources"), template.source.sources)
-        for suppressed in template.suppresses:
-            if suppressed not in findings.findings:
-                problem("findings.yaml", (*loc, "suppresses"), f"unknown finding {suppressed!r}")
+        check_sources(
+            "findings.yaml", (*loc, "source"), template.source.sources, template.confidence
+        )
+        suppressed_lists: dict[tuple[str, ...], list[str]] = {("suppresses",): template.suppresses}
+        suppressed_lists |= {
+            ("note_suppresses", name): codes for name, codes in template.note_suppresses.items()
+        }
+        for suppress_loc, codes in suppressed_lists.items():
+            for suppressed in codes:
+                if suppressed not in findings.findings:
+                    problem(
+                        "findings.yaml", (*loc, *suppress_loc), f"unknown finding {suppressed!r}"
+                    )
 
     payer_keys = [profile.key for profile in pack.payers.profiles]
     if "general" not in payer_keys:
@@ -656,18 +823,22 @@ def _cross_checks(
         loc = ("profiles", index)
         if payer_keys.count(profile.key) > 1:
             problem("payers.yaml", (*loc, "key"), f"duplicate payer key {profile.key!r}")
-        for name_index, pattern in enumerate(profile.names):
+        patterns: dict[tuple[str | int, ...], str] = {
+            ("names", index): pattern for index, pattern in enumerate(profile.names)
+        }
+        for index, matcher in enumerate(profile.identifiers):
+            patterns[("identifiers", index, "system")] = matcher.system
+            patterns[("identifiers", index, "value")] = matcher.value
+        for pattern_loc, pattern in patterns.items():
             try:
                 re.compile(pattern)
             except re.error as exc:
-                problem(
-                    "payers.yaml", (*loc, "names", name_index), f"invalid regular expression: {exc}"
-                )
+                problem("payers.yaml", (*loc, *pattern_loc), f"invalid regular expression: {exc}")
         for note_index, note in enumerate(profile.notes):
-            check_sources("payers.yaml", (*loc, "notes", note_index, "sources"), note.sources)
-    for code, sibling in coding.siblings.items():
-        check_sources("coding.yaml", ("siblings", code, "sources"), sibling.sources)
-    check_sources("coding.yaml", ("mue", "sources"), coding.mue.sources)
+            check_sources("payers.yaml", (*loc, "notes", note_index), note.sources, note.tier)
+        billing = profile.add_on_billing
+        if billing is not None:
+            check_sources("payers.yaml", (*loc, "add_on_billing"), billing.sources, billing.tier)
 
     seen_ids: set[str] = set()
     for index, service in enumerate(pack.services):
@@ -690,11 +861,19 @@ def _cross_checks(
     return problems
 
 
-class _WorstCase(dict[str, str]):
-    """Placeholder values at their longest, to prove a summary stays under the limit."""
-
-    def __missing__(self, key: str) -> str:
-        return _WORST_CASE_VALUES.get(key, "")
+def _worst_case_values(pack: RulePack) -> dict[str, str]:
+    """Every summary placeholder at its longest, for this pack."""
+    coding = pack.coding
+    modifiers = sorted(set(coding.invalid_modifiers) | set(coding.assistant_modifiers))
+    return (
+        pack.template_variables()
+        | _WORST_CASE_VALUES
+        | {
+            "modifiers": ", ".join(modifiers),
+            "mue_units": str(coding.mue.units),
+            "missing_count": str(len(coding.documentation)),
+        }
+    )
 
 
 def _check_regex(pattern: str, loc: tuple[str | int, ...], problem: Any) -> None:

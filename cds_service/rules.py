@@ -12,8 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_service import claim_edit
-from cds_service.facts import ClaimLine, ClinicalFacts, DraftClaim, links_diagnosis
-from cds_service.rule_pack import CodedConcept, DocumentationElement, RulePack
+from cds_service.facts import (
+    ClaimLine,
+    ClinicalFacts,
+    DraftClaim,
+    has_icd10cm_prefix,
+    icd10cm_compact,
+    links_diagnosis,
+)
+from cds_service.rule_pack import (
+    TIER_LABELS,
+    CodedConcept,
+    DocumentationElement,
+    RulePack,
+    capped_list,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,7 @@ class Finding:
     code: str
     variables: dict[str, str]
     missing_documentation: tuple[str, ...] = ()
+    note: str | None = None  # the template note the rule chose (it may set indicator, suppresses)
     updated_claim: dict[str, Any] | None = field(default=None, compare=False)
     new_resource: dict[str, Any] | None = field(default=None, compare=False)  # to create
 
@@ -46,7 +60,11 @@ def evaluate(facts: ClinicalFacts, pack: RulePack) -> list[Finding]:
                 continue
             raised[finding.code] = finding
     templates = pack.findings.findings
-    suppressed = {code for raised_code in raised for code in templates[raised_code].suppresses}
+    suppressed = {
+        code
+        for raised_code, finding in raised.items()
+        for code in templates[raised_code].suppressed_by(finding.note)
+    }
     order = list(templates)
     return sorted(
         (finding for code, finding in raised.items() if code not in suppressed),
@@ -87,9 +105,11 @@ def orphan_add_on(
             claim.source.raw, add_on_line, _cpt_coding(pack, standalone.code, standalone.display)
         )
     else:
-        note = "other-procedures"
+        profile = pack.payers.profile(facts.payer)
+        variables["payer_label"] = profile.label
+        note = "other-procedures-commercial" if profile.commercial else "other-procedures-medicare"
     variables["note"] = _note(pack, "orphan-add-on", note, variables)
-    return [Finding("orphan-add-on", variables, updated_claim=updated)]
+    return [Finding("orphan-add-on", variables, updated_claim=updated, note=note)]
 
 
 def _is_orphan(claim: DraftClaim, pack: RulePack) -> bool:
@@ -130,7 +150,7 @@ def add_on_suggested(
             updated, sequence = result
             variables["line_sequence"] = str(sequence)
     variables["note"] = _note(pack, "add-on-suggested", note, variables)
-    return [Finding("add-on-suggested", variables, updated_claim=updated)]
+    return [Finding("add-on-suggested", variables, updated_claim=updated, note=note)]
 
 
 def documentation_missing(
@@ -368,10 +388,7 @@ def assistant_documentation(
     variables = pack.template_variables() | {"modifiers": ", ".join(found)}
     note = "role-documented" if documented else "role-missing"
     variables["note"] = _note(pack, "assistant-documentation", note, variables)
-    return [Finding("assistant-documentation", variables)]
-
-
-TIER_LABELS = {"soft-tissue": "in deep soft tissue", "intra-articular": "in a joint"}
+    return [Finding("assistant-documentation", variables, note=note)]
 
 
 def wrong_tier(facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]) -> list[Finding]:
@@ -391,8 +408,9 @@ def wrong_tier(facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding])
         updated = claim_edit.replace_line_code(
             facts.claim.source.raw, billed[0], _cpt_coding(pack, sibling.code, sibling.display)
         )
-    variables["note"] = _note(pack, "wrong-tier", "billed" if billed else "not-billed", variables)
-    return [Finding("wrong-tier", variables, updated_claim=updated)]
+    note = "billed" if billed else "not-billed"
+    variables["note"] = _note(pack, "wrong-tier", note, variables)
+    return [Finding("wrong-tier", variables, updated_claim=updated, note=note)]
 
 
 def insertion_instead_of_removal(
@@ -404,13 +422,16 @@ def insertion_instead_of_removal(
         return []
     insertion, removal = pack.coding.insertion_code, pack.coding.add_on.code
     inserted, removed = claim.lines_with(insertion), claim.lines_with(removal)
+    right: CodedConcept
     if inserted and not removed and facts.removal_evidence and not facts.insertion_evidence:
         line, right, action, other = inserted[0], pack.coding.add_on, "removal", "insertion"
+        note = "insertion-code-billed"
     elif removed and not inserted and facts.insertion_evidence and not facts.removal_evidence:
         line, action, other = removed[0], "insertion", "removal"
         right = CodedConcept(
             code=insertion, display="Insertion of drug-delivery device(s), intramedullary"
         )
+        note = "removal-code-billed"  # suppresses documentation-missing: nothing was removed
     else:
         return []
     variables = pack.template_variables() | {
@@ -419,10 +440,11 @@ def insertion_instead_of_removal(
         "action_label": action,
         "other_action": other,
     }
+    variables["note"] = _note(pack, "insertion-instead-of-removal", note, variables)
     updated = claim_edit.replace_line_code(
         claim.source.raw, line, _cpt_coding(pack, right.code, right.display)
     )
-    return [Finding("insertion-instead-of-removal", variables, updated_claim=updated)]
+    return [Finding("insertion-instead-of-removal", variables, updated_claim=updated, note=note)]
 
 
 def insertion_with_removal(
@@ -442,15 +464,24 @@ def insertion_with_removal(
 def duplicate_hardware_removal(
     facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
 ) -> list[Finding]:
-    """20680 and 20703 on the same date."""
+    """20680 and 20703 on the same date, unless their RT/LT modifiers name opposite sides."""
     claim = facts.claim
     if claim is None:
         return []
-    dates = {line.serviced_date for line in claim.lines_with(pack.coding.add_on.code)}
+    sides = frozenset(pack.coding.laterality_modifiers)
+    add_on_lines = claim.lines_with(pack.coding.add_on.code)
+
+    def opposite(first: ClaimLine, second: ClaimLine) -> bool:
+        one, other = first.modifiers & sides, second.modifiers & sides
+        return bool(one) and bool(other) and not one & other
+
     hardware = [
         line
         for line in claim.lines_with(pack.coding.hardware_removal_code)
-        if line.serviced_date in dates
+        if any(
+            removal.serviced_date == line.serviced_date and not opposite(removal, line)
+            for removal in add_on_lines
+        )
     ]
     if not hardware:
         return []
@@ -473,7 +504,7 @@ def primary_not_listed(
     variables = pack.template_variables() | {"payer_label": profile.label}
     note = "commercial" if profile.commercial else "medicare"
     variables["note"] = _note(pack, "primary-not-listed", note, variables)
-    return [Finding("primary-not-listed", variables)]
+    return [Finding("primary-not-listed", variables, note=note)]
 
 
 def prefabricated_device(
@@ -489,25 +520,39 @@ def prefabricated_device(
     updated = None
     if facts.claim is not None and billed:
         updated = claim_edit.without_lines(facts.claim.source.raw, billed)
-    variables["note"] = _note(
-        pack, "prefabricated-device", "billed" if billed else "not-billed", variables
-    )
-    return [Finding("prefabricated-device", variables, updated_claim=updated)]
+    note = "billed" if billed else "not-billed"
+    variables["note"] = _note(pack, "prefabricated-device", note, variables)
+    return [Finding("prefabricated-device", variables, updated_claim=updated, note=note)]
+
+
+Z47_2 = "Z472"  # Z47.2, encounter for removal of internal fixation device (without its dot)
 
 
 def diagnosis_conflict(
     facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
 ) -> list[Finding]:
-    """Z47.2 with an infection or mechanical-complication code (Excludes1)."""
+    """Z47.2 with an infection or mechanical-complication code (Excludes1).
+
+    Codes compare without their dot (Z472 is Z47.2); the summary names the first two conflicting
+    codes and counts the rest, the detail lists them all.
+    """
     claim = facts.claim
     if claim is None:
         return []
-    codes = {code.upper() for code in claim.diagnosis_codes}
+    shown: dict[str, str] = {}  # dot-less code -> the code as the claim writes it (once)
+    for code in sorted(claim.diagnosis_codes):
+        if (short := icd10cm_compact(code)) is not None:
+            shown.setdefault(short, code.strip().upper())
     excludes = pack.coding.diagnosis_linkage.z47_2_excludes
-    conflicting = sorted(code for code in codes if any(code.startswith(x) for x in excludes))
-    if "Z47.2" not in codes or not conflicting:
+    conflicting = sorted(
+        code for short, code in shown.items() if has_icd10cm_prefix(short, excludes)
+    )
+    if Z47_2 not in shown or not conflicting:
         return []
-    variables = pack.template_variables() | {"conflicting": ", ".join(conflicting)}
+    variables = pack.template_variables() | {
+        "conflicting": capped_list(conflicting),
+        "conflicting_all": ", ".join(conflicting),
+    }
     return [Finding("diagnosis-conflict", variables)]
 
 
@@ -538,16 +583,19 @@ def diagnosis_unsupported(
             lambda raw, line: claim_edit.update_line(raw, line, pointers),
         )
     variables = dict(pack.template_variables())
-    variables["note"] = _note(
-        pack, "diagnosis-unsupported", "fixable" if supporting else "missing", variables
-    )
-    return [Finding("diagnosis-unsupported", variables, updated_claim=updated)]
+    note = "fixable" if supporting else "missing"
+    variables["note"] = _note(pack, "diagnosis-unsupported", note, variables)
+    return [Finding("diagnosis-unsupported", variables, updated_claim=updated, note=note)]
 
 
 def provider_mismatch(
     facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
 ) -> list[Finding]:
-    """20703 and its primary under different rendering providers, or on different claims."""
+    """20703 and its primary under different rendering providers, or on different claims.
+
+    How serious that is depends on the payer's checked policy (``add_on_billing`` in
+    payers.yaml): the note, and with it the card's indicator, says what applies.
+    """
     claim = facts.claim
     if claim is None:
         return []
@@ -555,7 +603,9 @@ def provider_mismatch(
     if not add_on_lines:
         return []
     primary = _primary_line(claim, pack)
-    variables = dict(pack.template_variables())
+    profile = pack.payers.profile(facts.payer)
+    billing = profile.add_on_billing
+    variables = pack.template_variables() | {"payer_label": profile.label}
     if primary is not None:
         mismatched = [
             line
@@ -571,15 +621,19 @@ def provider_mismatch(
             lambda raw, line: claim_edit.update_line(raw, line, care_team),
         )
         variables["primary_code"] = primary.code or ""
-        variables["note"] = _note(pack, "provider-mismatch", "care-team", variables)
-        return [Finding("provider-mismatch", variables, updated_claim=updated)]
+        group = billing is not None and billing.rendering_provider == "same-provider-or-group-tin"
+        note = "care-team-group-tin" if group else "care-team"
+        variables["note"] = _note(pack, "provider-mismatch", note, variables)
+        return [Finding("provider-mismatch", variables, updated_claim=updated, note=note)]
     dates = {line.serviced_date for line in add_on_lines}
     for other in facts.other_claims:
         elsewhere = _primary_line(other, pack)
         if elsewhere is not None and elsewhere.serviced_date in dates:
             variables["primary_code"] = elsewhere.code or ""
-            variables["note"] = _note(pack, "provider-mismatch", "other-claim", variables)
-            return [Finding("provider-mismatch", variables)]
+            required = billing is not None and billing.same_claim == "required"
+            note = "other-claim-required" if required else "other-claim"
+            variables["note"] = _note(pack, "provider-mismatch", note, variables)
+            return [Finding("provider-mismatch", variables, note=note)]
     return []
 
 

@@ -455,3 +455,32 @@ def test_evaluation_matches_pure_service_call(app: Flask, pack: RulePack) -> Non
     )
     over_http = post(app.test_client(), body, DISCHARGE).get_json()
     assert without_uuids(pure.response) == without_uuids(over_http)
+
+
+def test_many_conflicting_diagnoses_still_give_a_short_summary(client: FlaskClient) -> None:
+    """Z47.2 with twelve T84.6-/T84.1- codes: 200, the summary names two and counts the rest."""
+    body = load_fixture("encounter-discharge--diagnosis-conflict.json")
+    claim = body["prefetch"]["claims"]["entry"][0]["resource"]
+    codes = ["Z47.2"] + [f"T84.61{n}A" for n in range(6)] + [f"T84.62{n}A" for n in range(4)]
+    codes += ["T84.110A", "T84.111A"]
+    claim["diagnosis"] = [
+        {
+            "sequence": number,
+            "diagnosisCodeableConcept": {
+                "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]
+            },
+        }
+        for number, code in enumerate(codes, start=1)
+    ]
+    for item in claim["item"]:
+        item["diagnosisSequence"] = [2, 3]
+    response = post(client, body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    (card,) = [
+        card
+        for card in response.get_json()["cards"]
+        if card["extension"]["cpt20703.finding"] == "diagnosis-conflict"
+    ]
+    assert len(card["summary"]) < 140
+    assert card["summary"].startswith("Z47.2 with T84.110A, T84.111A and 10 more:")
+    assert all(code in card["detail"] for code in codes)

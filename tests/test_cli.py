@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,67 @@ def test_check_cards_reports_file_and_line(
         if "indicator: loud" in text
     )
     assert f"{findings}:{line}: findings.documentation-missing.indicator" in err
+
+
+def scratch_cards(target: Path) -> Path:
+    """A copy of cards/ (YAML and the Questionnaire) to break on purpose."""
+    for source in default_cards_dir().iterdir():
+        if source.is_file():
+            (target / source.name).write_text(source.read_text())
+    return target
+
+
+@pytest.mark.parametrize(
+    ("file", "block", "deleted", "field"),
+    [
+        # Coding-fact sections need sources and a confidence tier.
+        ("coding.yaml", "mue:", "  confidence: 1", "mue.confidence"),
+        ("coding.yaml", "mue:", "  sources: [S11, S24]", "mue.sources"),
+        ("coding.yaml", "primaries:", "  sources: [S10, S13]", "primaries.sources"),
+        ("coding.yaml", "primaries:", "  confidence: 1", "primaries.confidence"),
+        ("coding.yaml", "add_on:", "  confidence: 1", "add_on.confidence"),
+        ("coding.yaml", "device_actions:", "  sources: [S38]", "device_actions.sources"),
+        ("coding.yaml", "diagnosis_linkage:", "  confidence: 2", "diagnosis_linkage.confidence"),
+        ("coding.yaml", "  soft-tissue:", "    sources: [S2, S3]", "siblings.soft-tissue.sources"),
+        ("coding.yaml", "standalone_removal_code:", "  confidence: 2", "standalone_removal_code.confidence"),
+        ("coding.yaml", "fact_sources:", "  invalid_modifiers: {sources: [S9], confidence: 1}", "invalid_modifiers"),
+        ("coding.yaml", "  - key: removal-reason", "    confidence: 3", "documentation.3.confidence"),
+        # Findings name their sources and confidence.
+        ("findings.yaml", "  wrong-tier:", "    confidence: 2", "findings.wrong-tier.confidence"),
+        ("findings.yaml", "  wrong-tier:", "      sources: [S2, S3]", "findings.wrong-tier.source.sources"),
+        # Payer notes and billing rules carry their tier and the month they were read.
+        ("payers.yaml", "  - key: aetna", "        tier: 2", "profiles.4.notes.0.tier"),
+        ("payers.yaml", "  - key: aetna", '        read: "2026-11"', "profiles.4.notes.0.read"),
+        ("payers.yaml", "  - key: bcbs-nc", "      tier: 1", "profiles.2.add_on_billing.tier"),
+        ("payers.yaml", "  - key: bcbs-nc", "      sources: [S33]", "profiles.2.add_on_billing.sources"),
+    ],
+)  # fmt: skip
+def test_check_cards_refuses_a_fact_without_provenance(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    file: str,
+    block: str,
+    deleted: str,
+    field: str,
+) -> None:
+    """Deleting a source list, a confidence, or a payer note's tier or read date fails
+    check-cards with path:line: naming the field, at the line of its block."""
+    directory = scratch_cards(tmp_path)
+    path = directory / file
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.rstrip("\n") == block)
+    removed = next(i for i in range(start, len(lines)) if lines[i].rstrip("\n") == deleted)
+    del lines[removed]
+    path.write_text("".join(lines))
+    assert main(["check-cards", "--cards-dir", str(directory)]) == 1
+    err = capsys.readouterr().err
+    reported = [
+        int(number)
+        for number, message in re.findall(rf"^{re.escape(str(path))}:(\d+): (.*)$", err, re.M)
+        if field in message
+    ]
+    assert reported, err
+    assert start + 1 <= reported[0] <= removed + 1, err
 
 
 def test_bad_configuration_exits_2(

@@ -25,6 +25,10 @@ def test_table_lists_every_finding_payer_and_source(pack: RulePack) -> None:
     text = describe_rules_markdown(pack)
     for code, finding in pack.findings.findings.items():
         assert f"| `{code}` | {finding.indicator} |" in text
+        for note, indicator in finding.note_indicators.items():
+            assert f"`{note}`: {indicator}" in text
+        for note in finding.note_suppresses:
+            assert f"`{note}`: also suppresses" in text
     for element in pack.coding.documentation:
         assert f"| `{element.key}` |" in text
     for profile in pack.payers.profiles:
@@ -37,3 +41,23 @@ def test_describe_rules_command(capsys: pytest.CaptureFixture[str]) -> None:
     """The command prints the same table."""
     assert main(["describe-rules", "--markdown"]) == 0
     assert capsys.readouterr().out == DOCS.read_text()
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_lists_every_finding_with_its_sources(pack: RulePack) -> None:
+    """The README findings table has a row per finding code, naming its source label and keys."""
+    text = README.read_text()
+    section = text.split("### Findings (card `extension` key `cpt20703.finding`)", 1)[1]
+    rows = {
+        line.split("|")[1].strip().strip("`"): line
+        for line in section.split("\n\n## ", 1)[0].splitlines()
+        if line.startswith("| `")
+    }
+    assert set(rows) == set(pack.findings.findings)
+    for code, finding in pack.findings.findings.items():
+        sources_cell = rows[code].rstrip(" |").rsplit("|", 1)[1]
+        assert finding.source.label in sources_cell, code
+        keys = [key.strip() for key in sources_cell.rsplit(":", 1)[1].split(",")]
+        assert keys == finding.source.sources, code

@@ -41,6 +41,18 @@ def test_reference_id(reference: str, expected: str | None) -> None:
         ("T84.11XA", False),
         ("Z47.2", False),
         ("S82.20", False),
+        # Claims often send codes without the dot: they compare as the dotted code.
+        ("T84622A", True),
+        ("T847XXD", True),
+        ("M86661", True),
+        ("S82202K", True),
+        ("t84.623a", True),
+        ("S82202A", False),
+        ("T8411XA", False),
+        ("Z472", False),
+        # Not an ICD-10-CM code at all.
+        ("T84.6234567", False),
+        ("T84 623A", False),
     ],
 )
 def test_diagnosis_linkage(pack: RulePack, code: str, links: bool) -> None:

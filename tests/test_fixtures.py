@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -61,3 +62,62 @@ def test_sandbox_fixture_really_is_sloppy() -> None:
             invalid += 1
     assert invalid >= 2
     assert EXPECTED["order-sign--sandbox-sloppy.json"]["status"] == 200
+
+
+def _cells(row: str) -> list[str]:
+    """The cells of a markdown table row (an escaped ``\\|`` stays inside its cell)."""
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip())[1:-1]]
+
+
+def _fixture_rows() -> dict[str, list[str]]:
+    """README "Fixtures" table: file name -> its cells."""
+    readme = (FIXTURES / "README.md").read_text()
+    section = readme.split("\n## Fixtures\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        cells = _cells(line) if line.startswith("| `") else []
+        if len(cells) == 5 and cells[0].endswith(".json`"):
+            name = cells[0].strip("`")
+            assert name not in rows, f"{name} has two rows"
+            rows[name] = cells
+    return rows
+
+
+def _listed(span: str) -> list[str]:
+    """``a (note), b`` -> ``[a, b]``: the codes of a README list, without their remarks."""
+    items = (re.sub(r"\(.*?\)", "", item).strip() for item in span.split(","))
+    return sorted(item for item in items if item)
+
+
+def test_readme_expected_column_matches_expected_json() -> None:
+    """Each README row states the status, payer, findings and missing keys of expected.json."""
+    rows = _fixture_rows()
+    assert sorted(rows) == FIXTURE_NAMES
+    for name, (_, _, payer, expected, _) in rows.items():
+        want = EXPECTED[name]
+        status = re.match(r"\**(\d{3})", expected)
+        assert status is not None, name
+        assert int(status.group(1)) == want["status"], name
+        assert payer.split()[0] == want["payer"], name
+        findings = re.search(r"`\[([^`]*)\]`", expected)
+        assert (_listed(findings.group(1)) if findings else []) == want["findings"], name
+        missing = re.search(r"missing `([^`]*)`", expected)
+        listed_missing = _listed(missing.group(1)) if missing else None
+        assert listed_missing == want.get("missing_documentation"), name
+
+
+def test_readme_fires_and_near_miss_table_matches_expected_json() -> None:
+    """In the per-finding table, "fires in" files raise the finding and near misses do not."""
+    readme = (FIXTURES / "README.md").read_text()
+    checked = 0
+    for line in readme.splitlines():
+        cells = _cells(line) if line.startswith("| `") else []
+        if len(cells) != 3 or cells[0].endswith(".json`"):
+            continue
+        finding = cells[0].strip("`")
+        for column, fires in ((cells[1], True), (cells[2], False)):
+            for short in re.findall(r"`…(--[^`]+\.json)`", column):
+                (name,) = [full for full in FIXTURE_NAMES if full.endswith(short)]
+                assert (finding in EXPECTED[name]["findings"]) is fires, (finding, name)
+                checked += 1
+    assert checked >= 30

@@ -90,3 +90,44 @@ def test_documentation_task_asks_the_surgeon(pack: RulePack) -> None:
     assert task["owner"]["reference"].startswith(("Practitioner/", "PractitionerRole/"))
     assert task["encounter"] == {"reference": f"Encounter/{body['context']['encounterId']}"}
     assert "Reason for removal" in task["description"]
+
+
+CANONICAL = "http://127.0.0.1:8080/questionnaires/cpt20703-removal-documentation"
+
+
+@pytest.mark.parametrize(
+    ("questionnaire", "encounter", "counted"),
+    [
+        (CANONICAL, None, True),
+        (CANONICAL + "|1", None, True),  # a |version suffix is not part of the canonical
+        (CANONICAL + "|2.0.1", None, True),
+        (CANONICAL, "Encounter/another-visit", False),
+        ("https://cds-staging.example.org/questionnaires/cpt20703-removal-documentation", None, False),
+        (CANONICAL + "-v2", None, False),
+        ("https://ehr.example.org/fhir/Questionnaire/op-note-addendum|3", None, False),
+    ],
+)  # fmt: skip
+def test_only_responses_to_this_questionnaire_for_this_encounter_count(
+    pack: RulePack, questionnaire: str, encounter: str | None, counted: bool
+) -> None:
+    """The response's questionnaire (without |version) must be this server's canonical, and
+    its encounter, when it names one, the context encounter."""
+    body = answers(load_fixture(MISSING), ["removal-reason"])
+    response = body["prefetch"]["questionnaireResponses"]["entry"][0]["resource"]
+    response["questionnaire"] = questionnaire
+    if encounter is not None:
+        response["encounter"] = {"reference": encounter}
+    assert facts_for(body, pack).answered == ({"removal-reason"} if counted else frozenset())
+
+
+def test_questionnaire_fixture_answers_reduce_the_missing_list(pack: RulePack) -> None:
+    """The fixture's versioned response documents three keys; its unanswered item does not."""
+    body = load_fixture("encounter-discharge--questionnaire-answers.json")
+    assert facts_for(body, pack).answered == {
+        "removal-reason",
+        "estimated-blood-loss",
+        "complications",
+    }
+    finding = by_code(findings_for(body, pack))["documentation-missing"]
+    assert finding.missing_documentation == ("device-identification", "extraction-method")
+    assert finding.variables["missing_count"] == "2"

@@ -12,6 +12,7 @@ from test_rules import findings_for
 from cds_service.rule_pack import (
     RulePack,
     RulePackError,
+    capped_list,
     default_cards_dir,
     export_json_schemas,
     load_rule_pack,
@@ -79,6 +80,17 @@ def line_of(path: Path, needle: str) -> int:
         ("findings.yaml", "suppresses: [add-on-suggested]", "suppresses: [no-such-finding]", "unknown finding 'no-such-finding'"),
         ("payers.yaml", "sources: [S51]", "sources: [S99]", "unknown source key 'S99'"),
         ("payers.yaml", "names: ['\\baetna\\b']", "names: ['(aetna']", "invalid regular expression"),
+        # A fact, rule or note is no surer than its best source.
+        ("coding.yaml", "  insertion_code: {sources: [S2, S3], confidence: 2}", "  insertion_code: {sources: [S2, S3], confidence: 1}", "better than its best source's tier (2)"),
+        ("coding.yaml", "  laterality_modifiers: {sources: [S9, S11], confidence: 1}", "  laterality_modifier: {sources: [S9, S11], confidence: 1}", "fact_sources"),
+        ("payers.yaml", "      rendering_provider: same-individual", "      rendering_provider: same-person", "add_on_billing.rendering_provider"),
+        # Summaries are measured with realistic worst-case values of every placeholder.
+        ("findings.yaml", "summary: \"Z47.2 with {conflicting}: ICD-10-CM Excludes1, use one or the other\"", "summary: \"Z47.2 with {conflicting}: ICD-10-CM Excludes1, so report one of them on the claim, never both, for a removal that treats it\"", "summary can reach 140 characters"),
+        ("findings.yaml", "summary: \"Modifier {modifiers} is not valid on +20703\"", "summary: \"Modifier {modifiers} is not valid on +20703: CMS payment indicators for the add-on code allow none of these modifiers on its line\"", "summary can reach 140 characters"),
+        ("findings.yaml", "summary: \"Report +20703 with {primary_code}:", "summary: \"Report +20703 with {primary_code} ({primary_descriptor}):", "{primary_descriptor} has no worst-case value"),
+        # Per-note indicators and suppressions name notes and findings that exist.
+        ("findings.yaml", "      other-procedures-medicare: info", "      other-procedure-medicare: info", "no note named 'other-procedure-medicare'"),
+        ("findings.yaml", "      removal-code-billed: [documentation-missing]", "      removal-code-billed: [documentation-missed]", "unknown finding 'documentation-missed'"),
     ],
 )  # fmt: skip
 def test_problem_is_reported_with_file_and_line(
@@ -136,3 +148,35 @@ def test_discovery_comes_from_the_pack(pack: RulePack) -> None:
     for service in document["services"]:
         assert service["prefetch"]
         assert all(value for value in service.values())
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new"),
+    [
+        # S22 (NCCI manual, quoted copy) and S37 (ICD-10-CM as packaged) are tier 2 sources.
+        ("findings.yaml", "  duplicate-hardware-removal:\n    confidence: 2", "  duplicate-hardware-removal:\n    confidence: 1"),
+        ("findings.yaml", "  diagnosis-conflict:\n    confidence: 2", "  diagnosis-conflict:\n    confidence: 1"),
+        ("coding.yaml", "  - key: implants-removed\n    confidence: 2", "  - key: implants-removed\n    confidence: 1"),
+        ("payers.yaml", "        sources: [S51]\n        read: \"2026-11\"\n        tier: 2", "        sources: [S51]\n        read: \"2026-11\"\n        tier: 1"),
+    ],
+)  # fmt: skip
+def test_confidence_cannot_be_better_than_the_sources(
+    tmp_path: Path, file: str, old: str, new: str
+) -> None:
+    """A finding, documentation element or payer note claiming tier 1 on tier 2 sources fails."""
+    directory = copy_pack(tmp_path)
+    path = directory / file
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new))
+    with pytest.raises(RulePackError) as error:
+        load_rule_pack(directory)
+    assert any("better than its best source's tier (2)" in p.message for p in error.value.problems)
+
+
+def test_worst_case_conflicting_value_is_the_rules_own_cap() -> None:
+    """The summary check measures {conflicting} as the rule renders it for a huge claim."""
+    worst = capped_list(["T84.610A"] * 100_000)
+    assert worst == "T84.610A, T84.610A and 999+ more"
+    assert capped_list(["A", "B"]) == "A, B"
+    assert capped_list(["A", "B", "C"]) == "A, B and 1 more"

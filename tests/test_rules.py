@@ -201,3 +201,136 @@ def test_reminder_needs_a_device_in_place(pack: RulePack) -> None:
     body["prefetch"]["devices"] = None
     body["prefetch"]["procedures"] = None
     assert findings_for(body, pack) == []
+
+
+def claim_of(body: dict[str, Any]) -> dict[str, Any]:
+    claim: dict[str, Any] = body["prefetch"]["claims"]["entry"][0]["resource"]
+    return claim
+
+
+def test_removal_billed_for_insertion_asks_for_no_removal_documentation(pack: RulePack) -> None:
+    """20703 billed on an insertion: the documentation rule would list removal elements, but
+    insertion-instead-of-removal suppresses it, so no Task asks for a removal that did not happen."""
+    body = load_fixture("encounter-discharge--removal-billed-for-insertion.json")
+    facts = facts_for(body, pack)
+    assert {"anatomic-site", "implants-removed"} <= set(missing_documentation(facts, pack))
+    findings = by_code(evaluate(facts, pack))
+    assert set(findings) == {"insertion-instead-of-removal"}
+    assert findings["insertion-instead-of-removal"].note == "removal-code-billed"
+    assert (
+        "no +20703 removal documentation"
+        in findings["insertion-instead-of-removal"].variables["note"]
+    )
+
+
+def test_insertion_billed_for_removal_keeps_the_documentation_request(pack: RulePack) -> None:
+    """The reverse case (20702 billed for a removal) still asks for the removal documentation."""
+    body = load_fixture("encounter-discharge--insertion-billed-for-removal.json")
+    body["prefetch"]["documents"] = None
+    findings = by_code(findings_for(body, pack))
+    assert set(findings) == {"insertion-instead-of-removal", "documentation-missing"}
+    assert findings["insertion-instead-of-removal"].note == "insertion-code-billed"
+    assert findings["documentation-missing"].new_resource is not None
+
+
+def with_diagnoses(body: dict[str, Any], codes: list[str], add_on_pointers: list[int]) -> None:
+    """Replace the claim's diagnoses by ``codes``; point the 20703 line to ``add_on_pointers``."""
+    claim = claim_of(body)
+    claim["diagnosis"] = [
+        {
+            "sequence": number,
+            "diagnosisCodeableConcept": {
+                "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]
+            },
+        }
+        for number, code in enumerate(codes, start=1)
+    ]
+    for item in claim["item"]:
+        item["diagnosisSequence"] = add_on_pointers if cpt(item) == "20703" else [1]
+
+
+@pytest.mark.parametrize(
+    ("codes", "pointers", "expected"),
+    [
+        (["Z472", "T84615A"], [1, 2], ["diagnosis-conflict"]),
+        (["z47.2", "T84.11XA"], [1, 2], ["diagnosis-conflict", "diagnosis-unsupported"]),
+        (["Z47.2", "T84623A"], [2], ["diagnosis-conflict"]),
+        (["Z472", "T8484XA", "M86661"], [1, 3], []),
+        (["Z4720", "T84615A"], [2], []),  # Z47.20 does not exist: not Z47.2
+    ],
+)
+def test_diagnosis_codes_compare_without_their_dot(
+    pack: RulePack, codes: list[str], pointers: list[int], expected: list[str]
+) -> None:
+    """Dot-less codes (T84615A) are the dotted ones (T84.615A) for conflict and linkage."""
+    body = load_fixture("encounter-discharge--diagnosis-conflict.json")
+    with_diagnoses(body, codes, pointers)
+    found = [f.code for f in findings_for(body, pack) if f.code.startswith("diagnosis-")]
+    assert sorted(found) == expected
+
+
+def test_diagnosis_conflict_summary_counts_the_codes_it_does_not_list(pack: RulePack) -> None:
+    """Nine conflicting codes: the summary names two and counts seven; the detail lists all."""
+    body = load_fixture("encounter-discharge--diagnosis-conflict.json")
+    conflicting = [f"T84.61{n}A" for n in range(10)][:9]
+    with_diagnoses(body, ["Z47.2", *conflicting], [1])
+    finding = by_code(findings_for(body, pack))["diagnosis-conflict"]
+    assert finding.variables["conflicting"] == "T84.610A, T84.611A and 7 more"
+    assert finding.variables["conflicting_all"] == ", ".join(conflicting)
+
+
+def with_laterality(body: dict[str, Any], code: str, modifiers: list[str]) -> None:
+    for item in claim_of(body)["item"]:
+        if cpt(item) == code:
+            item.pop("modifier", None)
+            if modifiers:
+                item["modifier"] = [
+                    {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": m}]}
+                    for m in modifiers
+                ]
+
+
+@pytest.mark.parametrize(
+    ("hardware", "removal", "fires"),
+    [
+        (["RT"], ["LT"], False),
+        (["LT"], ["RT"], False),
+        (["LT"], ["LT"], True),
+        ([], ["LT"], True),
+        (["RT"], [], True),
+        (["RT", "LT"], ["LT"], True),
+        (["RT", "51"], ["LT"], False),
+    ],
+)
+def test_duplicate_hardware_removal_skips_opposite_sides(
+    pack: RulePack, hardware: list[str], removal: list[str], fires: bool
+) -> None:
+    """20680 and 20703 on one date are a duplicate unless RT/LT show opposite sides."""
+    body = load_fixture("encounter-discharge--duplicate-hardware-removal.json")
+    with_laterality(body, "20680", hardware)
+    with_laterality(body, "20703", removal)
+    assert ("duplicate-hardware-removal" in by_code(findings_for(body, pack))) is fires
+
+
+@pytest.mark.parametrize(
+    ("name", "note"),
+    [
+        ("encounter-discharge--wrong-tier-intra-articular.json", "other-procedures-medicare"),
+        ("encounter-discharge--orphan-with-debridement.json", "other-procedures-commercial"),
+    ],
+)
+def test_orphan_with_unlisted_primary_depends_on_the_payer(
+    pack: RulePack, name: str, note: str
+) -> None:
+    """With other procedures on the claim, Medicare gets the contractor-discretion note."""
+    finding = by_code(findings_for(load_fixture(name), pack))["orphan-add-on"]
+    assert finding.note == note
+    assert finding.updated_claim is None
+
+
+def test_a_code_sent_with_and_without_its_dot_counts_once(pack: RulePack) -> None:
+    """T84.615A and T84615A on one claim are one conflicting code, not two."""
+    body = load_fixture("encounter-discharge--diagnosis-conflict.json")
+    with_diagnoses(body, ["Z47.2", "T84.615A", "T84615A", "T84.110A"], [2])
+    finding = by_code(findings_for(body, pack))["diagnosis-conflict"]
+    assert finding.variables["conflicting"] == "T84.110A, T84.615A"
