@@ -3,6 +3,8 @@
 UUIDs come from an injected factory so that tests can make them predictable; everything else is a
 pure function of the finding and the pack. Card extensions carry the stable finding code under
 ``cpt20703.finding`` and the missing documentation keys under ``cpt20703.missing-documentation``.
+A card's detail is the template's text, then what the facts file leaves UNCONFIRMED for that
+finding (and the note it was raised with), the data not checked, the payer's notes and the sources.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ def build_cards(
     return [
         prune_empty(build_card(finding, pack, new_uuid, caveats, payer)) for finding in findings
     ]
+
+
+UNCONFIRMED_HEADING = "**UNCONFIRMED**"
+
+
+def unconfirmed_section(items: Sequence[str]) -> str:
+    """A markdown list of what the sources behind the card do not confirm (nothing if none)."""
+    if not items:
+        return ""
+    lines = "\n".join(f"- {item}" for item in items)
+    return (
+        f"\n\n{UNCONFIRMED_HEADING} (not confirmed by the sources this card relies on; check "
+        f"before relying on it):\n{lines}"
+    )
 
 
 def not_checked_section(caveats: Sequence[str]) -> str:
@@ -120,6 +136,7 @@ def build_card(
         uuid=new_uuid(),
         summary=render_template(template.summary, finding.variables),
         detail=render_template(template.detail, finding.variables)
+        + unconfirmed_section(template.unconfirmed_for(finding.note))
         + not_checked_section(caveats)
         + payer_section(pack, payer)
         + "\n\n"

@@ -26,6 +26,15 @@ def _by_note(finding: FindingTemplate) -> str:
     return "; ".join(parts)
 
 
+def _unconfirmed(finding: FindingTemplate) -> str:
+    """What the finding's card lists as UNCONFIRMED, with the note-only items marked."""
+    parts = list(finding.unconfirmed)
+    parts += [
+        f"(`{note}`) {item}" for note, items in finding.note_unconfirmed.items() for item in items
+    ]
+    return "<br>".join(parts) if parts else "nothing (`[]`)"
+
+
 def _coding_facts(pack: RulePack) -> list[tuple[str, str, Sourced]]:
     """Each coding fact of coding.yaml: its name, its value in short, and its provenance."""
     coding = pack.coding
@@ -95,7 +104,7 @@ def describe_rules_markdown(pack: RulePack) -> str:
             f"| `{code}` | {finding.indicator} | {', '.join(finding.hooks)} "
             f"| {finding.effective_from} | {_cell(finding.summary)} | {suppresses} "
             f"| {_by_note(finding)} | {_cell(cited)} | tier {finding.confidence} "
-            f"| {_cell(finding.unconfirmed or '')} |"
+            f"| {_cell(_unconfirmed(finding))} |"
         )
     lines += [
         "",

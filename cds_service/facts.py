@@ -6,7 +6,11 @@ from a :class:`~cds_service.fhir_input.ResourceSet` and the rule pack's codes an
 Session: the claim findings concern one operative session, the context's encounter. A Procedure,
 ServiceRequest, Condition or operative note belongs to it when its encounter reference names
 ``Encounter/<encounterId>``; a draft Claim when one of its items does (or, when no item names an
-encounter, when an item's date of service is a date of the session's procedures).
+encounter, when an item's date of service is a date of the session's procedures). The session's
+days are the dates of its procedures and of the claim items that name the encounter. An eligible
+primary may also be a Procedure or ServiceRequest that names no encounter at all, when its date of
+service is one of those days (the issue's "same encounter or date of service"); one that names
+another encounter belongs to that other session.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
+from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from cds_service.fhir_input import ClaimInput, ResourceSet
 from cds_service.rule_pack import ICD10CM_CODE, CompiledPatterns, DiagnosisLinkage, RulePack
@@ -209,9 +214,25 @@ class FactReader:
             return _day(procedure.performedPeriod.start)
         return None
 
+    def request_day(self, request: ServiceRequest) -> str | None:
+        """The date of service of an order: when it is to be (or was) performed."""
+        if request.occurrenceDateTime is not None:
+            return _day(request.occurrenceDateTime)
+        if request.occurrencePeriod is not None:
+            return _day(request.occurrencePeriod.start)
+        return None
+
     def removal_action(self, action: CodeableConcept | None) -> bool:
         snomed = self.coding.systems["snomed"]
         return self.coding.device_actions.removal in _codes(action, snomed)
+
+    def is_insertion(self, procedure: Procedure) -> bool:
+        """A Procedure coded 20702, or one with a focalDevice implantation."""
+        snomed = self.coding.systems["snomed"]
+        implantation = self.coding.device_actions.implantation
+        return self.coding.insertion_code in self.procedure_codes(procedure) or any(
+            implantation in _codes(focal.action, snomed) for focal in procedure.focalDevice or []
+        )
 
     def describes_intramedullary_drug_device(self, text: str) -> bool:
         patterns = self.patterns
@@ -267,7 +288,9 @@ class FactReader:
         evidence, removal_procedures, removed_devices = self.removal(session)
         claims = self.draft_claims(session)
         claim = claims[0] if claims else None
-        primaries = self.session_primaries(session, claim)
+        days = self.session_days(session, claim)
+        same_day = self.same_day_procedures(days)
+        primaries = self.session_primaries([*session, *same_day], claim, days)
         primary_codes = self.coding.primary_codes
         removal_ids = {id(procedure) for procedure in removal_procedures}
         others = sum(
@@ -285,7 +308,7 @@ class FactReader:
             other_session_procedures=others,
             claim=claim,
             evidence=self.structured_evidence(
-                session, removal_procedures, removed_devices, claim, primaries
+                session, removal_procedures, removed_devices, claim, primaries, same_day
             ),
             texts=texts,
             draft_order_primaries=draft_primaries,
@@ -309,28 +332,55 @@ class FactReader:
         kinds: list[str] = []
         procedures: list[Procedure] = []
         devices: list[Device] = []
-        add_on = self.coding.add_on.code
         for procedure in session:
-            found: list[str] = []
-            if add_on in self.procedure_codes(procedure):
-                found.append("procedure-coded-20703")
-            text = self.procedure_text(procedure)
-            procedure_says_device = self.describes_intramedullary_drug_device(text)
-            for focal in procedure.focalDevice or []:
-                if not self.removal_action(focal.action):
-                    continue
-                device = self.devices.get(reference_id(focal.manipulated, "Device") or "")
-                device_qualifies = device is not None and self.is_intramedullary_drug_device(device)
-                if device_qualifies or procedure_says_device:
-                    found.append("focal-device-removal")
-                    if device is not None:
-                        devices.append(device)
-            if procedure_says_device and self.patterns.removal_verb.search(text):
-                found.append("procedure-text-removal")
+            found, removed = self.removal_evidence(procedure)
+            devices.extend(removed)
             if found:
                 procedures.append(procedure)
                 kinds.extend(kind for kind in found if kind not in kinds)
         return tuple(kinds), procedures, devices
+
+    def removal_evidence(self, procedure: Procedure) -> tuple[list[str], list[Device]]:
+        """What shows that this Procedure removed an intramedullary drug-delivery device.
+
+        (a) its CPT code is 20703; (b) a focalDevice removal whose Device, or the Procedure's own
+        text, identifies such a device; (c) its text states such a removal. Also the removed
+        Devices of (b) that could be read.
+        """
+        found: list[str] = []
+        devices: list[Device] = []
+        if self.coding.add_on.code in self.procedure_codes(procedure):
+            found.append("procedure-coded-20703")
+        text = self.procedure_text(procedure)
+        procedure_says_device = self.describes_intramedullary_drug_device(text)
+        for focal in procedure.focalDevice or []:
+            if not self.removal_action(focal.action):
+                continue
+            device = self.devices.get(reference_id(focal.manipulated, "Device") or "")
+            device_qualifies = device is not None and self.is_intramedullary_drug_device(device)
+            if device_qualifies or procedure_says_device:
+                found.append("focal-device-removal")
+                if device is not None:
+                    devices.append(device)
+        if procedure_says_device and self.patterns.removal_verb.search(text):
+            found.append("procedure-text-removal")
+        return found, devices
+
+    def hardware_removal_of_drug_device(self, procedure: Procedure) -> bool:
+        """A 20680 (removal of implant, deep) whose text, or the Device it names, identifies an
+        intramedullary drug-delivery device (a Device counts when a 20702 placed it)."""
+        if self.coding.hardware_removal_code not in self.procedure_codes(procedure):
+            return False
+        if self.describes_intramedullary_drug_device(self.procedure_text(procedure)):
+            return True
+        for focal in procedure.focalDevice or []:
+            device_id = reference_id(focal.manipulated, "Device") or ""
+            device = self.devices.get(device_id)
+            if device_id in self.coded_intramedullary or (
+                device is not None and self.is_intramedullary_drug_device(device)
+            ):
+                return True
+        return False
 
     def draft_claims(self, session: Sequence[Procedure]) -> list[DraftClaim]:
         """The session's draft Claims, the one with most items in the session first."""
@@ -391,18 +441,46 @@ class FactReader:
             care_team_sequence=_numbers(item.careTeamSequence),
         )
 
+    def session_days(self, session: Sequence[Procedure], claim: DraftClaim | None) -> set[str]:
+        """The dates of service of the session: its procedures' and its claim items' days."""
+        days = {day for day in map(self.procedure_day, session) if day}
+        if claim is not None:
+            days |= {
+                line.serviced_date
+                for line in claim.lines
+                if line.serviced_date and self.encounter_id in line.encounter_ids
+            }
+        return days
+
+    def same_day_procedures(self, days: set[str]) -> list[Procedure]:
+        """Performed Procedures that name no encounter, dated on a day of the session."""
+        return [
+            procedure
+            for procedure in self.resources.procedures
+            if procedure.status in PERFORMED_STATUSES
+            and procedure.encounter is None
+            and self.procedure_day(procedure) in days
+        ]
+
     def session_primaries(
-        self, session: Sequence[Procedure], claim: DraftClaim | None
+        self, procedures: Sequence[Procedure], claim: DraftClaim | None, days: set[str]
     ) -> tuple[str, ...]:
-        """Listed primaries of the session: claim lines first, then procedures, then orders."""
+        """Listed primaries of the session: claim lines first, then procedures, then orders.
+
+        ``procedures`` are the session's and those without an encounter on a session day; an
+        order counts when it names the encounter, or names none and is dated on a session day.
+        """
         listed = self.coding.primary_codes
         found: list[str] = []
         if claim is not None:
             found.extend(line.code for line in claim.lines if line.code in listed)
-        for procedure in session:
+        for procedure in procedures:
             found.extend(code for code in self.procedure_codes(procedure) if code in listed)
         for request in self.resources.service_requests:
-            if request.status in ORDER_STATUSES and self.in_session(request.encounter):
+            if request.status not in ORDER_STATUSES:
+                continue
+            same_day = request.encounter is None and self.request_day(request) in days
+            if self.in_session(request.encounter) or same_day:
                 found.extend(code for code in _codes(request.code, self.cpt) if code in listed)
         return tuple(dict.fromkeys(found))
 
@@ -413,8 +491,13 @@ class FactReader:
         removed_devices: Sequence[Device],
         claim: DraftClaim | None,
         primaries: Sequence[str],
+        same_day: Sequence[Procedure] = (),
     ) -> frozenset[str]:
-        """Names of the structured documentation evidence that holds (see coding.yaml)."""
+        """Names of the structured documentation evidence that holds (see coding.yaml).
+
+        A listed primary documented by a Procedure dated on a session day without an encounter
+        (``same_day``) counts as documented, like one of the session.
+        """
         holds: set[str] = set()
         if any(device.type is not None for device in removed_devices):
             holds.add("removed-device-typed")
@@ -431,7 +514,10 @@ class FactReader:
             if any(line.code in relevant and line.modifiers & laterality for line in claim.lines):
                 holds.add("claim-laterality-modifier")
         listed = self.coding.primary_codes
-        if any(set(self.procedure_codes(procedure)) & set(listed) for procedure in session):
+        if any(
+            set(self.procedure_codes(procedure)) & set(listed)
+            for procedure in [*session, *same_day]
+        ):
             holds.add("primary-procedure-documented")
         if any(p.reasonCode or p.reasonReference for p in removal_procedures):
             holds.add("removal-reason-coded")
@@ -676,17 +762,29 @@ class FactReader:
         return primaries, tuple(in_place)
 
     def removals_on_record(self) -> tuple[set[str], list[str | None]]:
-        """Devices removed by any procedure, and the days of procedures coded 20703."""
+        """Devices removed by any procedure, and the days of recorded drug-device removals.
+
+        A removal of an intramedullary drug-delivery device is on record when a Procedure shows it
+        as the removal evidence (a)-(c) does (coded 20703, a focalDevice removal of such a device,
+        or a text stating one), or when a 20680 identifies such a device by its text or Device. The
+        text of an insertion (20702, or a focalDevice implantation) does not count: "placed after
+        removal of the infected nail" speaks of the device before it.
+        """
         removed: set[str] = set()
         days: list[str | None] = []
+        hardware = self.coding.hardware_removal_code
         for procedure in self.resources.procedures:
             if procedure.status not in PERFORMED_STATUSES:
                 continue
+            is_hardware_removal = hardware in self.procedure_codes(procedure)
             for focal in procedure.focalDevice or []:
                 device_id = reference_id(focal.manipulated, "Device")
-                if device_id and self.removal_action(focal.action):
+                if device_id and (is_hardware_removal or self.removal_action(focal.action)):
                     removed.add(device_id)
-            if self.coding.add_on.code in self.procedure_codes(procedure):
+            found, _ = self.removal_evidence(procedure)
+            if self.is_insertion(procedure):
+                found = [kind for kind in found if kind != "procedure-text-removal"]
+            if found or self.hardware_removal_of_drug_device(procedure):
                 days.append(self.procedure_day(procedure))
         return removed, days
 
@@ -706,8 +804,9 @@ class FactReader:
             }
             if devices & removed_devices:
                 continue
+            # Strictly later: a removal on the insertion's own day is the device it replaced.
             later = any(
-                day is None or inserted_day is None or day >= inserted_day for day in removal_days
+                day is None or inserted_day is None or day > inserted_day for day in removal_days
             )
             if not later:
                 return True

@@ -212,9 +212,15 @@ class OverrideReason(_Strict):
     display: str
 
 
+UnconfirmedItem = Annotated[str, Field(min_length=1)]
+
+
 class FindingTemplate(_Strict):
     confidence: Tier  # best tier of the sources behind the rule
-    unconfirmed: str | None = None  # what the sources do not confirm
+    # What the coding facts file leaves unconfirmed that bears on this finding, one statement per
+    # item; the card's detail lists them under an UNCONFIRMED heading. Required: ``[]`` says
+    # explicitly that nothing relevant is unconfirmed (and the card then says nothing).
+    unconfirmed: list[UnconfirmedItem]
     effective_from: str = Field(default="2020-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
     suppresses: list[str] = Field(default_factory=list)
     hooks: list[str] = Field(min_length=1)
@@ -226,6 +232,9 @@ class FindingTemplate(_Strict):
     # finding with that note (e.g. a warning only where a confirmed source makes it one).
     note_indicators: dict[str, Indicator] = Field(default_factory=dict)
     note_suppresses: dict[str, list[str]] = Field(default_factory=dict)
+    # Per note: further unconfirmed statements, shown only when the rule raises the finding with
+    # that note (e.g. the 20680 replacement of the removal-only note).
+    note_unconfirmed: dict[str, list[UnconfirmedItem]] = Field(default_factory=dict)
     source: CardSource
     suggestion: SuggestionTemplate | None = None
     override_reasons: list[OverrideReason] = Field(default_factory=list)
@@ -237,6 +246,10 @@ class FindingTemplate(_Strict):
     def suppressed_by(self, note: str | None) -> list[str]:
         """The findings this one suppresses when raised with ``note``."""
         return [*self.suppresses, *self.note_suppresses.get(note or "", [])]
+
+    def unconfirmed_for(self, note: str | None) -> list[str]:
+        """What the card says is UNCONFIRMED when the finding is raised with ``note``."""
+        return [*self.unconfirmed, *self.note_unconfirmed.get(note or "", [])]
 
 
 class TopicCoding(_Strict):
@@ -797,7 +810,7 @@ def _cross_checks(
         expected_notes = FINDING_NOTES.get(code, frozenset())
         for name in sorted(expected_notes ^ set(template.notes)):
             problem("findings.yaml", (*loc, "notes"), f"note set differs at {name!r}")
-        for field_name in ("note_indicators", "note_suppresses"):
+        for field_name in ("note_indicators", "note_suppresses", "note_unconfirmed"):
             for name in sorted(set(getattr(template, field_name)) - set(template.notes)):
                 problem("findings.yaml", (*loc, field_name, name), f"no note named {name!r}")
         if (template.suggestion is not None) != (code in FINDINGS_WITH_SUGGESTION):

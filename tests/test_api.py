@@ -18,6 +18,7 @@ from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.task import Task
 from flask import Flask
 from flask.testing import FlaskClient
+from test_rules import findings_for
 from werkzeug.test import TestResponse
 
 from cds_service import service
@@ -59,6 +60,26 @@ def assert_operation_outcome(response: TestResponse, status: int, *needles: str)
     for needle in needles:
         assert needle in diagnostics
     return diagnostics
+
+
+def assert_states_what_is_unconfirmed(
+    card: dict[str, Any], pack: RulePack, notes: dict[str, str | None]
+) -> None:
+    """The card lists, under UNCONFIRMED, every item its finding (and note) leaves unconfirmed,
+    and no heading when there is none; another note's items are not shown."""
+    code = card["extension"]["cpt20703.finding"]
+    template = pack.findings.findings[code]
+    items = template.unconfirmed_for(notes[code])
+    detail = card["detail"]
+    if items:
+        assert "**UNCONFIRMED**" in detail, code
+        for item in items:
+            assert f"- {item}" in detail, (code, item)
+    else:
+        assert "**UNCONFIRMED**" not in detail, code
+    for note, note_items in template.note_unconfirmed.items():
+        if note != notes[code]:
+            assert all(item in items or item not in detail for item in note_items), (code, note)
 
 
 def finding_codes(response: TestResponse) -> list[str]:
@@ -110,9 +131,11 @@ def test_fixture_answer_over_http(client: FlaskClient, pack: RulePack, name: str
     uuids += [s["uuid"] for card in body["cards"] for s in card.get("suggestions", [])]
     assert len(uuids) == len(set(uuids))
     payer_label = pack.payers.profile(expected["payer"]).label
+    notes = {finding.code: finding.note for finding in findings_for(load_fixture(name), pack)}
     for card in body["cards"]:
         assert len(card["summary"]) < 140
         assert f"**Payer: {payer_label}**" in card["detail"]
+        assert_states_what_is_unconfirmed(card, pack, notes)
         assert card["source"]["topic"]["code"] == "claim"
         assert "**Sources**\n- [" in card["detail"]
         missing = card["extension"].get("cpt20703.missing-documentation")
@@ -484,3 +507,50 @@ def test_many_conflicting_diagnoses_still_give_a_short_summary(client: FlaskClie
     assert len(card["summary"]) < 140
     assert card["summary"].startswith("Z47.2 with T84.110A, T84.111A and 10 more:")
     assert all(code in card["detail"] for code in codes)
+
+
+@pytest.mark.parametrize(
+    ("name", "shown", "not_shown"),
+    [
+        # The removal-only note adds the 20680 caveat; the finding's own AOC caveat is always there.
+        ("encounter-discharge--orphan-removal-only.json", ["removal-only"], ["other-procedures-commercial"]),
+        ("encounter-discharge--orphan-with-debridement.json", ["other-procedures-commercial"], ["removal-only"]),
+    ],
+)  # fmt: skip
+def test_orphan_card_states_its_notes_unconfirmed_items(
+    client: FlaskClient, pack: RulePack, name: str, shown: list[str], not_shown: list[str]
+) -> None:
+    """Over HTTP, the orphan card says UNCONFIRMED with the items of the note it was raised with."""
+    (card,) = post(client, name).get_json()["cards"]
+    template = pack.findings.findings["orphan-add-on"]
+    detail = card["detail"]
+    assert "**UNCONFIRMED**" in detail
+    for item in template.unconfirmed:
+        assert item in detail
+    for note in shown:
+        assert all(item in detail for item in template.note_unconfirmed[note])
+    for note in not_shown:
+        only_there = set(template.note_unconfirmed[note]) - {
+            item for other in shown for item in template.note_unconfirmed[other]
+        }
+        assert only_there
+        assert all(item not in detail for item in only_there)
+
+
+def test_every_fixture_card_with_unconfirmed_items_says_so(
+    client: FlaskClient, pack: RulePack
+) -> None:
+    """Across the corpus over HTTP both kinds of card occur: findings with unconfirmed items show
+    the UNCONFIRMED section, and a finding whose data says `unconfirmed: []` shows none."""
+    with_items: set[str] = set()
+    without: set[str] = set()
+    for name in FIXTURE_NAMES:
+        if EXPECTED[name]["status"] != 200:
+            continue
+        for card in post(client, name).get_json()["cards"]:
+            code = card["extension"]["cpt20703.finding"]
+            (with_items if "**UNCONFIRMED**" in card["detail"] else without).add(code)
+    assert {"add-on-suggested", "documentation-missing", "planned-removal-reminder"} <= with_items
+    assert "diagnosis-conflict" in without
+    for code in without:
+        assert pack.findings.findings[code].unconfirmed == [], code

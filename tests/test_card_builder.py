@@ -76,3 +76,63 @@ def test_update_suggestion_points_at_the_claim(pack: RulePack) -> None:
         }
     ]
     assert card["selectionBehavior"] == "at-most-one"
+
+
+def orphan_finding(pack: RulePack, note: str) -> Finding:
+    variables = pack.template_variables() | {
+        "note": "n",
+        "primary_code": "27722",
+        "primary_descriptor": "Repair/graft of tibia",
+        "payer_label": "Medicare",
+    }
+    return Finding("orphan-add-on", variables, note=note)
+
+
+def test_detail_states_what_is_unconfirmed(pack: RulePack) -> None:
+    """Each unconfirmed item of the finding is listed under an UNCONFIRMED heading, after the
+    template text and before the payer and sources sections."""
+    template = pack.findings.findings["orphan-add-on"]
+    assert template.unconfirmed
+    (card,) = build_cards(
+        [orphan_finding(pack, "primary-not-on-claim")], pack, numbered(), payer="medicare"
+    )
+    detail = card["detail"]
+    heading = detail.index("**UNCONFIRMED**")
+    for item in template.unconfirmed:
+        assert f"\n- {item}" in detail
+        assert heading < detail.index(item) < detail.index("**Payer: Medicare**")
+    assert detail.index("**Payer: Medicare**") < detail.index("**Sources**")
+
+
+def test_note_unconfirmed_items_follow_the_note(pack: RulePack) -> None:
+    """A note's own unconfirmed items appear only when the finding is raised with that note."""
+    template = pack.findings.findings["orphan-add-on"]
+    (twenty_680,) = template.note_unconfirmed["removal-only"]
+    commercial = template.note_unconfirmed["other-procedures-commercial"]
+    cards = build_cards(
+        [
+            orphan_finding(pack, "removal-only"),
+            orphan_finding(pack, "primary-not-on-claim"),
+            orphan_finding(pack, "other-procedures-commercial"),
+        ],
+        pack,
+        numbered(),
+    )
+    removal_only, not_on_claim, other_commercial = (card["detail"] for card in cards)
+    assert twenty_680 in removal_only
+    assert all(item not in removal_only for item in commercial)
+    assert twenty_680 not in not_on_claim
+    assert all(item not in not_on_claim for item in commercial)
+    assert all(item in other_commercial for item in commercial)
+    assert twenty_680 not in other_commercial
+
+
+def test_nothing_unconfirmed_means_no_heading(pack: RulePack) -> None:
+    """A finding whose data says `unconfirmed: []` gets no UNCONFIRMED section."""
+    assert pack.findings.findings["diagnosis-conflict"].unconfirmed == []
+    variables = pack.template_variables() | {
+        "conflicting": "T84.615A",
+        "conflicting_all": "T84.615A",
+    }
+    (card,) = build_cards([Finding("diagnosis-conflict", variables)], pack, numbered())
+    assert "UNCONFIRMED" not in card["detail"]

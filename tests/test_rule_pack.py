@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from conftest import EXPECTED, load_fixture
 from test_rules import findings_for
 
+from cds_service.cli import main
 from cds_service.rule_pack import (
+    QUESTIONNAIRE_FILE,
     RulePack,
     RulePackError,
     capped_list,
@@ -180,3 +183,61 @@ def test_worst_case_conflicting_value_is_the_rules_own_cap() -> None:
     assert worst == "T84.610A, T84.610A and 999+ more"
     assert capped_list(["A", "B"]) == "A, B"
     assert capped_list(["A", "B", "C"]) == "A, B and 1 more"
+
+
+def without_unconfirmed(text: str, code: str) -> tuple[str, int]:
+    """findings.yaml with the `unconfirmed` field of one finding deleted; the finding's line."""
+    lines = text.splitlines(keepends=True)
+    start = lines.index(f"  {code}:\n")
+    end = next(
+        (i for i in range(start + 1, len(lines)) if re.match(r"^ {0,2}\S", lines[i])), len(lines)
+    )
+    first = next(i for i in range(start, end) if lines[i].startswith("    unconfirmed:"))
+    last = first + 1
+    while last < end and lines[last].startswith("      - "):
+        last += 1
+    return "".join(lines[:first] + lines[last:]), start + 1
+
+
+@pytest.mark.parametrize("code", sorted(load_rule_pack(default_cards_dir()).findings.findings))
+def test_check_cards_requires_unconfirmed_on_every_finding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], code: str
+) -> None:
+    """A finding without `unconfirmed` (even an empty list says something) fails check-cards,
+    at the finding's line."""
+    directory = copy_pack(tmp_path)
+    (directory / QUESTIONNAIRE_FILE).write_text(
+        (default_cards_dir() / QUESTIONNAIRE_FILE).read_text()
+    )
+    path = directory / "findings.yaml"
+    text, line = without_unconfirmed(path.read_text(), code)
+    path.write_text(text)
+    assert f"  {code}:\n" in text
+    assert main(["check-cards", "--cards-dir", str(directory)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:{line}: findings.{code}.unconfirmed: Field required" in err, err
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        # A note's unconfirmed items must name a note of the finding.
+        ("    note_unconfirmed:\n      removal-only:\n", "    note_unconfirmed:\n      removal-onl:\n", "no note named 'removal-onl'"),
+        # An item says something.
+        ("      - \"NCCI procedure-to-procedure edits for the pair 20703/20680 were not retrieved.\"\n", "      - \"\"\n", "unconfirmed.1"),
+        # A single string is not a list of items.
+        ("    unconfirmed: []\n    hooks: [encounter-discharge, order-sign]\n    indicator: warning\n    summary: \"Z47.2", "    unconfirmed: \"nothing\"\n    hooks: [encounter-discharge, order-sign]\n    indicator: warning\n    summary: \"Z47.2", "findings.diagnosis-conflict.unconfirmed"),
+    ],
+)  # fmt: skip
+def test_unconfirmed_items_are_checked(tmp_path: Path, old: str, new: str, message: str) -> None:
+    """note_unconfirmed keys are notes of the finding; items are non-empty strings in a list."""
+    directory = copy_pack(tmp_path)
+    path = directory / "findings.yaml"
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new))
+    with pytest.raises(RulePackError) as error:
+        load_rule_pack(directory)
+    assert any(p.file == "findings.yaml" and message in p.message for p in error.value.problems), [
+        str(p) for p in error.value.problems
+    ]

@@ -334,3 +334,116 @@ def test_a_code_sent_with_and_without_its_dot_counts_once(pack: RulePack) -> Non
     with_diagnoses(body, ["Z47.2", "T84.615A", "T84615A", "T84.110A"], [2])
     finding = by_code(findings_for(body, pack))["diagnosis-conflict"]
     assert finding.variables["conflicting"] == "T84.110A, T84.615A"
+
+
+# -- the primary found by its date of service ------------------------------------------------
+
+SAME_DAY = "encounter-discharge--primary-same-day-no-encounter.json"
+OTHER_DAY = "encounter-discharge--primary-other-day-no-encounter.json"
+
+
+def procedure_coded(body: dict[str, Any], code: str) -> dict[str, Any]:
+    return next(
+        entry["resource"]
+        for entry in body["prefetch"]["procedures"]["entry"]
+        if any(c.get("code") == code for c in entry["resource"]["code"].get("coding", []))
+    )
+
+
+def test_primary_procedure_without_encounter_counts_on_a_session_day(pack: RulePack) -> None:
+    """A 27722 Procedure naming no encounter, dated on the removal's day, is the eligible primary
+    and documents `primary-procedure`; moved to another day it is neither."""
+    body = load_fixture(SAME_DAY)
+    assert "encounter" not in procedure_coded(body, "27722")
+    facts = facts_for(body, pack)
+    assert facts.session_primaries == ("27722",)
+    assert "primary-procedure-documented" in facts.evidence
+    assert [f.code for f in evaluate(facts, pack)] == ["add-on-suggested"]
+    procedure_coded(body, "27722")["performedDateTime"] = "2026-05-20T08:42:00-06:00"
+    facts = facts_for(body, pack)
+    assert facts.session_primaries == ()
+    assert "primary-procedure-documented" not in facts.evidence
+    assert evaluate(facts, pack) == []
+
+
+def test_other_day_primary_becomes_eligible_on_the_session_day(pack: RulePack) -> None:
+    """The near miss differs from the firing case only by the date of the primary."""
+    body = load_fixture(OTHER_DAY)
+    assert findings_for(body, pack) == []
+    procedure_coded(body, "27722")["performedDateTime"] = "2026-06-02T10:15:00-06:00"
+    assert [f.code for f in findings_for(body, pack)] == ["add-on-suggested"]
+
+
+def test_primary_procedure_of_another_encounter_does_not_count(pack: RulePack) -> None:
+    """A same-day Procedure that names another encounter belongs to that other session."""
+    body = load_fixture(SAME_DAY)
+    procedure_coded(body, "27722")["encounter"] = {"reference": "Encounter/enc-other-clinic"}
+    assert facts_for(body, pack).session_primaries == ()
+    assert findings_for(body, pack) == []
+
+
+def test_primary_procedure_without_a_date_does_not_count(pack: RulePack) -> None:
+    """Without an encounter and without a performed date, nothing ties the Procedure to the day."""
+    body = load_fixture(SAME_DAY)
+    del procedure_coded(body, "27722")["performedDateTime"]
+    assert facts_for(body, pack).session_primaries == ()
+
+
+@pytest.mark.parametrize(
+    ("occurrence", "eligible"),
+    [
+        ({"occurrenceDateTime": "2025-09-30"}, True),
+        ({"occurrenceDateTime": "2025-09-30T07:00:00-05:00"}, True),
+        ({"occurrencePeriod": {"start": "2025-09-30T07:00:00-05:00"}}, True),
+        ({"occurrenceDateTime": "2025-10-01"}, False),
+        ({}, False),  # no date of service: the order cannot be placed on the session's day
+    ],
+)
+def test_service_request_without_encounter_counts_by_its_date(
+    pack: RulePack, occurrence: dict[str, Any], eligible: bool
+) -> None:
+    """The text-only case, whose only primary is a ServiceRequest: without its encounter it is
+    still the primary when its occurrence falls on the session's day (2025-09-30)."""
+    body = load_fixture("encounter-discharge--text-only-evidence.json")
+    request = body["prefetch"]["serviceRequests"]["entry"][0]["resource"]
+    del request["encounter"]
+    del request["occurrenceDateTime"]
+    request.update(occurrence)
+    assert ("add-on-suggested" in by_code(findings_for(body, pack))) is eligible
+
+
+# -- "canal" with a bone name ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "identified"),
+    [
+        ("Removal of antibiotic cement rod from the canal of the left femur", True),
+        ("Removal of vancomycin PMMA rod, femur canal", True),
+        ("Removal of antibiotic beads, canal of femur", True),
+        ("Removal of antibiotic cement nail from the canal of femur", True),
+        ("Removal of antibiotic cement rod from the canal of the right distal tibia", True),
+        ("Removal of gentamicin cement rod from the tibia canal", True),
+        ("Removal of antibiotic cement rod from the humerus's canal", True),
+        # Canals that are not the medullary canal of a long bone.
+        ("Removal of antibiotic cement beads from the spinal canal", False),
+        ("Removal of antibiotic beads near the ear canal", False),
+        ("Removal of antibiotic cement beads from the carpal canal", False),
+        ("Removal of antibiotic cement beads from the adductor canal of the left thigh", False),
+        ("Removal of antibiotic beads from Guyon's canal", False),
+        ("Removal of antibiotic cement beads from the nutrient canal of the tibia", False),
+        ("Removal of antibiotic beads, Haversian canal of the femur", False),
+        ("Removal of antibiotic cement beads from the canal, left femur", False),
+    ],
+)
+def test_canal_with_a_bone_name_is_intramedullary_evidence(
+    pack: RulePack, text: str, identified: bool
+) -> None:
+    """A removal stated only in text: "canal" counts next to a long bone's name, not elsewhere."""
+    body = load_fixture("encounter-discharge--text-only-evidence.json")
+    removal = body["prefetch"]["procedures"]["entry"][0]["resource"]
+    assert "canal" in removal["code"]["text"]
+    removal["code"]["text"] = text
+    findings = by_code(findings_for(body, pack))
+    assert ("add-on-suggested" in findings) is identified
+    assert "wrong-tier" not in findings
