@@ -12,8 +12,9 @@ import contextlib
 import hashlib
 import itertools
 import json
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +39,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import StaticPool
 
 from cds_service.protocol import FeedbackEntry
@@ -48,6 +49,7 @@ PRUNE_EVERY = 100  # every 100th token also deletes all expired ones
 # Seconds to wait for a PostgreSQL connection (libpq waits forever by default): a database host
 # that stops answering costs each request this long, never a hang. The URL may set its own.
 POSTGRES_CONNECT_TIMEOUT = 3
+SQLITE_BUSY_TIMEOUT = 15.0
 
 issued_card = Table(
     "issued_card",
@@ -153,7 +155,10 @@ def create_database_engine(url: str) -> Engine:
             parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
-        engine = create_engine(parsed, connect_args={"timeout": 15})
+        # The busy timeout: how long a writer waits for another process's write; a URL may set
+        # it (``?timeout=seconds``).
+        connect_args = {} if "timeout" in parsed.query else {"timeout": SQLITE_BUSY_TIMEOUT}
+        engine = create_engine(parsed, connect_args=connect_args)
         directory = Path(parsed.database).parent
 
         @event.listens_for(engine, "do_connect")
@@ -184,6 +189,17 @@ class Store:
         self.retention = timedelta(days=retention_days)
         self._prune_counter = itertools.count()
         self._audit_counter = itertools.count()
+        # SQLite has one writer at a time, and a writer that finds the file locked polls it with
+        # growing sleeps (up to 100 ms each): under load, threads of one worker that queue there
+        # wait up to a second. They queue on this lock instead and are woken at once; only the
+        # worker processes meet on SQLite's lock. PostgreSQL locks rows, not the database.
+        self._sqlite_writer = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (one at a time per process on SQLite)."""
+        with self._sqlite_writer or contextlib.nullcontext(), self.engine.begin() as connection:
+            yield connection
 
     def record_hook_call(self, call: HookCallRecord) -> None:
         """Write the audit record and remember the issued card uuids, in one transaction.
@@ -197,7 +213,7 @@ class Store:
             | {"issued_at": now}
             for uuid, code in call.issued
         ]
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             connection.execute(
                 insert(hook_call).values(
                     received_at=now,
@@ -227,7 +243,7 @@ class Store:
         for entry in entries:
             row = _feedback_row(service_id, entry, now)
             rows.setdefault(row["entry_key"], row)
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             found = connection.execute(
                 select(issued_card.c.card_uuid, issued_card.c.finding_code).where(
                     issued_card.c.card_uuid.in_({row["card_uuid"] for row in rows.values()})
@@ -255,7 +271,7 @@ class Store:
         """
         now = time.time()
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        with self.engine.begin() as connection:
+        with self._write() as connection:
             expired = jwt_replay.c.expires_at < now
             if next(self._prune_counter) % PRUNE_EVERY != 0:
                 expired = expired & (jwt_replay.c.token_key == token_key)

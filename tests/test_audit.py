@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,3 +163,44 @@ def test_records_older_than_the_retention_are_pruned(database_url: str) -> None:
             assert list(codes) == ["new-finding"]
     finally:
         engine.dispose()
+
+
+def test_threads_of_one_worker_write_in_turn_on_sqlite(migrated_sqlite_url: str) -> None:
+    """Sixteen threads (a gthread worker's) recording at once never meet SQLite's lock, so none
+    fails or waits on SQLite's sleeping busy handler, even with a 1 ms busy timeout."""
+    store = Store(create_database_engine(migrated_sqlite_url + "?timeout=0.001"))
+    threads, calls = 16, 25
+    barrier = threading.Barrier(threads)
+    failures: list[BaseException] = []
+
+    def record(thread: int) -> None:
+        barrier.wait()
+        for call in range(calls):
+            try:
+                store.record_hook_call(
+                    HookCallRecord(
+                        request_id=f"t{thread}-{call}",
+                        service_id="cpt20703-encounter-discharge",
+                        hook="encounter-discharge",
+                        hook_instance=None,
+                        client_iss=None,
+                        status=200,
+                        latency_ms=1.0,
+                        issued=[(f"card-{thread}-{call}", "add-on-suggested")],
+                    )
+                )
+            except sa.exc.OperationalError as exc:  # "database is locked"
+                failures.append(exc)
+
+    workers = [threading.Thread(target=record, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    store.engine.dispose()
+    assert failures == []
+    engine = sa.create_engine(migrated_sqlite_url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT count(*) FROM hook_call")).scalar_one()
+    engine.dispose()
+    assert rows == threads * calls
