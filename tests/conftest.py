@@ -120,6 +120,19 @@ def without_uuids(document: Any) -> Any:
     return document
 
 
+def icd10cm_diagnoses(codes: list[str]) -> list[dict[str, Any]]:
+    """Claim.diagnosis entries for ``codes``, numbered from 1."""
+    return [
+        {
+            "sequence": number,
+            "diagnosisCodeableConcept": {
+                "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]
+            },
+        }
+        for number, code in enumerate(codes, start=1)
+    ]
+
+
 def load_fixture(name: str) -> dict[str, Any]:
     """A fixture request body, parsed."""
     body: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))

@@ -13,7 +13,14 @@ import jsonschema
 import pytest
 import sqlalchemy
 import yaml
-from conftest import EXPECTED, FIXTURE_NAMES, load_fixture, sensitive_strings, without_uuids
+from conftest import (
+    EXPECTED,
+    FIXTURE_NAMES,
+    icd10cm_diagnoses,
+    load_fixture,
+    sensitive_strings,
+    without_uuids,
+)
 from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.task import Task
 from flask import Flask
@@ -486,15 +493,7 @@ def test_many_conflicting_diagnoses_still_give_a_short_summary(client: FlaskClie
     claim = body["prefetch"]["claims"]["entry"][0]["resource"]
     codes = ["Z47.2"] + [f"T84.61{n}A" for n in range(6)] + [f"T84.62{n}A" for n in range(4)]
     codes += ["T84.110A", "T84.111A"]
-    claim["diagnosis"] = [
-        {
-            "sequence": number,
-            "diagnosisCodeableConcept": {
-                "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]
-            },
-        }
-        for number, code in enumerate(codes, start=1)
-    ]
+    claim["diagnosis"] = icd10cm_diagnoses(codes)
     for item in claim["item"]:
         item["diagnosisSequence"] = [2, 3]
     response = post(client, body)

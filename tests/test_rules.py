@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from conftest import EXPECTED, FIXTURE_NAMES, load_fixture
+from conftest import EXPECTED, FIXTURE_NAMES, icd10cm_diagnoses, load_fixture
 from fhir.resources.R4B.claim import Claim
 
 from cds_service.facts import ClinicalFacts, derive_facts
@@ -236,15 +236,7 @@ def test_insertion_billed_for_removal_keeps_the_documentation_request(pack: Rule
 def with_diagnoses(body: dict[str, Any], codes: list[str], add_on_pointers: list[int]) -> None:
     """Replace the claim's diagnoses by ``codes``; point the 20703 line to ``add_on_pointers``."""
     claim = claim_of(body)
-    claim["diagnosis"] = [
-        {
-            "sequence": number,
-            "diagnosisCodeableConcept": {
-                "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]
-            },
-        }
-        for number, code in enumerate(codes, start=1)
-    ]
+    claim["diagnosis"] = icd10cm_diagnoses(codes)
     for item in claim["item"]:
         item["diagnosisSequence"] = add_on_pointers if cpt(item) == "20703" else [1]
 
