@@ -204,7 +204,15 @@ def documentation_task(
         "for": {"reference": f"Patient/{facts.patient_id}"},
         "input": [
             {
-                "type": {"text": "questionnaire"},
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://hl7.org/fhir/uv/sdc/CodeSystem/temp",
+                            "code": "questionnaire",
+                            "display": "Questionnaire",
+                        }
+                    ]
+                },
                 "valueCanonical": facts.questionnaire_url,
             }
         ],

@@ -39,6 +39,9 @@ DISCHARGE = "/cds-services/cpt20703-encounter-discharge"
 ORDER_SIGN = "/cds-services/cpt20703-order-sign"
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
 
+# SDC's code system for Task codes and inputs (complete-questionnaire, questionnaire).
+SDC_TEMP = "http://hl7.org/fhir/uv/sdc/CodeSystem/temp"
+
 
 def post(client: FlaskClient, fixture: str | dict[str, Any], url: str | None = None) -> Any:
     """POST a fixture (by name) or a body to its service, or to ``url``."""
@@ -158,6 +161,8 @@ def test_fixture_answer_over_http(client: FlaskClient, pack: RulePack, name: str
                     assert task.status == "requested"
                     assert task.intent == "order"
                     assert task.code.coding[0].code == "complete-questionnaire"
+                    (input_type,) = task.input[0].type.coding
+                    assert (input_type.system, input_type.code) == (SDC_TEMP, "questionnaire")
                     assert task.input[0].valueCanonical.endswith(
                         "/questionnaires/cpt20703-removal-documentation"
                     )
