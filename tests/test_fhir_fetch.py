@@ -310,16 +310,26 @@ def test_required_key_unobtainable_is_412_within_the_deadline(
     assert elapsed < 1.5 + 3.0  # the deadline plus slack for a busy machine; unbounded would hang
 
 
+def prefetched_then_fetched(
+    client: FlaskClient, key: str, prefetched: Any, fhir_server: str
+) -> tuple[Any, Any]:
+    """The standard call's cards with ``key`` prefetched as ``prefetched`` (uuids removed), and
+    the response of the same call with ``key`` left to be fetched from ``fhir_server``."""
+    body = load_fixture(STANDARD)
+    body["prefetch"][key] = prefetched
+    expected = without_uuids(call(client, body).get_json())
+    del body["prefetch"][key]
+    body["fhirServer"] = fhir_server
+    return expected, call(client, body)
+
+
 def test_read_answered_404_is_no_data(fault_client: FlaskClient, server: FaultServer) -> None:
     """The Encounter read answered 404 means no such Encounter: the same cards as `null`, with
     nothing marked not checked (a search answered 404 is a failure: see above)."""
-    body = load_fixture(STANDARD)
-    body["prefetch"]["encounter"] = None
-    expected = without_uuids(call(fault_client, body).get_json())
-    del body["prefetch"]["encounter"]
-    body["fhirServer"] = f"{server.url}/status-404/fhir"
     server.received.clear()
-    response = call(fault_client, body)
+    expected, response = prefetched_then_fetched(
+        fault_client, "encounter", None, f"{server.url}/status-404/fhir"
+    )
     assert [path for path, _ in server.received] == ["/status-404/fhir/Encounter/enc-7c31d0"]
     assert "**Not checked**" not in "".join(card_details(response))
     assert without_uuids(response.get_json()) == expected
@@ -328,13 +338,10 @@ def test_read_answered_404_is_no_data(fault_client: FlaskClient, server: FaultSe
 def test_plain_json_answers_are_accepted(fault_client: FlaskClient, server: FaultServer) -> None:
     """A FHIR server answering `application/json` (not fhir+json): the data is used, the cards
     are those of the same data prefetched; the Accept header offers both media types."""
-    body = load_fixture(STANDARD)
-    body["prefetch"]["conditions"] = EMPTY_BUNDLE
-    expected = without_uuids(call(fault_client, body).get_json())
-    del body["prefetch"]["conditions"]
-    body["fhirServer"] = f"{server.url}/plain-json/fhir"
     server.accepts.clear()
-    response = call(fault_client, body)
+    expected, response = prefetched_then_fetched(
+        fault_client, "conditions", EMPTY_BUNDLE, f"{server.url}/plain-json/fhir"
+    )
     assert "**Not checked**" not in "".join(card_details(response))
     assert without_uuids(response.get_json()) == expected
     [accept] = server.accepts
