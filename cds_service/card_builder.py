@@ -14,7 +14,7 @@ from typing import Any
 
 from cds_service.json_discipline import prune_empty
 from cds_service.protocol import Action, Card, Coding, Source, Suggestion
-from cds_service.rule_pack import RulePack, render_template
+from cds_service.rule_pack import RulePack, SuggestionTemplate, render_template
 from cds_service.rules import Finding
 
 FINDING_EXTENSION = "cpt20703.finding"
@@ -99,34 +99,11 @@ def build_card(
     if finding.missing_documentation:
         extension[MISSING_DOCUMENTATION_EXTENSION] = list(finding.missing_documentation)
     suggestions = None
-    if finding.new_resource is not None and template.suggestion is not None:
+    action = _action(finding, template.suggestion)
+    if action is not None and template.suggestion is not None:
         suggestions = [
             Suggestion(
-                label=template.suggestion.label,
-                uuid=new_uuid(),
-                isRecommended=True,
-                actions=[
-                    Action(
-                        type="create",
-                        description=render_template(
-                            template.suggestion.action_description, finding.variables
-                        ),
-                        resource=finding.new_resource,
-                    )
-                ],
-            )
-        ]
-    elif finding.updated_claim is not None and template.suggestion is not None:
-        claim = finding.updated_claim
-        action = Action(
-            type="update",
-            description=render_template(template.suggestion.action_description, finding.variables),
-            resource=claim,
-            resourceId=f"Claim/{claim['id']}" if claim.get("id") else None,
-        )
-        suggestions = [
-            Suggestion(
-                label=template.suggestion.label,
+                label=render_template(template.suggestion.label, finding.variables),
                 uuid=new_uuid(),
                 isRecommended=True,
                 actions=[action],
@@ -161,3 +138,21 @@ def build_card(
         extension=extension,
     )
     return card.model_dump(mode="json", exclude_none=True)
+
+
+def _action(finding: Finding, suggestion: SuggestionTemplate | None) -> Action | None:
+    """The one action of a finding's suggestion: create its new resource or update the Claim."""
+    if suggestion is None:
+        return None
+    description = render_template(suggestion.action_description, finding.variables)
+    if finding.new_resource is not None:
+        return Action(type="create", description=description, resource=finding.new_resource)
+    claim = finding.updated_claim
+    if claim is None:
+        return None
+    return Action(
+        type="update",
+        description=description,
+        resource=claim,
+        resourceId=f"Claim/{claim['id']}" if claim.get("id") else None,
+    )

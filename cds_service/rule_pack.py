@@ -780,12 +780,7 @@ def _cross_checks(
         for hook_name in template.hooks:
             if hook_name not in HOOKS:
                 problem("findings.yaml", (*loc, "hooks"), f"unknown hook {hook_name!r}")
-        texts = {"summary": template.summary, "detail": template.detail}
-        texts |= {f"notes.{name}": text for name, text in template.notes.items()}
-        if template.suggestion is not None:
-            texts["suggestion.action_description"] = template.suggestion.action_description
-        for field_name, text in texts.items():
-            field_loc = (*loc, *field_name.split("."))
+        for field_loc, text in _rendered_texts(template, loc).items():
             try:
                 used = _placeholders(text)
             except ValueError as exc:
@@ -793,6 +788,12 @@ def _cross_checks(
                 continue
             for name in sorted(used - allowed):
                 problem("findings.yaml", field_loc, f"placeholder {{{name}}} is not filled here")
+            if used <= allowed and (left := _unfilled(_render(text, _sample_values(allowed)))):
+                problem("findings.yaml", field_loc, f"renders with {left[0]} unfilled")
+        for field_loc, text in _literal_texts(template, loc).items():
+            if left := _unfilled(text):
+                message = f"{left[0]} is shown as written: no placeholder"
+                problem("findings.yaml", field_loc, message)
         try:
             summary_names = _placeholders(template.summary)
         except ValueError:
@@ -872,6 +873,52 @@ def _cross_checks(
                     f"for {service.hook}",
                 )
     return problems
+
+
+def _rendered_texts(
+    template: FindingTemplate, loc: tuple[str | int, ...]
+) -> dict[tuple[str | int, ...], str]:
+    """The texts the card builder fills with the finding's variables, by location."""
+    texts: dict[tuple[str | int, ...], str] = {
+        (*loc, "summary"): template.summary,
+        (*loc, "detail"): template.detail,
+    }
+    texts |= {(*loc, "notes", name): text for name, text in template.notes.items()}
+    if template.suggestion is not None:
+        texts[(*loc, "suggestion", "label")] = template.suggestion.label
+        texts[(*loc, "suggestion", "action_description")] = template.suggestion.action_description
+    return texts
+
+
+def _literal_texts(
+    template: FindingTemplate, loc: tuple[str | int, ...]
+) -> dict[tuple[str | int, ...], str]:
+    """The texts a card shows exactly as written (link label, override reasons, UNCONFIRMED)."""
+    texts: dict[tuple[str | int, ...], str] = {(*loc, "source", "label"): template.source.label}
+    texts |= {
+        (*loc, "override_reasons", index, "display"): reason.display
+        for index, reason in enumerate(template.override_reasons)
+    }
+    texts |= {(*loc, "unconfirmed", index): item for index, item in enumerate(template.unconfirmed)}
+    texts |= {
+        (*loc, "note_unconfirmed", note, index): item
+        for note, items in template.note_unconfirmed.items()
+        for index, item in enumerate(items)
+    }
+    return texts
+
+
+_UNFILLED = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def _unfilled(text: str) -> list[str]:
+    """Placeholders such as ``{sibling_code}`` that a reader would see as written."""
+    return _UNFILLED.findall(text)
+
+
+def _sample_values(names: Iterable[str]) -> dict[str, str]:
+    """A plain value for each declared variable, to render a template the way a rule would."""
+    return {name: f"value-of-{name}" for name in names}
 
 
 def _worst_case_values(pack: RulePack) -> dict[str, str]:

@@ -15,8 +15,10 @@
 //                        SIGKILL, takes the server with it
 // Test control endpoints, outside /fhir:
 //   GET /__health       -> {"status": "ok", "resources": N, "skipped": [...]}
-//   GET /__requests     -> [{method, path, query, authorization, inFlight}] of the FHIR requests
-//                          received; inFlight counts the FHIR requests open when this one arrived
+//   GET /__requests     -> [{method, path, query, authorization, inFlight, arrivedMs, answeredMs}]
+//                          of the FHIR requests received; inFlight counts the FHIR requests open
+//                          when this one arrived; arrivedMs/answeredMs are the server's monotonic
+//                          clock (ms) when it arrived and when its answer was sent (null while open)
 //   DELETE /__requests  -> clears that list
 //   POST /__config      -> {"delayMs": N, "errorRate": F}, each member optional (an absent one
 //                          keeps its value): every later /fhir answer waits N ms first, and
@@ -494,13 +496,16 @@ async function main() {
       }
 
       state.inFlight += 1;
-      state.requests.push({
+      const record = {
         method,
         path: url.pathname,
         query: url.search.replace(/^\?/, ''),
         authorization: req.headers.authorization ?? null,
         inFlight: state.inFlight,
-      });
+        arrivedMs: performance.now(),
+        answeredMs: null,
+      };
+      state.requests.push(record);
       try {
         if (state.delayMs > 0) {
           await new Promise((resolve) => setTimeout(resolve, state.delayMs));
@@ -515,6 +520,7 @@ async function main() {
         return send(res, status, answer, FHIR_JSON, CORS_HEADERS);
       } finally {
         state.inFlight -= 1;
+        record.answeredMs = performance.now();
       }
     } catch (err) {
       log(`error: ${err?.stack ?? err}`);

@@ -244,7 +244,8 @@ class MedplumServer:
         return body
 
     def requests(self) -> list[dict[str, Any]]:
-        """The FHIR requests received so far: ``{method, path, query, authorization, inFlight}``."""
+        """The FHIR requests received so far: ``{method, path, query, authorization, inFlight,
+        arrivedMs, answeredMs}`` (the server's monotonic clock in ms)."""
         response = requests.get(f"{self.root_url}/__requests", timeout=CONTROL_TIMEOUT_S)
         response.raise_for_status()
         received: list[dict[str, Any]] = response.json()

@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.task import Task
 from flask import Flask
 from flask.testing import FlaskClient
-from test_rules import findings_for
+from suggestion_records import EXPECTED_EDITS, claim_edit_record, sent_claims, task_record
 from werkzeug.test import TestResponse
 
 from cds_service import service
@@ -92,6 +93,51 @@ def assert_states_what_is_unconfirmed(
             assert all(item in items or item not in detail for item in note_items), (code, note)
 
 
+PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def card_texts(card: dict[str, Any]) -> list[str]:
+    """Every text of a card a person reads: summary, detail, suggestion and action wording,
+    the source and link labels and the override reasons."""
+    texts = [card["summary"], card.get("detail", ""), card["source"]["label"]]
+    texts += [link["label"] for link in card.get("links", [])]
+    texts += [reason.get("display", "") for reason in card.get("overrideReasons", [])]
+    for suggestion in card.get("suggestions", []):
+        texts.append(suggestion["label"])
+        texts += [action["description"] for action in suggestion.get("actions", [])]
+    return texts
+
+
+def unfilled_placeholders(card: dict[str, Any]) -> list[str]:
+    """Template placeholders such as ``{sibling_code}`` left in what a card shows."""
+    return [found for text in card_texts(card) for found in PLACEHOLDER.findall(text)]
+
+
+def assert_suggestions_match_the_records(
+    name: str, cards: list[dict[str, Any]], pack: RulePack
+) -> None:
+    """The claim edits and Tasks the cards carry equal expected-edits.json, through HTTP."""
+    body = load_fixture(name)
+    claims = sent_claims(body)
+    labels = {element.key: element.label for element in pack.coding.documentation}
+    suggested: dict[str, Any] = {}
+    for card in cards:
+        code = card["extension"]["cpt20703.finding"]
+        if pack.findings.findings[code].suggestion is None:
+            assert "suggestions" not in card, code
+            continue
+        actions = [a for s in card.get("suggestions", []) for a in s["actions"]]
+        assert len(actions) <= 1, code
+        if not actions:
+            suggested[code] = None
+        elif actions[0]["type"] == "create":
+            suggested[code] = task_record(actions[0]["resource"], labels)
+        else:
+            resource = actions[0]["resource"]
+            suggested[code] = claim_edit_record(claims[resource["id"]], resource)
+    assert suggested == EXPECTED_EDITS.get(name, {})
+
+
 def finding_codes(response: TestResponse) -> list[str]:
     return sorted(card["extension"]["cpt20703.finding"] for card in response.get_json()["cards"])
 
@@ -141,8 +187,10 @@ def test_fixture_answer_over_http(client: FlaskClient, pack: RulePack, name: str
     uuids += [s["uuid"] for card in body["cards"] for s in card.get("suggestions", [])]
     assert len(uuids) == len(set(uuids))
     payer_label = pack.payers.profile(expected["payer"]).label
-    notes = {finding.code: finding.note for finding in findings_for(load_fixture(name), pack)}
+    notes = dict.fromkeys(expected["findings"]) | expected.get("notes", {})
+    assert_suggestions_match_the_records(name, body["cards"], pack)
     for card in body["cards"]:
+        assert unfilled_placeholders(card) == [], card["extension"]
         assert len(card["summary"]) < 140
         assert f"**Payer: {payer_label}**" in card["detail"]
         assert_states_what_is_unconfirmed(card, pack, notes)

@@ -6,8 +6,10 @@ import re
 from typing import Any
 
 import pytest
-from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, load_fixture
+import yaml
+from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, ROOT, load_fixture
 from fhir.resources.R4B import get_fhir_model_class
+from suggestion_records import EXPECTED_EDITS, describe
 
 from cds_service.fhir_input import iter_resources
 
@@ -121,3 +123,37 @@ def test_readme_fires_and_near_miss_table_matches_expected_json() -> None:
                 assert (finding in EXPECTED[name]["findings"]) is fires, (finding, name)
                 checked += 1
     assert checked >= 30
+
+
+def test_readme_suggestion_table_matches_expected_edits() -> None:
+    """The README's "What each suggestion does" table has one row per record of
+    expected-edits.json, saying in words exactly what the record holds, and a reason citing the
+    coding facts file."""
+    readme = (FIXTURES / "README.md").read_text()
+    section = readme.split("\n## What each suggestion does", 1)[1].split("\n## ", 1)[0]
+    rows: dict[tuple[str, str], list[str]] = {}
+    for line in section.splitlines():
+        cells = _cells(line) if line.startswith("| `") else []
+        if len(cells) == 4:
+            (name,) = [full for full in FIXTURE_NAMES if full.endswith(cells[0].strip("`…"))]
+            rows[(name, cells[1].strip("`"))] = cells
+    records = {(name, code) for name, edits in EXPECTED_EDITS.items() for code in edits}
+    assert set(rows) == records
+    for (name, code), (_, _, does, why) in rows.items():
+        assert does == describe(EXPECTED_EDITS[name][code]), (name, code)
+        assert re.search(r"§\d", why), (name, code)
+
+
+def test_expected_edits_cover_exactly_the_findings_that_can_suggest() -> None:
+    """A record exists for each expected finding whose card template has a suggestion, and only
+    for findings the fixture is expected to raise."""
+    with_suggestion = {
+        code
+        for code, template in yaml.safe_load((ROOT / "cards" / "findings.yaml").read_text())[
+            "findings"
+        ].items()
+        if "suggestion" in template
+    }
+    for name, expected in EXPECTED.items():
+        wanted = set(expected["findings"]) & with_suggestion
+        assert set(EXPECTED_EDITS.get(name, {})) == wanted, name

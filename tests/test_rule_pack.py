@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import EXPECTED, load_fixture
-from test_rules import findings_for
+from conftest import EXPECTED
 
 from cds_service.cli import main
 from cds_service.rule_pack import (
@@ -23,12 +22,32 @@ from cds_service.rule_pack import (
 
 
 def test_every_finding_has_a_fixture_that_fires_it(pack: RulePack) -> None:
-    """Each finding of findings.yaml is raised by at least one fixture."""
-    fired: set[str] = set()
-    for name, expected in EXPECTED.items():
-        if expected["status"] == 200:
-            fired |= {finding.code for finding in findings_for(load_fixture(name), pack)}
-    assert set(pack.findings.findings) <= fired
+    """Each finding of findings.yaml is expected of at least one fixture (expected.json, which
+    the rule and HTTP tests hold the engine to), and of none that is refused."""
+    fired = {code for expected in EXPECTED.values() for code in expected["findings"]}
+    assert set(pack.findings.findings) == fired
+    assert all(not e["findings"] for e in EXPECTED.values() if e["status"] != 200)
+
+
+def test_every_note_has_a_fixture_that_raises_the_finding_with_it(pack: RulePack) -> None:
+    """Each note (a different piece of advice) is expected of at least one fixture, except
+    those listed here with the test that covers them instead."""
+    covered_elsewhere = {
+        # tests/test_rules.py::test_claim_without_primary_line_gets_no_action
+        ("add-on-suggested", "primary-not-on-claim"),
+        # tests/test_payers.py (Blue Cross NC's same-specialty group under one TIN)
+        ("provider-mismatch", "care-team-group-tin"),
+        # tests/test_payers.py (a Medicare payer with the primary on another claim)
+        ("provider-mismatch", "other-claim-required"),
+    }
+    expected = {
+        (code, note) for e in EXPECTED.values() for code, note in e.get("notes", {}).items()
+    }
+    declared = {
+        (code, note) for code, template in pack.findings.findings.items() for note in template.notes
+    }
+    assert expected <= declared
+    assert declared - expected == covered_elsewhere
 
 
 def test_every_documentation_key_is_missing_in_some_fixture() -> None:
@@ -94,6 +113,15 @@ def line_of(path: Path, needle: str) -> int:
         # Per-note indicators and suppressions name notes and findings that exist.
         ("findings.yaml", "      other-procedures-medicare: info", "      other-procedure-medicare: info", "no note named 'other-procedure-medicare'"),
         ("findings.yaml", "      removal-code-billed: [documentation-missing]", "      removal-code-billed: [documentation-missed]", "unknown finding 'documentation-missed'"),
+        # Every text a card shows is filled: suggestion labels and action descriptions are
+        # rendered with the finding's variables; labels, override reasons and UNCONFIRMED items
+        # are shown as written, so a placeholder there would reach the reader unfilled.
+        ("findings.yaml", "label: \"Replace 20703 with {sibling_code}\"", "label: \"Replace 20703 with {sibling_cod}\"", "placeholder {sibling_cod} is not filled here"),
+        ("findings.yaml", "label: \"Replace 20703 with {sibling_code}\"", "label: \"Replace 20703 with {{sibling_code}}\"", "renders with {sibling_code} unfilled"),
+        ("findings.yaml", "action_description: \"Keep one CPT 20703 line of 1 unit for the date of service.\"", "action_description: \"Keep one CPT 20703 line of {mue_unit} unit.\"", "placeholder {mue_unit} is not filled here"),
+        ("findings.yaml", "{code: \"hand-made\", display: \"The device was prepared by hand\"}", "{code: \"hand-made\", display: \"The device was prepared by hand ({note})\"}", "{note} is shown as written"),
+        ("findings.yaml", "label: \"Ohio HIMA (2020): prefabricated devices do not qualify\"", "label: \"Ohio HIMA ({aoc_file}): prefabricated devices do not qualify\"", "{aoc_file} is shown as written"),
+        ("findings.yaml", "      - \"NCCI procedure-to-procedure edits for the pair 20703/20680 were not retrieved.\"", "      - \"NCCI edits for the pair 20703/{add_on_code} were not retrieved.\"", "{add_on_code} is shown as written"),
     ],
 )  # fmt: skip
 def test_problem_is_reported_with_file_and_line(

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from conftest import EXPECTED, FIXTURE_NAMES, icd10cm_diagnoses, load_fixture
 from fhir.resources.R4B.claim import Claim
+from suggestion_records import EXPECTED_EDITS, claim_edit_record, sent_claims, task_record
 
 from cds_service.facts import ClinicalFacts, derive_facts
 from cds_service.fhir_input import read_resources
@@ -52,6 +53,41 @@ def test_fixture_raises_expected_findings(name: str, pack: RulePack) -> None:
     """Each fixture raises exactly the findings its README promises."""
     findings = findings_for(load_fixture(name), pack)
     assert sorted(finding.code for finding in findings) == EXPECTED[name]["findings"]
+
+
+@pytest.mark.parametrize("name", ANSWERED)
+def test_fixture_raises_each_finding_with_its_expected_note(name: str, pack: RulePack) -> None:
+    """The note each finding is raised with (it picks the card's advice) is the one expected."""
+    findings = findings_for(load_fixture(name), pack)
+    notes = {finding.code: finding.note for finding in findings if finding.note is not None}
+    assert notes == EXPECTED[name].get("notes", {})
+
+
+def suggestion_record(
+    finding: Finding, body: dict[str, Any], pack: RulePack
+) -> dict[str, Any] | None:
+    """What the finding's suggestion would do, as recorded in expected-edits.json."""
+    if finding.updated_claim is not None:
+        original = sent_claims(body)[finding.updated_claim["id"]]
+        return claim_edit_record(original, finding.updated_claim)
+    if finding.new_resource is not None:
+        labels = {element.key: element.label for element in pack.coding.documentation}
+        return task_record(finding.new_resource, labels)
+    return None
+
+
+@pytest.mark.parametrize("name", ANSWERED)
+def test_fixture_suggestions_do_what_the_records_say(name: str, pack: RulePack) -> None:
+    """Every claim edit and Task equals its reviewed record: lines added, removed or changed,
+    with codes, modifiers, units, dates and pointers; a finding that can carry a suggestion but
+    should not (no claim, no mechanical fix) is recorded as null."""
+    body = load_fixture(name)
+    suggested = {
+        finding.code: suggestion_record(finding, body, pack)
+        for finding in findings_for(body, pack)
+        if pack.findings.findings[finding.code].suggestion is not None
+    }
+    assert suggested == EXPECTED_EDITS.get(name, {})
 
 
 @pytest.mark.parametrize("name", ANSWERED)
