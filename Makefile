@@ -60,8 +60,19 @@ fuzz: $(TEST_STAMP)
 soak: $(TEST_STAMP) $(FHIR_SERVER_DEPS)
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
+## mutation: mutmut over the rule, fact, claim-edit and card modules; score, survivors, gate at 90%
+.PHONY: mutation mutation-sample
+mutation: $(TEST_STAMP)
+	$(BIN)/python tools/mutation_gate.py
+
+## mutation-sample: the bounded, stable sample CI runs (about a tenth of the mutants)
+mutation-sample: $(TEST_STAMP)
+	$(BIN)/python tools/mutation_gate.py --fraction $(MUTATION_SAMPLE)
+
+MUTATION_SAMPLE ?= 0.1
+
 check-cards: $(RUNTIME_STAMP)
 	$(BIN)/cds-service check-cards
 
 clean:
-	rm -rf $(VENV) var dist build .pytest_cache .mypy_cache .ruff_cache fhir_sandbox/node_modules
+	rm -rf $(VENV) var dist build mutants .pytest_cache .mypy_cache .ruff_cache fhir_sandbox/node_modules

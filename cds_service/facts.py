@@ -130,9 +130,15 @@ def icd10cm_compact(code: str) -> str | None:
 
 
 def _has_value(answer: Any) -> bool:
-    """An answer that says something (an empty string or false documents nothing)."""
-    values = answer.model_dump(exclude_none=True, exclude={"id", "extension", "item"})
-    return any(value not in ("", False) for value in values.values())
+    """An answer that says something (an empty string or false documents nothing, nor does an
+    answer carrying only extensions, such as a data-absent-reason). fhir.resources' model_dump
+    ignores ``exclude``, so the keys are dropped here."""
+    values = answer.model_dump(exclude_none=True)
+    return any(
+        value not in ("", False)
+        for key, value in values.items()
+        if key not in ("id", "extension", "modifierExtension", "item")
+    )
 
 
 def reference_id(reference: Reference | None, resource_type: str) -> str | None:

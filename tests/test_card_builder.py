@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from itertools import count
+
+import pytest
+import yaml
+from conftest import EXPECTED, FIXTURE_NAMES, ROOT, load_fixture
+from test_api import card_texts, unfilled_placeholders
+from test_rules import by_code, findings_for
 
 from cds_service.card_builder import build_cards, sources_section
 from cds_service.rule_pack import RulePack
@@ -136,3 +143,94 @@ def test_nothing_unconfirmed_means_no_heading(pack: RulePack) -> None:
     }
     (card,) = build_cards([Finding("diagnosis-conflict", variables)], pack, numbered())
     assert "UNCONFIRMED" not in card["detail"]
+
+
+ANSWERED = [name for name in FIXTURE_NAMES if EXPECTED[name]["status"] == 200]
+
+
+@pytest.mark.parametrize("name", ANSWERED)
+def test_every_fixture_card_renders_its_values(pack: RulePack, name: str) -> None:
+    """Built without a server, every card of every fixture has every text filled (no
+    placeholder, no "None"), the claim topic, the sources after a blank line, and the action its
+    finding calls for."""
+    findings = findings_for(load_fixture(name), pack)
+    cards = build_cards(findings, pack, numbered(), payer=EXPECTED[name]["payer"])
+    topic = yaml.safe_load((ROOT / "cards" / "findings.yaml").read_text())["card_topic"]
+    for finding, card in zip(findings, cards, strict=True):
+        texts = card_texts(card)
+        assert unfilled_placeholders(card) == [], finding.code
+        assert not any(re.search(r"\bNone\b", text) for text in texts), finding.code
+        assert card["source"]["topic"] == topic
+        assert "\n\n**Sources**\n- [" in card["detail"]
+        for suggestion in card.get("suggestions", []):
+            (action,) = suggestion["actions"]
+            wanted = finding.new_resource if action["type"] == "create" else finding.updated_claim
+            assert action["resource"] == wanted
+
+
+def test_caveats_reach_every_card(pack: RulePack) -> None:
+    """Data that could not be checked is listed, item by item, on every card."""
+    findings = findings_for(load_fixture("encounter-discharge--missing-documentation.json"), pack)
+    caveats = ["Device search: the FHIR server did not answer", "Coverage: not found"]
+    for card in build_cards(findings, pack, numbered(), caveats=caveats):
+        assert (
+            "\n\n**Not checked** (this data could not be obtained):\n"
+            "- Device search: the FHIR server did not answer\n- Coverage: not found"
+        ) in card["detail"]
+
+
+def test_documentation_checklist_names_each_missing_element(pack: RulePack) -> None:
+    """The documentation card's checklist is one unchecked box per missing element, in order."""
+    findings = by_code(
+        findings_for(load_fixture("encounter-discharge--missing-documentation.json"), pack)
+    )
+    labels = {element.key: element.label for element in pack.coding.documentation}
+    missing = findings["documentation-missing"].missing_documentation
+    checklist = "\n".join(f"- [ ] `{key}`: {labels[key]}" for key in missing)
+    (card,) = build_cards([findings["documentation-missing"]], pack, numbered())
+    assert checklist in card["detail"]
+    assert card["summary"] == f"+20703 documentation incomplete: {len(missing)} element(s) missing"
+
+
+@pytest.mark.parametrize(
+    ("name", "summary"),
+    [
+        (
+            "encounter-discharge--insertion-billed-for-removal.json",
+            "The claim reports 20702 but the record shows removal: report 20703",
+        ),
+        (
+            "encounter-discharge--removal-billed-for-insertion.json",
+            "The claim reports 20703 but the record shows insertion: report 20702",
+        ),
+        (
+            "encounter-discharge--wrong-tier-soft-tissue.json",
+            "The removed drug device was in deep soft tissue: report 20701, not +20703",
+        ),
+        (
+            "encounter-discharge--wrong-tier-intra-articular.json",
+            "The removed drug device was in a joint: report 20705, not +20703",
+        ),
+        (
+            "encounter-discharge--assistant-modifier.json",
+            "Assistant modifier 80 billed: +20703 pays only with documented medical necessity",
+        ),
+        (
+            "encounter-discharge--units-exceed-mue.json",
+            "+20703 billed for more than 1 unit on one date: the MUE is 1 (date-of-service edit)",
+        ),
+    ],
+)
+def test_summary_names_the_codes_a_coder_acts_on(pack: RulePack, name: str, summary: str) -> None:
+    """The summaries whose words carry the advice say exactly what to report."""
+    cards = build_cards(findings_for(load_fixture(name), pack), pack, numbered())
+    assert summary in [card["summary"] for card in cards]
+
+
+def test_mue_card_states_the_edit_it_relies_on(pack: RulePack) -> None:
+    """The MUE card names the limit, its adjudication indicator and the CMS file."""
+    body = load_fixture("encounter-discharge--units-exceed-mue.json")
+    (card,) = build_cards(findings_for(body, pack), pack, numbered())
+    mue = pack.coding.mue
+    assert f"**{mue.units}** with MAI {mue.mai} ({mue.file})" in card["detail"]
+    assert (mue.units, mue.mai) == (1, 3)

@@ -10,6 +10,7 @@ from fhir.resources.R4B.claim import Claim
 
 from cds_service.claim_edit import (
     add_add_on_line,
+    is_valid_resource,
     replace_line_code,
     update_line,
     without_lines,
@@ -87,7 +88,10 @@ def test_replace_line_changes_only_the_code() -> None:
     updated = replace_line_code(CLAIM, LINE, standalone)
     assert updated is not None
     item = updated["item"][0]
-    assert item["productOrService"]["coding"] == [standalone]
+    assert item["productOrService"] == {"coding": [standalone], "text": "Removal of implant; deep"}
+    without_display = replace_line_code(CLAIM, LINE, {"system": CPT, "code": "20680"})
+    assert without_display is not None
+    assert without_display["item"][0]["productOrService"]["text"] == "20680"
     assert {k: v for k, v in item.items() if k != "productOrService"} == {
         k: v for k, v in CLAIM["item"][0].items() if k != "productOrService"
     }
@@ -118,3 +122,16 @@ def test_without_lines_drops_only_those_lines() -> None:
     updated = without_lines(claim, [LINE])
     assert [item["sequence"] for item in updated["item"]] == [7]
     Claim.model_validate(updated)
+
+
+def test_resource_validity_is_that_of_the_named_r4_type() -> None:
+    """A resource is valid only as the R4 type named: a Task without status is not."""
+    task = {
+        "resourceType": "Task",
+        "status": "requested",
+        "intent": "order",
+        "for": {"reference": "Patient/x"},
+    }
+    assert is_valid_resource("Task", task)
+    assert not is_valid_resource("Task", {k: v for k, v in task.items() if k != "status"})
+    assert not is_valid_resource("NoSuchType", task)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cds_service.cli import main
 from cds_service.describe import describe_rules_markdown
@@ -18,6 +20,58 @@ def test_committed_rule_table_is_current(pack: RulePack) -> None:
     assert DOCS.read_text() == describe_rules_markdown(pack), (
         "run: cds-service describe-rules --markdown > docs/rules.md"
     )
+
+
+CARDS = Path(__file__).resolve().parents[1] / "cards"
+
+
+def _doc_rows(section: str) -> dict[str, list[str]]:
+    """The rows of one table of the committed docs/rules.md, by their first cell."""
+    text = DOCS.read_text().split(f"\n## {section}", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows.setdefault(cells[0], cells)
+    return rows
+
+
+def test_committed_rule_table_says_what_the_pack_files_say() -> None:
+    """docs/rules.md read against the YAML files themselves (not the generator or the loaded
+    pack): each finding's indicator, hooks, start date, summary, sources, confidence and
+    UNCONFIRMED items, each documentation element, each source and every listed primary."""
+    findings = yaml.safe_load((CARDS / "findings.yaml").read_text())["findings"]
+    coding = yaml.safe_load((CARDS / "coding.yaml").read_text())
+    sources = yaml.safe_load((CARDS / "sources.yaml").read_text())["sources"]
+    rows = _doc_rows("Findings")
+    assert set(rows) - {"code"} == {f"`{code}`" for code in findings}
+    for code, finding in findings.items():
+        _, indicator, hooks, start, summary, _, _, cited, confidence, unconfirmed = rows[
+            f"`{code}`"
+        ]
+        assert indicator == finding["indicator"], code
+        assert hooks.split(", ") == sorted(finding["hooks"]), code
+        assert start == finding.get("effective_from", coding["family_effective"]), code
+        assert summary == finding["summary"], code
+        assert re.findall(r"\b(S\d+) \(", cited) == finding["source"]["sources"], code
+        assert confidence == f"tier {finding['confidence']}", code
+        items = finding["unconfirmed"] + [
+            item
+            for note_items in finding.get("note_unconfirmed", {}).values()
+            for item in note_items
+        ]
+        assert all(item in unconfirmed for item in items), code
+        assert (unconfirmed == "nothing (`[]`)") is (not items), code
+    elements = _doc_rows("Documentation elements")
+    for element in coding["documentation"]:
+        assert elements[f"`{element['key']}`"][1] == element["label"], element["key"]
+    cited_sources = _doc_rows("Sources")
+    for key, source in sources.items():
+        assert cited_sources[key][1] == f"[{source['label']}]({source['url']})", key
+        assert cited_sources[key][2] == str(source["tier"]), key
+    listed = DOCS.read_text().split("\n## Listed primaries for 20703", 1)[1]
+    codes = [entry["code"] for entry in coding["primaries"]["codes"]]
+    assert re.findall(r"\b\d{5}\b", listed.split(":", 1)[1]) == codes
 
 
 def test_table_lists_every_finding_payer_and_source(pack: RulePack) -> None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import copy
+import json
 from typing import Any
 
 import pytest
 from conftest import load_fixture
 from fhir.resources.R4B.reference import Reference
-from test_rules import facts_for
+from test_rules import by_code, facts_for
 
-from cds_service.facts import FactReader, links_diagnosis, reference_id
+from cds_service.facts import FactReader, _day, canonical_url, links_diagnosis, reference_id
 from cds_service.fhir_input import ResourceSet
 from cds_service.rule_pack import RulePack
-from cds_service.rules import evaluate
+from cds_service.rules import evaluate, missing_documentation
+
+CPT = "http://www.ama-assn.org/go/cpt"
 
 
 @pytest.mark.parametrize(
@@ -210,3 +215,232 @@ def test_later_removal_does_not_hide_an_active_device(pack: RulePack) -> None:
     facts = facts_for(body, pack)
     assert facts.device_in_place == ("active-device",)
     assert [f.code for f in evaluate(facts, pack)] == ["planned-removal-reminder"]
+
+
+# -- edge cases the fixtures do not reach (each found by a surviving mutant) -----------------
+
+STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
+
+
+def entries(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    return [entry["resource"] for entry in body["prefetch"][key].get("entry", [])]
+
+
+def add_entry(
+    body: dict[str, Any], key: str, resource: dict[str, Any], first: bool = False
+) -> None:
+    bundle = body["prefetch"][key]
+    entry = {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource}
+    bundle["entry"] = (
+        [entry, *bundle.get("entry", [])] if first else [*bundle.get("entry", []), entry]
+    )
+    bundle["total"] = len(bundle["entry"])
+
+
+def test_day_of_a_plain_date_string_and_a_partial_one() -> None:
+    """A ten-character date is a day; a year-month is not."""
+    assert _day("2026-02-10") == "2026-02-10"
+    assert _day("2026-02-10T08:05:00-06:00") == "2026-02-10"
+    assert _day("2026-02") is None
+
+
+def test_canonical_url_drops_only_the_version() -> None:
+    """Everything after the first bar is the version, even when it holds a bar itself."""
+    assert canonical_url("http://x/q|1|draft") == "http://x/q"
+    assert canonical_url("http://x/q") == "http://x/q"
+
+
+def test_payer_is_the_claims_coverage_not_the_first_active_one(pack: RulePack) -> None:
+    """With two active Coverages, the payer is the one the draft Claim's insurance names."""
+    body = load_fixture(STANDARD)
+    (coverage,) = entries(body, "coverage")
+    other = coverage | {"id": "cov-aetna-extra", "payor": [{"display": "Aetna"}]}
+    add_entry(body, "coverage", other, first=True)
+    assert facts_for(body, pack).payer == "medicare"
+
+
+def test_orphan_with_another_session_procedure_is_not_removal_only(pack: RulePack) -> None:
+    """A session procedure besides the removal (not on the claim) means 20680 is not the fix."""
+    body = load_fixture("encounter-discharge--orphan-removal-only.json")
+    removal = entries(body, "procedures")[0]
+    debridement = {
+        key: value for key, value in removal.items() if key not in ("focalDevice", "note")
+    } | {
+        "id": "proc-extra-debridement",
+        "code": {"coding": [{"system": CPT, "code": "27360"}], "text": "Sequestrectomy, femur"},
+    }
+    add_entry(body, "procedures", debridement)
+    finding = by_code(evaluate(facts_for(body, pack), pack))["orphan-add-on"]
+    assert finding.note == "other-procedures-medicare"
+    assert finding.updated_claim is None
+
+
+def test_same_day_removal_of_the_inserted_device_takes_it_out(pack: RulePack) -> None:
+    """An insertion whose own device is removed on the same day leaves nothing in place."""
+    body = load_fixture("order-sign--device-already-removed.json")
+    insertion, removal = sorted(
+        (p for p in entries(body, "procedures") if p.get("focalDevice")),
+        key=lambda p: p["performedDateTime"],
+    )
+    removal["performedDateTime"] = insertion["performedDateTime"]
+    assert facts_for(body, pack).device_in_place == ()
+
+
+def test_removal_without_a_date_counts_as_later(pack: RulePack) -> None:
+    """A coded removal on record with no date, naming no device, still ends the insertion (it
+    cannot be shown to be earlier)."""
+    body = load_fixture("order-sign--device-already-removed.json")
+    for procedure in entries(body, "procedures"):
+        if "20703" in json.dumps(procedure.get("code")):
+            del procedure["performedDateTime"]
+            del procedure["focalDevice"]
+    assert facts_for(body, pack).device_in_place == ()
+
+
+def test_prefabricated_wording_in_the_removed_devices_note(pack: RulePack) -> None:
+    """The removed Device's own note can say it was commercially manufactured."""
+    body = load_fixture(STANDARD)
+    (device,) = entries(body, "devices")
+    device["deviceName"] = [{"name": "Commercially manufactured rod", "type": "model-name"}]
+    assert facts_for(body, pack).prefabricated
+
+
+def test_focal_device_removal_after_another_focal_device(pack: RulePack) -> None:
+    """A removal listed after an implantation on the same Procedure is still a removal."""
+    body = load_fixture(STANDARD)
+    removal = entries(body, "procedures")[0]
+    implanted = copy.deepcopy(removal["focalDevice"][0])
+    implanted["action"]["coding"][0]["code"] = "129336009"
+    implanted["manipulated"] = {"reference": "Device/dev-not-in-prefetch"}
+    removal["focalDevice"].insert(0, implanted)
+    assert "focal-device-removal" in facts_for(body, pack).removal_evidence
+
+
+def test_other_document_types_are_not_operative_notes(pack: RulePack) -> None:
+    """A discharge summary of the encounter is not searched for operative-note elements."""
+    body = load_fixture("encounter-discharge--missing-documentation.json")
+    (note,) = entries(body, "documents")
+    summary = copy.deepcopy(note) | {
+        "id": "docref-discharge-extra",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "18842-5"}]},
+    }
+    summary["content"][0]["attachment"]["data"] = base64.b64encode(
+        b"Estimated blood loss: 50 mL. Complications: none."
+    ).decode()
+    add_entry(body, "documents", summary)
+    linked_only = copy.deepcopy(note) | {"id": "docref-linked-extra"}
+    linked_only["content"] = [
+        {"attachment": {"contentType": "text/plain", "url": "https://ehr.example.org/n/1"}}
+    ]
+    add_entry(body, "documents", linked_only)
+    missing = missing_documentation(facts_for(body, pack), pack)
+    assert {"estimated-blood-loss", "complications"} <= set(missing)
+
+
+def test_a_procedures_report_is_read_whatever_its_type(pack: RulePack) -> None:
+    """A DocumentReference the removal Procedure names as its report is read even when it is not
+    typed as an operative note."""
+    body = load_fixture(STANDARD)
+    (note,) = entries(body, "documents")
+    note["type"] = {"coding": [{"system": "http://loinc.org", "code": "34109-9"}]}
+    assert missing_documentation(facts_for(body, pack), pack) != []
+    entries(body, "procedures")[0]["report"] = [{"reference": f"DocumentReference/{note['id']}"}]
+    assert missing_documentation(facts_for(body, pack), pack) == []
+
+
+def test_session_date_comes_from_the_claim_without_procedures(pack: RulePack) -> None:
+    """With no session Procedure, the date of service is the claim's earliest line."""
+    body = load_fixture(STANDARD)
+    body["prefetch"]["procedures"] = {"resourceType": "Bundle", "type": "searchset", "total": 0}
+    assert facts_for(body, pack).session_date == "2026-02-10"
+
+
+def test_soft_tissue_tier_from_the_removed_device_without_a_removal_verb(pack: RulePack) -> None:
+    """The focalDevice removal action alone marks a removal; the tier words may be only on the
+    removed Device."""
+    body = load_fixture("encounter-discharge--soft-tissue-beads.json")
+    removal = next(p for p in entries(body, "procedures") if p.get("focalDevice"))
+    removal["code"] = {"text": "Antibiotic bead chain"}
+    removal.pop("note", None)
+    assert facts_for(body, pack).other_tiers == frozenset({"soft-tissue"})
+
+
+def test_questionnaire_answers_of_another_encounter_do_not_count(pack: RulePack) -> None:
+    """Answers given for another encounter document nothing here; amended ones do count."""
+    body = load_fixture("encounter-discharge--questionnaire-answers.json")
+    (response,) = entries(body, "questionnaireResponses")
+    response["status"] = "amended"
+    answered = facts_for(body, pack).answered
+    assert "removal-reason" in answered
+    response["encounter"] = {"reference": "Encounter/enc-of-another-visit"}
+    assert facts_for(body, pack).answered == frozenset()
+    own = copy.deepcopy(response) | {"id": "qr-own-visit", "encounter": note_encounter(body)}
+    add_entry(body, "questionnaireResponses", own)
+    assert "removal-reason" in facts_for(body, pack).answered
+
+
+def note_encounter(body: dict[str, Any]) -> dict[str, str]:
+    return {"reference": f"Encounter/{body['context']['encounterId']}"}
+
+
+def test_an_answer_with_only_an_extension_documents_nothing(pack: RulePack) -> None:
+    """An answer that carries no value, only an extension, does not count as documented."""
+    body = load_fixture("encounter-discharge--questionnaire-answers.json")
+    (response,) = entries(body, "questionnaireResponses")
+    for item in response["item"]:
+        item["answer"] = [{"extension": [{"url": "https://ehr.example.org/x", "valueString": "y"}]}]
+    assert facts_for(body, pack).answered == frozenset()
+
+
+def test_device_identified_by_its_20702_implantation(pack: RulePack) -> None:
+    """An active Device whose own text has no intramedullary words is one when a prior 20702
+    Procedure implanted it."""
+    facts = facts_for(load_fixture("order-sign--planned-removal-humerus.json"), pack)
+    assert "active-device" in facts.device_in_place
+
+
+def test_device_words_across_its_type_and_name(pack: RulePack) -> None:
+    """A Device's type, names and notes are read as one text: the form word may open its name."""
+    body = load_fixture("order-sign--planned-removal-reminder.json")
+    (device,) = entries(body, "devices")
+    device["type"] = {"text": "Tobramycin PMMA cement"}
+    device["deviceName"] = [{"name": "rod for the left tibial canal", "type": "model-name"}]
+    device.pop("note")
+    assert "active-device" in facts_for(body, pack).device_in_place
+
+
+def test_unlisted_surgery_without_a_removal_raises_nothing(pack: RulePack) -> None:
+    """primary-not-listed needs a removal: an unlisted surgery alone is no +20703 question."""
+    body = load_fixture("encounter-discharge--primary-not-listed.json")
+    bundle = body["prefetch"]["procedures"]
+    bundle["entry"] = [e for e in bundle["entry"] if "coding" in e["resource"]["code"]]
+    bundle["total"] = len(bundle["entry"])
+    assert evaluate(facts_for(body, pack), pack) == []
+
+
+def test_the_first_surgery_code_counts_as_surgery(pack: RulePack) -> None:
+    """The CPT surgery range includes its first code."""
+    body = load_fixture("encounter-discharge--primary-not-listed.json")
+    low, _ = pack.coding.surgical_code_range
+    for procedure in entries(body, "procedures"):
+        for coding in procedure["code"].get("coding", []):
+            coding["code"] = low
+    for claim in entries(body, "claims"):
+        for item in claim["item"]:
+            item["productOrService"]["coding"][0]["code"] = low
+    assert facts_for(body, pack).other_surgery
+
+
+@pytest.mark.parametrize(
+    ("text", "tier"),
+    [
+        ("tobramycin beads removed from the subfascial space", "soft-tissue"),
+        ("vancomycin-soaked collagen sponge removed from the subfascial space", None),
+        ("metal beads removed from the subfascial space", None),
+    ],
+)
+def test_a_tier_needs_both_a_drug_carrier_and_a_device_form(
+    pack: RulePack, text: str, tier: str | None
+) -> None:
+    """A drug without a device form, or a form without a drug, is no drug-delivery device."""
+    assert FactReader(ResourceSet(), pack, "e1").tier_of(text) == tier
