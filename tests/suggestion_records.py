@@ -95,15 +95,27 @@ def task_record(task: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
     the Task's description names.
     """
     description = task.get("description", "")
+    (code,) = task.get("code", {}).get("coding", [{}])
+    (task_input,) = task.get("input", [{}])
+    (input_type,) = task_input.get("type", {}).get("coding", [{}])
     return {
         "task": {
+            "status": task.get("status"),
+            "intent": task.get("intent"),
+            "code": _coding_words(code),
             "for": task.get("for", {}).get("reference"),
             "focus": task.get("focus", {}).get("reference"),
             "encounter": task.get("encounter", {}).get("reference"),
             "owner": task.get("owner", {}).get("reference"),
+            "input": {_coding_words(input_type): task_input.get("valueCanonical")},
+            "description": description,
             "asks_for": sorted(key for key, label in labels.items() if label in description),
         }
     }
+
+
+def _coding_words(coding: dict[str, Any]) -> str:
+    return f"{coding.get('system')}|{coding.get('code')} ({coding.get('display')})"
 
 
 def sent_claims(body: dict[str, Any]) -> dict[str, dict[str, Any]]:

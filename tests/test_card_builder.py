@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from itertools import count
+from typing import Any
 
 import pytest
 import yaml
@@ -234,3 +235,122 @@ def test_mue_card_states_the_edit_it_relies_on(pack: RulePack) -> None:
     mue = pack.coding.mue
     assert f"**{mue.units}** with MAI {mue.mai} ({mue.file})" in card["detail"]
     assert (mue.units, mue.mai) == (1, 3)
+
+
+def _yaml(name: str) -> Any:
+    return yaml.safe_load((ROOT / "cards" / name).read_text())
+
+
+def _cited(keys: list[str], sources: dict[str, Any]) -> str:
+    return ", ".join(f"[{sources[key]['label']}]({sources[key]['url']})" for key in keys)
+
+
+def test_card_detail_is_exactly_its_parts_in_order(pack: RulePack) -> None:
+    """The medicare card of the MUE fixture, rebuilt from the YAML files: the template's detail,
+    the UNCONFIRMED list, the not-checked list, the payer's notes, then the sources, each block
+    after a blank line; the source, its link and the override reasons as written."""
+    findings = findings_for(load_fixture("encounter-discharge--units-exceed-mue.json"), pack)
+    (card,) = build_cards(
+        findings, pack, numbered(), caveats=["Coverage: not found"], payer="medicare"
+    )
+    template = _yaml("findings.yaml")["findings"]["units-exceed-mue"]
+    sources = _yaml("sources.yaml")["sources"]
+    (medicare,) = [p for p in _yaml("payers.yaml")["profiles"] if p["key"] == "medicare"]
+    mue = _yaml("coding.yaml")["mue"]
+    values = {"mue_units": mue["units"], "mue_mai": mue["mai"], "mue_file": mue["file"]}
+    unconfirmed = "\n".join(f"- {item}" for item in template["unconfirmed"])
+    payer_notes = "\n".join(
+        f"- {note['text']} (tier {note['tier']}, read {note['read']}: "
+        f"{_cited(note['sources'], sources)})"
+        for note in medicare["notes"]
+    )
+    cited = "\n".join(
+        f"- [{sources[key]['label']}]({sources[key]['url']}) (tier {sources[key]['tier']}"
+        + (f"; {sources[key]['note']}" if sources[key].get("note") else "")
+        + ")"
+        for key in template["source"]["sources"]
+    )
+    assert card["detail"] == (
+        template["detail"].format(**values).strip()
+        + "\n\n**UNCONFIRMED** (not confirmed by the sources this card relies on; check before "
+        + "relying on it):\n"
+        + unconfirmed
+        + "\n\n**Not checked** (this data could not be obtained):\n- Coverage: not found"
+        + "\n\n**Payer: Medicare**\n"
+        + payer_notes
+        + "\n\n**Sources**\n"
+        + cited
+    )
+    assert card["source"] == {
+        "label": template["source"]["label"],
+        "url": template["source"]["url"],
+        "topic": _yaml("findings.yaml")["card_topic"],
+    }
+    system = _yaml("findings.yaml")["override_reason_system"]
+    assert card["overrideReasons"] == [
+        {"system": system, "code": reason["code"], "display": reason["display"]}
+        for reason in template["override_reasons"]
+    ]
+
+
+def test_a_card_with_nothing_unconfirmed_or_unchecked_adds_nothing_for_them(pack: RulePack) -> None:
+    """Without UNCONFIRMED items, caveats or a payer, the detail is the template, then sources."""
+    findings = findings_for(load_fixture("encounter-discharge--diagnosis-conflict.json"), pack)
+    (card,) = build_cards(findings, pack, numbered())
+    detail_template = _yaml("findings.yaml")["findings"]["diagnosis-conflict"]["detail"]
+    assert (
+        card["detail"].split("\n\n**Sources**\n")[0]
+        == detail_template.format(**findings[0].variables).strip()
+    )
+
+
+def test_an_update_of_a_claim_without_id_names_no_resource(pack: RulePack) -> None:
+    """A draft Claim sent without an id is updated without a resourceId (nothing to name)."""
+    body = load_fixture("encounter-discharge--units-exceed-mue.json")
+    (finding,) = findings_for(body, pack)
+    assert finding.updated_claim is not None
+    anonymous = Finding(
+        finding.code,
+        finding.variables,
+        updated_claim={k: v for k, v in finding.updated_claim.items() if k != "id"},
+    )
+    (card,) = build_cards([anonymous], pack, numbered())
+    (action,) = card["suggestions"][0]["actions"]
+    assert "resourceId" not in action
+    assert action["resource"] == anonymous.updated_claim
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        (
+            "encounter-discharge--insertion-billed-for-removal.json",
+            "device removal and no insertion",
+        ),
+        (
+            "encounter-discharge--removal-billed-for-insertion.json",
+            "device insertion and no removal",
+        ),
+    ],
+)
+def test_insertion_card_says_what_the_record_shows_and_lacks(
+    pack: RulePack, name: str, words: str
+) -> None:
+    """The detail states which action the record shows and which it does not."""
+    (card,) = build_cards(findings_for(load_fixture(name), pack), pack, numbered())
+    assert words in " ".join(card["detail"].split())
+
+
+def test_add_on_card_lists_each_kind_of_evidence_on_its_own_line(pack: RulePack) -> None:
+    """The standard card lists the evidence found as one bullet per kind, as findings.yaml
+    labels them."""
+    (card,) = build_cards(
+        findings_for(load_fixture("encounter-discharge--tibia-nonunion-removal.json"), pack),
+        pack,
+        numbered(),
+    )
+    labels = _yaml("findings.yaml")["evidence_labels"]
+    bullets = "\n".join(
+        f"- {labels[kind]}" for kind in ("focal-device-removal", "procedure-text-removal")
+    )
+    assert f"Evidence found in the record:\n{bullets}\n\n" in card["detail"]

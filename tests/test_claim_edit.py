@@ -135,3 +135,38 @@ def test_resource_validity_is_that_of_the_named_r4_type() -> None:
     assert is_valid_resource("Task", task)
     assert not is_valid_resource("Task", {k: v for k, v in task.items() if k != "status"})
     assert not is_valid_resource("NoSuchType", task)
+
+
+def bare_claim(**item: Any) -> dict[str, Any]:
+    """CLAIM whose one line has no modifier, or the given elements instead."""
+    line = {k: v for k, v in CLAIM["item"][0].items() if k != "modifier"} | item
+    return CLAIM | {"item": [line]}
+
+
+def test_add_line_from_a_primary_without_modifiers_or_with_text_only_ones() -> None:
+    """A primary line with no modifier, or a modifier given only as text, gives a line with no
+    modifier; a coding without display names the line by its code."""
+    plain = {"system": CPT, "code": "20703"}
+    for claim in (bare_claim(), bare_claim(modifier=[{"text": "left"}])):
+        result = add_add_on_line(claim, LINE, plain, frozenset({"RT", "LT"}))
+        assert result is not None
+        new_line = result[0]["item"][-1]
+        assert "modifier" not in new_line
+        assert new_line["productOrService"] == {"coding": [plain], "text": "20703"}
+
+
+def test_edits_that_would_make_an_invalid_line_propose_nothing() -> None:
+    """A code or an element that R4 refuses makes the edit return None, never a broken Claim."""
+    assert replace_line_code(CLAIM, LINE, {"system": CPT, "code": ["20680"]}) is None  # type: ignore[dict-item]
+    assert update_line(CLAIM, LINE, {"quantity": {"value": "two"}}) is None
+
+
+def test_removing_modifiers_from_lines_without_them() -> None:
+    """A line with no modifier, or one given only as text, keeps what it has."""
+    assert (
+        without_modifiers(bare_claim(), LINE, frozenset({"51"}))["item"][0].get("modifier") is None
+    )
+    text_only = bare_claim(modifier=[{"text": "left"}])
+    assert without_modifiers(text_only, LINE, frozenset({"51"}))["item"][0]["modifier"] == [
+        {"text": "left"}
+    ]

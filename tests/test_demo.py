@@ -6,6 +6,7 @@ stop it with SIGINT or SIGTERM (or SIGKILL) and check that no process it started
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import queue
@@ -195,10 +196,14 @@ def running_demo(tmp_path: Path) -> Iterator[Demo]:
         for pid in started:  # a failed test must not leave the demo's children running
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        # Nor its grandchildren: a gunicorn worker whose master was killed keeps the demo's
+        # output pipes open, and the readers below would then wait for ever.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         for thread in threads:
             thread.join(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
+        for stream, thread in zip((process.stdout, process.stderr), threads, strict=True):
+            if stream is not None and not thread.is_alive():  # closing under a reader blocks
                 stream.close()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import load_fixture
+from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
 from test_rules import by_code, facts_for
 
@@ -437,6 +438,7 @@ def test_the_first_surgery_code_counts_as_surgery(pack: RulePack) -> None:
         ("tobramycin beads removed from the subfascial space", "soft-tissue"),
         ("vancomycin-soaked collagen sponge removed from the subfascial space", None),
         ("metal beads removed from the subfascial space", None),
+        ("antibiotic cement rod removed from the tibial canal", "intramedullary"),
     ],
 )
 def test_a_tier_needs_both_a_drug_carrier_and_a_device_form(
@@ -444,3 +446,163 @@ def test_a_tier_needs_both_a_drug_carrier_and_a_device_form(
 ) -> None:
     """A drug without a device form, or a form without a drug, is no drug-delivery device."""
     assert FactReader(ResourceSet(), pack, "e1").tier_of(text) == tier
+
+
+@pytest.mark.parametrize(
+    ("answer", "counts"),
+    [
+        ({"valueBoolean": True}, True),
+        ({"valueBoolean": False}, False),
+        ({"valueString": ""}, False),
+        ({"id": "a1", "valueString": ""}, False),
+        (
+            {"modifierExtension": [{"url": "https://ehr.example.org/m", "valueBoolean": True}]},
+            False,
+        ),
+        ({"item": [{"linkId": "nested", "answer": [{"valueString": "yes"}]}]}, False),
+    ],
+)
+def test_which_questionnaire_answers_document_an_element(
+    pack: RulePack, answer: dict[str, Any], counts: bool
+) -> None:
+    """Only an answer with a value that says something documents its item; an empty string,
+    false, an id, a modifier extension or a nested item alone do not."""
+    body = load_fixture("encounter-discharge--questionnaire-answers.json")
+    (response,) = entries(body, "questionnaireResponses")
+    response["item"] = [{"linkId": "removal-reason", "answer": [answer]}]
+    assert ("removal-reason" in facts_for(body, pack).answered) is counts
+
+
+@pytest.mark.parametrize("keep", ["code", "focalDevice"])
+def test_insertion_is_the_20702_code_or_an_implantation(pack: RulePack, keep: str) -> None:
+    """Either the CPT 20702 code or a focalDevice implantation marks an insertion."""
+    body = load_fixture("encounter-discharge--removal-billed-for-insertion.json")
+    insertion = entries(body, "procedures")[0]
+    if keep == "code":
+        del insertion["focalDevice"]
+    else:
+        insertion["code"] = {"text": "Hand-made antibiotic cement-coated nail, left femur"}
+    assert facts_for(body, pack).insertion_evidence
+
+
+def test_a_focal_removal_without_code_is_no_insertion(pack: RulePack) -> None:
+    """A focalDevice with the removal action is not an implantation; with the implantation
+    action it is."""
+    body = load_fixture("encounter-discharge--removal-billed-for-insertion.json")
+    insertion = entries(body, "procedures")[0]
+    insertion["code"] = {"text": "Hand-made antibiotic cement-coated nail, left femur"}
+    reader = FactReader(ResourceSet(), pack, "e1")
+    assert reader.is_insertion(Procedure.model_validate(insertion))
+    insertion["focalDevice"][0]["action"]["coding"][0]["code"] = "129303008"
+    assert not reader.is_insertion(Procedure.model_validate(insertion))
+
+
+def test_a_later_20680_of_the_inserted_device_takes_it_out(pack: RulePack) -> None:
+    """A later 20680 whose focalDevice is the device a 20702 implanted ends the insertion, even
+    when its text names no drug device."""
+    body = load_fixture("order-sign--prior-insertion-only.json")
+    insertion = next(p for p in entries(body, "procedures") if p.get("focalDevice"))
+    assert facts_for(body, pack).device_in_place == ("prior-insertion",)
+    removal = copy.deepcopy(insertion) | {
+        "id": "proc-later-20680",
+        "performedDateTime": "2025-10-01T09:00:00-05:00",
+        "code": {"coding": [{"system": CPT, "code": "20680"}], "text": "Removal of implant, deep"},
+    }
+    removal["focalDevice"][0].pop("action", None)
+    add_entry(body, "procedures", removal)
+    assert facts_for(body, pack).device_in_place == ()
+
+
+def test_only_a_draft_professional_claim_of_the_session_is_read(pack: RulePack) -> None:
+    """A non-draft Claim, or one of another encounter, listed first does not hide the session's
+    draft Claim; a draft Claim matched by date (its lines name no encounter) is read."""
+    body = load_fixture(STANDARD)
+    (claim,) = entries(body, "claims")
+    active = copy.deepcopy(claim) | {"id": "claim-active-extra", "status": "active"}
+    elsewhere = copy.deepcopy(claim) | {"id": "claim-other-visit"}
+    for item in elsewhere["item"]:
+        item["encounter"] = [{"reference": "Encounter/enc-of-another-visit"}]
+    add_entry(body, "claims", elsewhere, first=True)
+    add_entry(body, "claims", active, first=True)
+    assert facts_for(body, pack).claim.source.model.id == claim["id"]
+    for item in claim["item"]:
+        del item["encounter"]
+    assert facts_for(body, pack).claim.source.model.id == claim["id"]
+    body["prefetch"]["claims"]["entry"] = [{"resource": active}]
+    assert facts_for(body, pack).claim is None
+
+
+def test_claim_lines_with_a_period_no_quantity_or_no_coding(pack: RulePack) -> None:
+    """A line dated by a period has the period's first day; a line without quantity or CPT
+    coding is read without them, not refused."""
+    body = load_fixture(STANDARD)
+    (claim,) = entries(body, "claims")
+    line = claim["item"][0]
+    day = line.pop("servicedDate")
+    line["servicedPeriod"] = {"start": day, "end": day}
+    extra = copy.deepcopy(line) | {"sequence": 9, "productOrService": {"text": "Supplies"}}
+    extra.pop("quantity")
+    claim["item"].append(extra)
+    lines = facts_for(body, pack).claim.lines
+    assert [(line.code, line.serviced_date, line.quantity) for line in lines] == [
+        ("27722", day, 1),
+        (None, day, None),
+    ]
+
+
+def test_a_procedure_complication_documents_complications(pack: RulePack) -> None:
+    """Procedure.complication on a session procedure documents the complications element."""
+    body = load_fixture("encounter-discharge--missing-documentation.json")
+    assert "complications" in missing_documentation(facts_for(body, pack), pack)
+    entries(body, "procedures")[0]["complication"] = [{"text": "None"}]
+    assert "complications" not in missing_documentation(facts_for(body, pack), pack)
+
+
+@pytest.mark.parametrize("where", ["reasonCode", "claim"])
+def test_diagnosis_linkage_from_a_reason_or_the_claim(pack: RulePack, where: str) -> None:
+    """A supporting diagnosis as a session procedure's reason, or on the claim, documents the
+    diagnosis linkage."""
+    body = load_fixture("encounter-discharge--already-billed-missing-docs.json")
+    assert "diagnosis-linkage" in missing_documentation(facts_for(body, pack), pack)
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    coding = {"system": icd, "code": "T84.610A"}
+    if where == "reasonCode":
+        entries(body, "procedures")[0]["reasonCode"] = [{"coding": [coding]}]
+    else:
+        (claim,) = entries(body, "claims")
+        sequence = max(d["sequence"] for d in claim["diagnosis"]) + 1
+        claim["diagnosis"].append(
+            {"sequence": sequence, "diagnosisCodeableConcept": {"coding": [coding]}}
+        )
+    assert "diagnosis-linkage" not in missing_documentation(facts_for(body, pack), pack)
+
+
+def test_a_superseded_or_unlinked_operative_note_is_not_read(pack: RulePack) -> None:
+    """An operative note that is superseded, or names no encounter, does not document this
+    session."""
+    for change in ({"status": "superseded"}, {"context": None}):
+        body = load_fixture(STANDARD)
+        (note,) = entries(body, "documents")
+        note.update(change)
+        if note["context"] is None:
+            del note["context"]
+        assert missing_documentation(facts_for(body, pack), pack) != [], change
+
+
+def test_operative_note_bytes_that_are_not_utf8_and_several_contents(pack: RulePack) -> None:
+    """A note's bytes are read as UTF-8 with bad bytes replaced, and every text/plain content
+    is read, after one that is not text."""
+    body = load_fixture(STANDARD)
+    (note,) = entries(body, "documents")
+    text = note["content"][0]["attachment"]["data"]
+    note["content"] = [
+        {"attachment": {"contentType": "application/pdf", "data": text}},
+        {
+            "attachment": {
+                "contentType": "text/plain",
+                "data": base64.b64encode(b"\xff\xfe").decode(),
+            }
+        },
+        {"attachment": {"contentType": "text/plain", "data": text}},
+    ]
+    assert missing_documentation(facts_for(body, pack), pack) == []

@@ -157,3 +157,117 @@ def test_expected_edits_cover_exactly_the_findings_that_can_suggest() -> None:
     for name, expected in EXPECTED.items():
         wanted = set(expected["findings"]) & with_suggestion
         assert set(EXPECTED_EDITS.get(name, {})) == wanted, name
+
+
+def _line_changes(record: dict[str, Any]) -> set[str]:
+    return {field for change in record["changed"] for field in change["from"]}
+
+
+def _only_changed(record: dict[str, Any], *fields: str) -> bool:
+    return not record["added"] and not record["removed"] and _line_changes(record) == set(fields)
+
+
+def _add_on_line_added(record: dict[str, Any]) -> bool:
+    (line,) = record["added"]
+    return (
+        not record["removed"]
+        and not record["changed"]
+        and line["code"] == "20703"
+        and line["quantity"] == 1
+        and "51" not in line["modifiers"]
+        and set(line["modifiers"]) <= {"RT", "LT"}
+    )
+
+
+def _one_unit_per_date(record: dict[str, Any]) -> bool:
+    changed_to_one = all(c["to"] == {"quantity": 1} for c in record["changed"])
+    return (
+        not record["added"]
+        and changed_to_one
+        and all(line["code"] == "20703" for line in record["removed"])
+    )
+
+
+def _dropped_modifiers(record: dict[str, Any], allowed: set[str]) -> bool:
+    return _only_changed(record, "modifiers") and all(
+        set(c["to"]["modifiers"]) == set(c["from"]["modifiers"]) - allowed
+        for c in record["changed"]
+    )
+
+
+def _codes_moved(record: dict[str, Any], moves: set[tuple[str, str]]) -> bool:
+    return _only_changed(record, "code") and all(
+        (c["from"]["code"], c["to"]["code"]) in moves for c in record["changed"]
+    )
+
+
+def _removed_only(record: dict[str, Any], code: str) -> bool:
+    return (
+        not record["added"]
+        and not record["changed"]
+        and bool(record["removed"])
+        and all(line["code"] == code for line in record["removed"])
+    )
+
+
+# What the README's findings table promises each suggestion does (the words of its "suggestion"
+# column), and how a record of expected-edits.json keeps that promise.
+PROMISES: dict[str, tuple[str, Any]] = {
+    "add-on-suggested": ("a new line (CPT 20703, quantity 1", _add_on_line_added),
+    "documentation-missing": ("create a FHIR R4 Task for the surgeon", lambda r: "task" in r),
+    "orphan-add-on": (
+        "the 20703 line replaced by 20680",
+        lambda r: _codes_moved(r, {("20703", "20680")}),
+    ),
+    "units-exceed-mue": ("one line of 1 unit for the date", _one_unit_per_date),
+    "modifier-51-on-add-on": ("the line without 51", lambda r: _dropped_modifiers(r, {"51"})),
+    "invalid-modifier": (
+        "the line without them",
+        lambda r: _dropped_modifiers(r, {"62", "66", "26", "TC", "50"}),
+    ),
+    "wrong-tier": (
+        "replace it with the sibling code",
+        lambda r: _codes_moved(r, {("20703", "20701"), ("20703", "20705")}),
+    ),
+    "insertion-instead-of-removal": (
+        "replace the code",
+        lambda r: _codes_moved(r, {("20702", "20703"), ("20703", "20702")}),
+    ),
+    "duplicate-hardware-removal": ("remove the 20680 line", lambda r: _removed_only(r, "20680")),
+    "prefabricated-device": ("remove the line", lambda r: _removed_only(r, "20703")),
+    "diagnosis-unsupported": (
+        "point the line to the claim's supporting diagnoses",
+        lambda r: _only_changed(r, "diagnosisSequence"),
+    ),
+    "provider-mismatch": (
+        "the primary line's care team",
+        lambda r: _only_changed(r, "careTeamSequence"),
+    ),
+}
+
+
+def test_readme_promised_fixes_match_the_records() -> None:
+    """The main README says, per finding, what its suggestion does; every action recorded in
+    expected-edits.json does that, findings whose column says "none" have no record, and each
+    promise is kept by at least one fixture."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Findings (card `extension` key `cpt20703.finding`)", 1)[1]
+    column = {
+        cells[0].strip("`"): cells[3]
+        for line in section.split("\n\n## ", 1)[0].splitlines()
+        if line.startswith("| `") and len(cells := _cells(line)) == 5
+    }
+    records: dict[str, list[Any]] = {}
+    for edits in EXPECTED_EDITS.values():
+        for code, record in edits.items():
+            records.setdefault(code, []).append(record)
+    for code, cell in column.items():
+        if code not in PROMISES:
+            assert cell.startswith("none"), code
+            assert code not in records, code
+            continue
+        phrase, keeps = PROMISES[code]
+        assert phrase in cell, code
+        actions = [record for record in records.get(code, []) if record is not None]
+        assert actions, f"no fixture shows the {code} suggestion"
+        assert all(keeps(record) for record in actions), code

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -15,6 +17,8 @@ from cds_service.fhir_input import read_resources
 from cds_service.hook_data import split_prefetch
 from cds_service.rule_pack import RulePack
 from cds_service.rules import Finding, evaluate, missing_documentation
+
+CPT = "http://www.ama-assn.org/go/cpt"
 
 ANSWERED = [name for name in FIXTURE_NAMES if EXPECTED[name]["status"] == 200]
 
@@ -475,3 +479,199 @@ def test_canal_with_a_bone_name_is_intramedullary_evidence(
     findings = by_code(findings_for(body, pack))
     assert ("add-on-suggested" in findings) is identified
     assert "wrong-tier" not in findings
+
+
+# -- boundaries and branches the fixtures do not reach (each found by a surviving mutant) ------
+
+
+def redated(name: str, day: str) -> dict[str, Any]:
+    """A fixture with every date of its session moved to ``day`` (one operative day)."""
+    body = load_fixture(name)
+    session_day = next(
+        value[:10]
+        for entry in body["prefetch"]["procedures"]["entry"]
+        if (value := entry["resource"].get("performedDateTime"))
+    )
+    return dict(json.loads(json.dumps(body).replace(session_day, day)))
+
+
+@pytest.mark.parametrize(
+    ("day", "expected"),
+    [
+        ("2023-01-01", ["add-on-suggested"]),  # the CMS primary list's first day
+        ("2022-12-31", []),
+    ],
+)
+def test_findings_on_the_first_day_they_apply(
+    pack: RulePack, day: str, expected: list[str]
+) -> None:
+    """A finding applies from its effective date inclusive, and not the day before."""
+    body = redated("encounter-discharge--tibia-nonunion-removal.json", day)
+    assert [finding.code for finding in findings_for(body, pack)] == expected
+
+
+@pytest.mark.parametrize(("day", "expected"), [("2020-01-01", True), ("2019-12-31", False)])
+def test_the_family_applies_from_its_first_day(pack: RulePack, day: str, expected: bool) -> None:
+    """The 20700 family exists from 2020-01-01: no advice at all for a date before it."""
+    body = redated("encounter-discharge--units-exceed-mue.json", day)
+    assert ("units-exceed-mue" in by_code(findings_for(body, pack))) is expected
+
+
+def test_orphan_with_another_claim_line_but_no_other_procedure(pack: RulePack) -> None:
+    """An orphan 20703 beside another (unlisted) claim line is not "removal only": the claim
+    reports more than the removal, so 20680 is not proposed."""
+    body = load_fixture("encounter-discharge--orphan-removal-only.json")
+    claim = body["prefetch"]["claims"]["entry"][0]["resource"]
+    visit = copy.deepcopy(claim["item"][0]) | {"sequence": 9}
+    visit["productOrService"] = {"coding": [{"system": CPT, "code": "99024"}]}
+    visit.pop("modifier", None)
+    claim["item"].append(visit)
+    finding = by_code(findings_for(body, pack))["orphan-add-on"]
+    assert finding.note == "other-procedures-medicare"
+    assert finding.updated_claim is None
+
+
+def test_no_documentation_task_without_a_patient(pack: RulePack) -> None:
+    """Without the patient's id the Task cannot say whom it is for: no Task is proposed."""
+    body = load_fixture("encounter-discharge--missing-documentation.json")
+    del body["context"]["patientId"]
+    finding = by_code(findings_for(body, pack))["documentation-missing"]
+    assert finding.new_resource is None
+
+
+def test_documentation_order_in_the_pack_does_not_change_what_is_missing(pack: RulePack) -> None:
+    """An element that does not apply (assistant-role without an assistant modifier) is skipped,
+    wherever it stands in the pack."""
+    facts = facts_for(load_fixture("encounter-discharge--missing-documentation.json"), pack)
+    reordered = dataclasses.replace(
+        pack,
+        coding=pack.coding.model_copy(
+            update={"documentation": list(reversed(pack.coding.documentation))}
+        ),
+    )
+    assert sorted(missing_documentation(facts, reordered)) == sorted(
+        missing_documentation(facts, pack)
+    )
+
+
+def test_reminder_checklist_lists_the_always_elements(pack: RulePack) -> None:
+    """The order-sign reminder lists every documentation element that always applies, and not
+    the assistant's role (no assistant modifier at order-sign)."""
+    body = load_fixture("order-sign--planned-removal-reminder.json")
+    finding = by_code(findings_for(body, pack))["planned-removal-reminder"]
+    checklist = finding.variables["documentation_checklist"]
+    for element in pack.coding.documentation:
+        assert (f"`{element.key}`" in checklist) is (element.applies_when == "always")
+
+
+@pytest.mark.parametrize(
+    ("modifiers", "summary"),
+    [
+        (["62"], "Modifier 62 is not valid on +20703"),
+        (["62", "50"], "Modifier 50, 62 is not valid on +20703"),
+    ],
+)
+def test_invalid_modifier_names_exactly_the_modifiers_found(
+    pack: RulePack, modifiers: list[str], summary: str
+) -> None:
+    """The card names the invalid modifiers on the line, and only those."""
+    body = load_fixture("encounter-discharge--invalid-modifier.json")
+    claim = body["prefetch"]["claims"]["entry"][0]["resource"]
+    add_on = next(item for item in claim["item"] if cpt(item) == "20703")
+    add_on["modifier"] = [{"coding": [{"system": CPT, "code": code}]} for code in modifiers]
+    finding = by_code(findings_for(body, pack))["invalid-modifier"]
+    assert finding.variables["modifiers"] == summary.removeprefix("Modifier ").split(" is")[0]
+
+
+def test_assistant_modifier_on_the_add_on_line_only(pack: RulePack) -> None:
+    """An assistant modifier on the 20703 line alone is found, and two are both named."""
+    body = load_fixture("encounter-discharge--assistant-documentation.json")
+    claim = body["prefetch"]["claims"]["entry"][0]["resource"]
+    for item in claim["item"]:
+        codes = {c["code"] for m in item.get("modifier", []) for c in m["coding"]}
+        keep = {"RT", "80"} if cpt(item) == "20703" else {"RT"}
+        item["modifier"] = [m for m in item["modifier"] if m["coding"][0]["code"] in keep]
+        if cpt(item) == "20703" and "80" not in codes:
+            item["modifier"].append({"coding": [{"system": CPT, "code": "80"}]})
+            item["modifier"].append({"coding": [{"system": CPT, "code": "82"}]})
+    finding = by_code(findings_for(body, pack))["assistant-documentation"]
+    assert finding.variables["modifiers"] == "80, 82"
+
+
+def test_prefabricated_device_without_a_claim(pack: RulePack) -> None:
+    """With no draft claim, a prefabricated device removal still says not to add +20703."""
+    body = load_fixture("encounter-discharge--prefabricated-device-not-billed.json")
+    body["prefetch"]["claims"] = None
+    finding = by_code(findings_for(body, pack))["prefabricated-device"]
+    assert finding.note == "not-billed"
+
+
+def test_diagnosis_pointers_are_capped_at_four(pack: RulePack) -> None:
+    """A claim line takes at most four diagnosis pointers (the 837P/CMS-1500 limit)."""
+    body = load_fixture("encounter-discharge--diagnosis-unsupported.json")
+    claim = body["prefetch"]["claims"]["entry"][0]["resource"]
+    supporting = next(
+        d
+        for d in claim["diagnosis"]
+        if d["diagnosisCodeableConcept"]["coding"][0]["code"].startswith("T84")
+    )
+    start = max(d["sequence"] for d in claim["diagnosis"]) + 1
+    claim["diagnosis"] += [copy.deepcopy(supporting) | {"sequence": start + i} for i in range(4)]
+    finding = by_code(findings_for(body, pack))["diagnosis-unsupported"]
+    (line,) = [item for item in claim_items(finding) if cpt(item) == "20703"]
+    assert len(line["diagnosisSequence"]) == 4
+
+
+def test_suggested_lines_carry_the_codes_display(pack: RulePack) -> None:
+    """Every line a suggestion adds or recodes names its code with the pack's display."""
+    coding = pack.coding
+    displays = {
+        coding.add_on.code: coding.add_on.display,
+        coding.standalone_removal_code.code: coding.standalone_removal_code.display,
+        coding.insertion_code: "Insertion of drug-delivery device(s), intramedullary",
+    } | {sibling.code: sibling.display for sibling in coding.siblings.values()}
+    checked = 0
+    for name in ANSWERED:
+        body = load_fixture(name)
+        for finding in findings_for(body, pack):
+            if finding.updated_claim is None:
+                continue
+            sent = sent_claims(body)[finding.updated_claim["id"]]["item"]
+            codes_before = {item["sequence"]: cpt(item) for item in sent}
+            for item in finding.updated_claim["item"]:
+                if codes_before.get(item["sequence"]) == cpt(item):
+                    continue
+                (entry,) = item["productOrService"]["coding"]
+                if entry["code"] in displays:
+                    assert entry["display"] == displays[entry["code"]], (name, finding.code)
+                    assert item["productOrService"]["text"] == entry["display"]
+                    checked += 1
+    assert checked >= 10
+
+
+def test_a_prefabricated_metal_nail_removal_raises_nothing(pack: RulePack) -> None:
+    """A commercially made implant that is not a drug-delivery device, removed and not billed as
+    20703, is none of this service's business: no card at all."""
+    body = load_fixture("encounter-discharge--metal-nail-removal.json")
+    (device,) = [entry["resource"] for entry in body["prefetch"]["devices"]["entry"]]
+    device["note"] = [{"text": "Commercially manufactured titanium nail, right femoral canal."}]
+    assert findings_for(body, pack) == []
+
+
+def test_assistant_documentation_with_a_pack_that_asks_no_assistant_role(pack: RulePack) -> None:
+    """A pack without the assistant-role element still flags the modifier (role unknown)."""
+    without_role = dataclasses.replace(
+        pack,
+        coding=pack.coding.model_copy(
+            update={
+                "documentation": [
+                    element
+                    for element in pack.coding.documentation
+                    if element.key != "assistant-role"
+                ]
+            }
+        ),
+    )
+    body = load_fixture("encounter-discharge--assistant-documentation.json")
+    finding = by_code(findings_for(body, without_role))["assistant-documentation"]
+    assert finding.note == "role-missing"
