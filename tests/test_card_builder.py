@@ -354,3 +354,13 @@ def test_add_on_card_lists_each_kind_of_evidence_on_its_own_line(pack: RulePack)
         f"- {labels[kind]}" for kind in ("focal-device-removal", "procedure-text-removal")
     )
     assert f"Evidence found in the record:\n{bullets}\n\n" in card["detail"]
+
+
+def test_unconfirmed_items_are_one_bullet_each(pack: RulePack) -> None:
+    """Several UNCONFIRMED items are listed one per line, as findings.yaml words them."""
+    body = load_fixture("encounter-discharge--duplicate-hardware-removal.json")
+    (card,) = build_cards(findings_for(body, pack), pack, numbered())
+    items = _yaml("findings.yaml")["findings"]["duplicate-hardware-removal"]["unconfirmed"]
+    assert len(items) >= 2
+    block = "\n".join(f"- {item}" for item in items)
+    assert f"check before relying on it):\n{block}\n\n**Sources**" in card["detail"]

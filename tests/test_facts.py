@@ -454,7 +454,7 @@ def test_a_tier_needs_both_a_drug_carrier_and_a_device_form(
         ({"valueBoolean": True}, True),
         ({"valueBoolean": False}, False),
         ({"valueString": ""}, False),
-        ({"id": "a1", "valueString": ""}, False),
+        ({"id": "a1"}, False),
         (
             {"modifierExtension": [{"url": "https://ehr.example.org/m", "valueBoolean": True}]},
             False,
@@ -497,20 +497,95 @@ def test_a_focal_removal_without_code_is_no_insertion(pack: RulePack) -> None:
     assert not reader.is_insertion(Procedure.model_validate(insertion))
 
 
-def test_a_later_20680_of_the_inserted_device_takes_it_out(pack: RulePack) -> None:
-    """A later 20680 whose focalDevice is the device a 20702 implanted ends the insertion, even
-    when its text names no drug device."""
-    body = load_fixture("order-sign--prior-insertion-only.json")
-    insertion = next(p for p in entries(body, "procedures") if p.get("focalDevice"))
-    assert facts_for(body, pack).device_in_place == ("prior-insertion",)
-    removal = copy.deepcopy(insertion) | {
-        "id": "proc-later-20680",
+PRIOR_INSERTION = "order-sign--prior-insertion-only.json"
+
+
+def insertion_of(body: dict[str, Any]) -> dict[str, Any]:
+    return next(p for p in entries(body, "procedures") if p.get("focalDevice"))
+
+
+def later_procedure(insertion: dict[str, Any], procedure_id: str, **changes: Any) -> dict[str, Any]:
+    """A copy of ``insertion`` on a later day, with ``changes``."""
+    later = copy.deepcopy(insertion) | {
+        "id": procedure_id,
         "performedDateTime": "2025-10-01T09:00:00-05:00",
+    }
+    return later | changes
+
+
+def test_a_later_20680_of_the_inserted_device_takes_it_out(pack: RulePack) -> None:
+    """A later 20680 whose focalDevice is the device a 20702 implanted is a removal of the drug
+    device, even when its text names none: it ends that insertion, and, being a removal on a
+    later day, also one recorded without naming its device."""
+    body = load_fixture(PRIOR_INSERTION)
+    insertion = insertion_of(body)
+    assert facts_for(body, pack).device_in_place == ("prior-insertion",)
+    unnamed = copy.deepcopy(insertion) | {"id": "proc-insertion-unnamed"}
+    del unnamed["focalDevice"]
+    add_entry(body, "procedures", unnamed)
+    removal = later_procedure(
+        insertion,
+        "proc-later-20680",
+        code={"coding": [{"system": CPT, "code": "20680"}], "text": "Removal of implant, deep"},
+    )
+    removal["focalDevice"][0].pop("action", None)
+    add_entry(body, "procedures", removal)
+    assert facts_for(body, pack).device_in_place == ()
+
+
+def test_a_same_day_20680_of_the_inserted_device_takes_it_out(pack: RulePack) -> None:
+    """A 20680 naming the inserted device removes it, even on the insertion's day."""
+    body = load_fixture(PRIOR_INSERTION)
+    insertion = insertion_of(body)
+    removal = copy.deepcopy(insertion) | {
+        "id": "proc-same-day-20680",
         "code": {"coding": [{"system": CPT, "code": "20680"}], "text": "Removal of implant, deep"},
     }
     removal["focalDevice"][0].pop("action", None)
     add_entry(body, "procedures", removal)
     assert facts_for(body, pack).device_in_place == ()
+
+
+def test_an_exchange_text_is_not_a_removal_of_the_earlier_device(pack: RulePack) -> None:
+    """A later implantation whose text tells of removing the old rod is an insertion, not a
+    removal on record: the 20702 device before it is not taken as removed by those words."""
+    body = load_fixture(PRIOR_INSERTION)
+    insertion = insertion_of(body)
+    exchange = later_procedure(
+        insertion,
+        "proc-later-exchange",
+        code={"text": "Antibiotic cement intramedullary rod placed in the right femoral canal"},
+        note=[
+            {"text": "Placed after removal of the previous antibiotic cement rod from the canal."}
+        ],
+    )
+    exchange["focalDevice"][0]["manipulated"] = {"reference": "Device/dev-not-in-prefetch-2"}
+    add_entry(body, "procedures", exchange)
+    assert facts_for(body, pack).device_in_place == ("prior-insertion",)
+
+
+def test_every_insertion_is_checked(pack: RulePack) -> None:
+    """A procedure not done, or an insertion whose device was removed, does not stop the check of
+    a further insertion still in place."""
+    body = load_fixture(PRIOR_INSERTION)
+    insertion = insertion_of(body)
+    not_done = copy.deepcopy(insertion) | {"id": "proc-not-done", "status": "not-done"}
+    removed_first = copy.deepcopy(insertion) | {"id": "proc-insertion-removed"}
+    removed_first["focalDevice"][0]["manipulated"] = {"reference": "Device/dev-removed-one"}
+    removal = later_procedure(
+        removed_first,
+        "proc-removal-of-first",
+        code={"coding": [{"system": CPT, "code": "20703"}], "text": "Removal"},
+    )
+    removal["focalDevice"][0]["action"]["coding"][0]["code"] = "129303008"
+    bundle = body["prefetch"]["procedures"]
+    bundle["entry"] = [
+        {"fullUrl": f"urn:uuid:{p['id']}", "resource": p}
+        for p in (not_done, removed_first, removal)
+    ] + bundle["entry"]
+    removal["performedDateTime"] = insertion["performedDateTime"]
+    bundle["total"] = len(bundle["entry"])
+    assert facts_for(body, pack).device_in_place == ("prior-insertion",)
 
 
 def test_only_a_draft_professional_claim_of_the_session_is_read(pack: RulePack) -> None:
@@ -596,6 +671,7 @@ def test_operative_note_bytes_that_are_not_utf8_and_several_contents(pack: RuleP
     (note,) = entries(body, "documents")
     text = note["content"][0]["attachment"]["data"]
     note["content"] = [
+        {"attachment": {"contentType": "text/plain", "url": "https://ehr.example.org/n/2"}},
         {"attachment": {"contentType": "application/pdf", "data": text}},
         {
             "attachment": {
@@ -606,3 +682,57 @@ def test_operative_note_bytes_that_are_not_utf8_and_several_contents(pack: RuleP
         {"attachment": {"contentType": "text/plain", "data": text}},
     ]
     assert missing_documentation(facts_for(body, pack), pack) == []
+
+
+def test_an_entered_in_error_condition_does_not_link_a_diagnosis(pack: RulePack) -> None:
+    """A session Condition entered in error documents nothing; a valid one after it does."""
+    body = load_fixture("encounter-discharge--already-billed-missing-docs.json")
+    (condition, _) = entries(body, "conditions")
+    in_error = copy.deepcopy(condition) | {"id": "cond-in-error"}
+    in_error["code"] = {
+        "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "T84.610A"}]
+    }
+    in_error["verificationStatus"]["coding"][0] |= {"code": "entered-in-error"}
+    add_entry(body, "conditions", in_error, first=True)
+    assert "diagnosis-linkage" in missing_documentation(facts_for(body, pack), pack)
+    valid = copy.deepcopy(in_error) | {
+        "id": "cond-valid",
+        "verificationStatus": condition["verificationStatus"],
+    }
+    add_entry(body, "conditions", valid)
+    assert "diagnosis-linkage" not in missing_documentation(facts_for(body, pack), pack)
+
+
+def test_the_removed_devices_note_is_read(pack: RulePack) -> None:
+    """A documentation element stated only in the removed Device's note counts."""
+    body = load_fixture("encounter-discharge--missing-documentation.json")
+    assert "estimated-blood-loss" in missing_documentation(facts_for(body, pack), pack)
+    (device,) = entries(body, "devices")
+    device["note"] = [*device.get("note", []), {"text": "Estimated blood loss 20 mL."}]
+    assert "estimated-blood-loss" not in missing_documentation(facts_for(body, pack), pack)
+
+
+def test_a_device_identified_by_its_note(pack: RulePack) -> None:
+    """The canal may be named only in the Device's note."""
+    body = load_fixture("order-sign--planned-removal-reminder.json")
+    for procedure in entries(body, "procedures"):
+        procedure.pop("focalDevice", None)  # no 20702 names the Device: its text must
+    (device,) = entries(body, "devices")
+    device["type"] = {"text": "Tobramycin PMMA cement rod"}
+    device.pop("deviceName")
+    device["note"] = [{"text": "Placed in the left tibial canal."}]
+    assert "active-device" in facts_for(body, pack).device_in_place
+    device.pop("note")
+    assert "active-device" not in facts_for(body, pack).device_in_place
+
+
+def test_the_claim_with_most_session_lines_is_read(pack: RulePack) -> None:
+    """Of two draft claims of the session, the one with more lines in it is the claim read,
+    whether its lines name the encounter or only the date."""
+    body = load_fixture(STANDARD)
+    (claim,) = entries(body, "claims")
+    claim["item"].append(copy.deepcopy(claim["item"][0]) | {"sequence": 9})
+    by_date = copy.deepcopy(claim) | {"id": "claim-by-date"}
+    by_date["item"] = [{k: v for k, v in by_date["item"][0].items() if k != "encounter"}]
+    add_entry(body, "claims", by_date, first=True)
+    assert facts_for(body, pack).claim.source.model.id == claim["id"]
