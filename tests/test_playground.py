@@ -143,7 +143,7 @@ def test_fixture_listing_names_every_fixture(client: Any) -> None:
     response = client.get("/playground/fixtures")
     assert response.status_code == 200
     listing = response.get_json()
-    files = sorted(path.name for path in FIXTURES.glob("*.json") if path.name != "expected.json")
+    files = sorted(path.name for path in FIXTURES.glob("*--*.json"))
     assert [entry["name"] for entry in listing] == files == FIXTURE_NAMES
     for entry in listing:
         expected = EXPECTED[entry["name"]]
