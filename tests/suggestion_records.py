@@ -1,7 +1,8 @@
 """What a card's suggestion tells the biller to do, as a small record a coder can review.
 
-The records in ``fhir_fixtures/expected-edits.json`` are written from the coding facts, not taken
-from the service's output; the tests compare the service's suggestions with them, through the pure
+The records in ``fhir_fixtures/expected-edits.json`` were drafted from the service's output and then
+checked one by one against the coding facts and each fixture's story (its README row); from then on
+they are the reference, and the tests compare the service's suggestions with them, through the pure
 rules and through HTTP. This module computes the record of a suggested resource by comparing it
 with the Claim the client sent, with nothing from ``cds_service`` (an oracle must not share code
 with what it judges).
@@ -10,8 +11,9 @@ A Claim edit is ``{"claim": id, "added": [line], "removed": [line], "changed": [
 line is its sequence, CPT code, sorted modifiers, quantity, date of service and diagnosis and
 care-team pointers, and a change names only the line fields that differ. Anything else that changes
 (another Claim element, an item element outside those fields) is refused with an assertion: no
-suggestion may touch what its card does not mention. A documentation Task is recorded as whom it
-is for, what it points at, and which elements its description asks for.
+suggestion may touch what its card does not mention. A documentation Task is recorded with its
+status, intent and code, whom it is for and what it points at, its Questionnaire input, its
+description and the documentation elements that description asks for.
 """
 
 from __future__ import annotations
