@@ -98,17 +98,7 @@ def build_card(
     extension: dict[str, Any] = {FINDING_EXTENSION: finding.code}
     if finding.missing_documentation:
         extension[MISSING_DOCUMENTATION_EXTENSION] = list(finding.missing_documentation)
-    suggestions = None
-    action = _action(finding, template.suggestion)
-    if action is not None and template.suggestion is not None:
-        suggestions = [
-            Suggestion(
-                label=render_template(template.suggestion.label, finding.variables),
-                uuid=new_uuid(),
-                isRecommended=True,
-                actions=[action],
-            )
-        ]
+    suggestions = _suggestions(finding, template.suggestion, new_uuid)
     card = Card(
         uuid=new_uuid(),
         summary=render_template(template.summary, finding.variables),
@@ -140,19 +130,24 @@ def build_card(
     return card.model_dump(mode="json", exclude_none=True)
 
 
-def _action(finding: Finding, suggestion: SuggestionTemplate | None) -> Action | None:
-    """The one action of a finding's suggestion: create its new resource or update the Claim."""
+def _suggestions(
+    finding: Finding, suggestion: SuggestionTemplate | None, new_uuid: Callable[[], str]
+) -> list[Suggestion] | None:
+    """The finding's one recommended suggestion: create its new resource or update the Claim."""
     if suggestion is None:
         return None
     description = render_template(suggestion.action_description, finding.variables)
-    if finding.new_resource is not None:
-        return Action(type="create", description=description, resource=finding.new_resource)
     claim = finding.updated_claim
-    if claim is None:
+    if finding.new_resource is not None:
+        action = Action(type="create", description=description, resource=finding.new_resource)
+    elif claim is not None:
+        action = Action(
+            type="update",
+            description=description,
+            resource=claim,
+            resourceId=f"Claim/{claim['id']}" if claim.get("id") else None,
+        )
+    else:
         return None
-    return Action(
-        type="update",
-        description=description,
-        resource=claim,
-        resourceId=f"Claim/{claim['id']}" if claim.get("id") else None,
-    )
+    label = render_template(suggestion.label, finding.variables)
+    return [Suggestion(label=label, uuid=new_uuid(), isRecommended=True, actions=[action])]

@@ -120,6 +120,20 @@ def _coding_words(coding: dict[str, Any]) -> str:
     return f"{coding.get('system')}|{coding.get('code')} ({coding.get('display')})"
 
 
+def documentation_labels(pack: Any) -> dict[str, str]:
+    """Each documentation key of the rule pack with its label (what a Task's description names)."""
+    return {element.key: element.label for element in pack.coding.documentation}
+
+
+def suggestion_record(
+    action_type: str, resource: dict[str, Any], body: dict[str, Any], labels: dict[str, str]
+) -> dict[str, Any]:
+    """The record of one suggested action: a created Task, or an update of a Claim in ``body``."""
+    if action_type == "create":
+        return task_record(resource, labels)
+    return claim_edit_record(sent_claims(body)[resource["id"]], resource)
+
+
 def sent_claims(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every Claim the request carries (prefetch searches and draft orders), by id."""
     found: dict[str, dict[str, Any]] = {}

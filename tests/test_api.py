@@ -26,7 +26,7 @@ from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.task import Task
 from flask import Flask
 from flask.testing import FlaskClient
-from suggestion_records import EXPECTED_EDITS, claim_edit_record, sent_claims, task_record
+from suggestion_records import EXPECTED_EDITS, documentation_labels, suggestion_record
 from werkzeug.test import TestResponse
 
 from cds_service import service
@@ -118,8 +118,7 @@ def assert_suggestions_match_the_records(
 ) -> None:
     """The claim edits and Tasks the cards carry equal expected-edits.json, through HTTP."""
     body = load_fixture(name)
-    claims = sent_claims(body)
-    labels = {element.key: element.label for element in pack.coding.documentation}
+    labels = documentation_labels(pack)
     suggested: dict[str, Any] = {}
     for card in cards:
         code = card["extension"]["cpt20703.finding"]
@@ -128,13 +127,11 @@ def assert_suggestions_match_the_records(
             continue
         actions = [a for s in card.get("suggestions", []) for a in s["actions"]]
         assert len(actions) <= 1, code
-        if not actions:
-            suggested[code] = None
-        elif actions[0]["type"] == "create":
-            suggested[code] = task_record(actions[0]["resource"], labels)
-        else:
-            resource = actions[0]["resource"]
-            suggested[code] = claim_edit_record(claims[resource["id"]], resource)
+        suggested[code] = (
+            suggestion_record(actions[0]["type"], actions[0]["resource"], body, labels)
+            if actions
+            else None
+        )
     assert suggested == EXPECTED_EDITS.get(name, {})
 
 

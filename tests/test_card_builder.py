@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import EXPECTED, FIXTURE_NAMES, ROOT, load_fixture
+from suggestion_records import documentation_labels
 from test_api import card_texts, unfilled_placeholders
 from test_rules import by_code, findings_for
 
@@ -185,7 +186,7 @@ def test_documentation_checklist_names_each_missing_element(pack: RulePack) -> N
     findings = by_code(
         findings_for(load_fixture("encounter-discharge--missing-documentation.json"), pack)
     )
-    labels = {element.key: element.label for element in pack.coding.documentation}
+    labels = documentation_labels(pack)
     missing = findings["documentation-missing"].missing_documentation
     checklist = "\n".join(f"- [ ] `{key}`: {labels[key]}" for key in missing)
     (card,) = build_cards([findings["documentation-missing"]], pack, numbered())

@@ -18,8 +18,6 @@ from cds_service.fhir_input import ResourceSet
 from cds_service.rule_pack import RulePack
 from cds_service.rules import evaluate, missing_documentation
 
-CPT = "http://www.ama-assn.org/go/cpt"
-
 
 @pytest.mark.parametrize(
     ("reference", "expected"),
@@ -121,18 +119,36 @@ INSERTION_DAY = "2025-07-09"
 CPT = "http://www.ama-assn.org/go/cpt"
 
 
-def with_history(procedure: dict[str, Any]) -> dict[str, Any]:
-    """The prior-insertion-only request with one more completed Procedure in its history."""
-    body = load_fixture(PRIOR_INSERTION)
-    resource = {
+def entries(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    return [entry["resource"] for entry in body["prefetch"][key].get("entry", [])]
+
+
+def add_entry(
+    body: dict[str, Any], key: str, resource: dict[str, Any], first: bool = False
+) -> None:
+    bundle = body["prefetch"][key]
+    entry = {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource}
+    bundle["entry"] = (
+        [entry, *bundle.get("entry", [])] if first else [*bundle.get("entry", []), entry]
+    )
+    bundle["total"] = len(bundle["entry"])
+
+
+def history_procedure(body: dict[str, Any], procedure: dict[str, Any]) -> dict[str, Any]:
+    """A completed Procedure of the patient's history (2025-10-14), with ``procedure``'s elements."""
+    return {
         "resourceType": "Procedure",
         "id": "proc-history-extra",
         "status": "completed",
         "subject": {"reference": f"Patient/{body['context']['patientId']}"},
         "performedDateTime": "2025-10-14T08:30:00-05:00",
     } | procedure
-    body["prefetch"]["procedures"]["entry"].append({"resource": resource})
-    body["prefetch"]["procedures"]["total"] += 1
+
+
+def with_history(procedure: dict[str, Any]) -> dict[str, Any]:
+    """The prior-insertion-only request with one more completed Procedure in its history."""
+    body = load_fixture(PRIOR_INSERTION)
+    add_entry(body, "procedures", history_procedure(body, procedure))
     return body
 
 
@@ -200,19 +216,7 @@ def test_later_removal_does_not_hide_an_active_device(pack: RulePack) -> None:
     """A text removal ends the prior-insertion evidence only: an active Device that is itself
     identified as an intramedullary drug device still keeps the reminder."""
     body = load_fixture("order-sign--planned-removal-reminder.json")
-    history = body["prefetch"]["procedures"]
-    history["entry"].append(
-        {
-            "resource": {
-                "resourceType": "Procedure",
-                "id": "proc-history-extra",
-                "status": "completed",
-                "subject": {"reference": f"Patient/{body['context']['patientId']}"},
-                "performedDateTime": "2025-10-14T08:30:00-05:00",
-            }
-            | TEXT_REMOVAL
-        }
-    )
+    add_entry(body, "procedures", history_procedure(body, TEXT_REMOVAL))
     facts = facts_for(body, pack)
     assert facts.device_in_place == ("active-device",)
     assert [f.code for f in evaluate(facts, pack)] == ["planned-removal-reminder"]
@@ -221,21 +225,6 @@ def test_later_removal_does_not_hide_an_active_device(pack: RulePack) -> None:
 # -- edge cases the fixtures do not reach (each found by a surviving mutant) -----------------
 
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
-
-
-def entries(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    return [entry["resource"] for entry in body["prefetch"][key].get("entry", [])]
-
-
-def add_entry(
-    body: dict[str, Any], key: str, resource: dict[str, Any], first: bool = False
-) -> None:
-    bundle = body["prefetch"][key]
-    entry = {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource}
-    bundle["entry"] = (
-        [entry, *bundle.get("entry", [])] if first else [*bundle.get("entry", []), entry]
-    )
-    bundle["total"] = len(bundle["entry"])
 
 
 def test_day_of_a_plain_date_string_and_a_partial_one() -> None:
@@ -375,13 +364,10 @@ def test_questionnaire_answers_of_another_encounter_do_not_count(pack: RulePack)
     assert "removal-reason" in answered
     response["encounter"] = {"reference": "Encounter/enc-of-another-visit"}
     assert facts_for(body, pack).answered == frozenset()
-    own = copy.deepcopy(response) | {"id": "qr-own-visit", "encounter": note_encounter(body)}
+    own_visit = {"reference": f"Encounter/{body['context']['encounterId']}"}
+    own = copy.deepcopy(response) | {"id": "qr-own-visit", "encounter": own_visit}
     add_entry(body, "questionnaireResponses", own)
     assert "removal-reason" in facts_for(body, pack).answered
-
-
-def note_encounter(body: dict[str, Any]) -> dict[str, str]:
-    return {"reference": f"Encounter/{body['context']['encounterId']}"}
 
 
 def test_an_answer_with_only_an_extension_documents_nothing(pack: RulePack) -> None:
@@ -495,9 +481,6 @@ def test_a_focal_removal_without_code_is_no_insertion(pack: RulePack) -> None:
     assert reader.is_insertion(Procedure.model_validate(insertion))
     insertion["focalDevice"][0]["action"]["coding"][0]["code"] = "129303008"
     assert not reader.is_insertion(Procedure.model_validate(insertion))
-
-
-PRIOR_INSERTION = "order-sign--prior-insertion-only.json"
 
 
 def insertion_of(body: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import EXPECTED, FIXTURE_NAMES, icd10cm_diagnoses, load_fixture
 from fhir.resources.R4B.claim import Claim
-from suggestion_records import EXPECTED_EDITS, claim_edit_record, sent_claims, task_record
+from suggestion_records import EXPECTED_EDITS, documentation_labels, sent_claims, suggestion_record
 
 from cds_service.facts import ClinicalFacts, derive_facts
 from cds_service.fhir_input import read_resources
@@ -67,16 +67,15 @@ def test_fixture_raises_each_finding_with_its_expected_note(name: str, pack: Rul
     assert notes == EXPECTED[name].get("notes", {})
 
 
-def suggestion_record(
+def suggestion_record_of(
     finding: Finding, body: dict[str, Any], pack: RulePack
 ) -> dict[str, Any] | None:
     """What the finding's suggestion would do, as recorded in expected-edits.json."""
-    if finding.updated_claim is not None:
-        original = sent_claims(body)[finding.updated_claim["id"]]
-        return claim_edit_record(original, finding.updated_claim)
+    labels = documentation_labels(pack)
     if finding.new_resource is not None:
-        labels = {element.key: element.label for element in pack.coding.documentation}
-        return task_record(finding.new_resource, labels)
+        return suggestion_record("create", finding.new_resource, body, labels)
+    if finding.updated_claim is not None:
+        return suggestion_record("update", finding.updated_claim, body, labels)
     return None
 
 
@@ -87,7 +86,7 @@ def test_fixture_suggestions_do_what_the_records_say(name: str, pack: RulePack) 
     should not (no claim, no mechanical fix) is recorded as null."""
     body = load_fixture(name)
     suggested = {
-        finding.code: suggestion_record(finding, body, pack)
+        finding.code: suggestion_record_of(finding, body, pack)
         for finding in findings_for(body, pack)
         if pack.findings.findings[finding.code].suggestion is not None
     }

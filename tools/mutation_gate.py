@@ -7,7 +7,7 @@ every mutant, or on a stable sample of them (``--fraction``: a mutant is in the 
 of its name falls under F, so the sample does not reshuffle when other code changes). Prints the
 score and the surviving mutants with their diffs, writes them to ``var/mutation-survivors.txt``,
 and exits 1 when fewer than T of the non-equivalent mutants are killed. Mutants recorded in
-``tests/mutation-equivalent.txt`` (name, then a one-line reason) do not count.
+``tests/mutation-equivalent.txt`` (name, the line it writes, a one-line reason) do not count.
 """
 
 from __future__ import annotations
@@ -50,14 +50,21 @@ def in_sample(name: str, fraction: float) -> bool:
 
 
 def equivalent_mutants() -> dict[str, str]:
-    """Mutants that cannot change behaviour, each with its reason."""
+    """Mutants that cannot change behaviour, each with its reason.
+
+    Each entry also gives the line the mutant writes: mutmut numbers mutants per function, so an
+    edit to the function renumbers them, and a stale name would set aside some other mutant.
+    """
     recorded: dict[str, str] = {}
     for line in EQUIVALENT_FILE.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, reason = line.partition(" ")
-            if not reason.strip():
-                sys.exit(f"{EQUIVALENT_FILE.name}: {name} needs a one-line reason")
-            recorded[name] = reason.strip()
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, mutated, reason = (part.strip() for part in [*line.split(" | ", 2), "", ""][:3])
+        if not mutated or not reason:
+            sys.exit(f"{EQUIVALENT_FILE.name}: {name} needs 'name | mutated line | reason'")
+        if mutated not in diff_of(name):
+            sys.exit(f"{EQUIVALENT_FILE.name}: {name} no longer writes {mutated!r}: renumbered?")
+        recorded[name] = reason
     return recorded
 
 
