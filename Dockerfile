@@ -1,6 +1,6 @@
 # Multi-stage image: the build stage makes the wheel (it carries the rule pack and the fixtures),
 # the runtime stage installs only that wheel and its dependencies and runs as a non-root user in
-# the production profile. Configure with CDS_* variables (README, docs/container.md).
+# the production profile. Configure with CDS_* variables (docs/configuration.md, docs/container.md).
 #
 # Both stages use the same exact Python tag. For reproducible builds, pin the digest too:
 #   FROM python:3.11.14-slim-bookworm@sha256:<digest>

@@ -44,10 +44,10 @@ from typing import Any, Protocol
 
 import requests
 
-from cds_service.card_builder import FINDING_EXTENSION
-from cds_service.fhir_fetch import FetchPolicy, FhirFetcher
-from cds_service.rule_pack import RulePack, default_cards_dir, load_rule_pack
-from cds_service.service import handle_hook_call
+from cds_service.engine.hook_call import handle_hook_call
+from cds_service.fhir.client import FetchPolicy, FhirFetcher
+from cds_service.rulepack.pack import RulePack, default_cards_dir, load_rule_pack
+from cds_service.rules.cards import FINDING_EXTENSION
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
@@ -74,7 +74,7 @@ LATENCY_FIXTURE = FIXTURES[0]
 # service never calls any FHIR server (the fixtures' own fhirServer is refused).
 NO_FHIR_SERVER = "http://127.0.0.1:9/none"
 
-# The settings cds_service/server.py gives gunicorn, repeated for the echo app.
+# The settings cds_service/cli/serve.py gives gunicorn, repeated for the echo app.
 WORKERS = 2
 WORKER_CLASS = "gthread"
 WORKER_THREADS = 16
@@ -231,7 +231,7 @@ def bench_in_process(
         t1 = clock()
         result = handle_hook_call(pack, service_id, body)
         t2 = clock()
-        json.dumps(result.response, ensure_ascii=False)  # as cds_service.api does
+        json.dumps(result.response, ensure_ascii=False)  # as cds_service.web.cds_hooks does
         t3 = clock()
         totals.append((t3 - t0) / 1e6)
         parse.append((t1 - t0) / 1e6)
@@ -643,7 +643,7 @@ def start_fhir_server(
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
     try:
-        from medplum import MedplumServer, MedplumServerError, NodeUnavailable
+        from helpers.medplum import MedplumServer, MedplumServerError, NodeUnavailable
     except ImportError as exc:  # tests/medplum.py needs pytest, a test dependency
         return None, f"tests/medplum.py cannot be imported ({exc})"
     print("FHIR server: starting Medplum (tests/medplum.py)", flush=True)

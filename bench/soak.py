@@ -65,9 +65,9 @@ from bench import (
     stop_server,
     wait_until_answering,
 )
-from cds_service.card_builder import FINDING_EXTENSION, not_checked_section
 from cds_service.config import DEFAULTS
-from cds_service.storage import create_database_engine
+from cds_service.rules.cards import FINDING_EXTENSION, not_checked_section
+from cds_service.store.database import create_database_engine
 
 RESULTS_DIR = BENCH_DIR / "results"
 LATEST_NAME = "soak-latest.json"
@@ -900,7 +900,7 @@ def start_fhir(stack: contextlib.ExitStack) -> FaultyFhirServer:
     tests_dir = str(ROOT / "tests")
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
-    from medplum import MedplumServer, MedplumServerError, NodeUnavailable
+    from helpers.medplum import MedplumServer, MedplumServerError, NodeUnavailable
 
     try:
         server: FaultyFhirServer = stack.enter_context(

@@ -10,19 +10,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
-from flask_cors import CORS
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_service.auth import JwksCache, TokenVerifier, replay_key
 from cds_service.config import SETTING_NAMES, Settings
 from cds_service.errors import ConfigError
-from cds_service.fhir_fetch import FhirFetcher
+from cds_service.fhir.client import FhirFetcher
 from cds_service.logs import configure_logging
-from cds_service.migrate import current_revision, head_revision, upgrade_database
-from cds_service.rule_pack import RulePackError, load_rule_pack
-from cds_service.state import ServiceState
-from cds_service.storage import Store, create_database_engine
+from cds_service.rulepack.pack import RulePackError, load_rule_pack
+from cds_service.security.tokens import JwksCache, TokenVerifier, replay_key
+from cds_service.store.database import Store, create_database_engine
+from cds_service.store.migrations import current_revision, head_revision, upgrade_database
+from cds_service.web.app_state import ServiceState, attach_state
 
 __all__ = ["create_app"]
 
@@ -54,30 +53,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if key.removeprefix("CDS_").upper() not in SETTING_NAMES:
             app.config[key] = value
     store = Store(engine, settings.audit_retention_days)
-    app.extensions["cds_20703"] = ServiceState(
-        settings, pack, store, FhirFetcher(settings.fetch), _verifier(settings, store)
+    attach_state(
+        app,
+        ServiceState(
+            settings, pack, store, FhirFetcher(settings.fetch), _verifier(settings, store)
+        ),
     )
+    # Deferred on purpose: the HTTP layer imports prometheus-client, which picks its
+    # single- or multi-process mode when first imported; `cds-service serve` sets
+    # PROMETHEUS_MULTIPROC_DIR after importing this package and before any app is created.
+    from cds_service.web.install import install
 
-    from cds_service import admission, api, errors, observability, ops, playground
-
-    observability.init_app(app)
-    admission.init_app(
-        app, admission.AdmissionGate(settings.max_concurrent_calls, settings.queue_timeout)
-    )
-    errors.register_error_handlers(app)
-    if settings.cors_origins:
-        CORS(
-            app,
-            resources={r"/*": {"origins": list(settings.cors_origins)}},
-            send_wildcard=settings.cors_origins == ("*",),
-            allow_headers=["Authorization", "Content-Type"],
-            methods=["GET", "POST", "OPTIONS"],
-            max_age=86400,
-        )
-    app.register_blueprint(api.bp)
-    app.register_blueprint(api.questionnaires)
-    app.register_blueprint(ops.bp)
-    app.register_blueprint(playground.bp)
+    install(app, settings)
     return app
 
 

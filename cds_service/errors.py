@@ -11,7 +11,7 @@ Hierarchy::
     +-- TooManyEntriesError       413  a context or prefetch Bundle has more entries than allowed
     +-- OverloadedError           503  no processing slot within CDS_QUEUE_TIMEOUT_SECONDS
     +-- KeySetUnavailableError    503  a jku client's JWK Set cannot be fetched and none is cached
-    AuthenticationError           401  the JWT is missing or fails a check (cds_service.auth)
+    AuthenticationError           401  the JWT is missing or fails a check (security.tokens)
     ConfigError                   start-up: a CDS_* setting is invalid (never an HTTP response)
     sqlalchemy's SQLAlchemyError  503  the database is unavailable; retrying is safe
 

@@ -1,8 +1,8 @@
-"""Shared test fixtures: the app on a fresh database, the fixture corpus, PostgreSQL."""
+"""Shared pytest fixtures: the app on a fresh database, the rule pack, PostgreSQL, and the scan
+of every log line for secrets. Plain helpers live in ``tests/helpers/``."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -10,99 +10,28 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import hypothesis_profiles  # noqa: F401  (registers and loads the Hypothesis profiles)
+import helpers.hypothesis_profiles  # noqa: F401  (registers and loads the Hypothesis profiles)
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
-from jwt_helpers import MINTED
+from helpers.apps import NO_FHIR_SERVER, POSTGRES_URL, clear_cds_variables
+from helpers.privacy import LogCollector, assert_no_secret_in
 
 from cds_service import create_app
-from cds_service.logs import JsonFormatter
-from cds_service.migrate import upgrade_database
-from cds_service.rule_pack import RulePack, default_cards_dir, load_rule_pack
-from cds_service.storage import create_database_engine
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fhir_fixtures"
-EXPECTED: dict[str, dict[str, Any]] = json.loads((FIXTURES / "expected.json").read_text())
-FIXTURE_NAMES = sorted(EXPECTED)
-NO_FHIR_SERVER = "http://127.0.0.1:9/no-fhir-server"
-POSTGRES_URL = os.environ.get(
-    "CDS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-def sensitive_strings(body: dict[str, Any]) -> set[str]:
-    """Patient ids, names and identifiers that appear in a request body."""
-    found = {body["context"]["patientId"]}
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            if value.get("resourceType") == "Patient":
-                for name in value.get("name", []):
-                    found.update(name.get("given", []))
-                    if name.get("family"):
-                        found.add(name["family"])
-            for key, child in value.items():
-                if key in ("subject", "patient", "beneficiary") and isinstance(child, dict):
-                    if child.get("display"):
-                        found.add(child["display"])
-                    if isinstance(child.get("identifier"), dict):
-                        found.add(str(child["identifier"].get("value")))
-                if key == "subscriberId":
-                    found.add(str(child))
-                walk(child)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(body)
-    return {text for text in found if text and len(text) >= 4}
-
-
-# Access tokens the tests put in requests; minted JWTs are added by jwt_helpers.
-TEST_ACCESS_TOKENS = {
-    "super-secret-access-token",
-    "fhir-access-token-xyz",
-    "opaque-token-42",
-    "secret-tok",
-    "tok-123",
-}
-
-
-class _LogCollector(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-        self.formatter_ = JsonFormatter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.formatter_.format(record))
-
-
-def log_secrets() -> set[str]:
-    """What no log may hold: the tests' access tokens, every JWT they made (so far), and the
-    fixtures' patient ids, names and identifiers."""
-    secrets = set(TEST_ACCESS_TOKENS) | MINTED
-    for name in FIXTURE_NAMES:
-        secrets |= sensitive_strings(load_fixture(name))
-    return secrets
-
-
-def assert_no_secret_in(text: str, where: str) -> None:
-    """Fail when ``text`` (a log) holds any of :func:`log_secrets`."""
-    leaked = sorted(secret for secret in log_secrets() if secret in text)
-    assert leaked == [], f"secrets found in {where}: {leaked[:5]}"
+from cds_service.rulepack.pack import RulePack, default_cards_dir, load_rule_pack
+from cds_service.store.database import create_database_engine
+from cds_service.store.migrations import upgrade_database
+from cds_service.web.app_state import service_state
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_secret_in_any_log() -> Iterator[None]:
     """Everything the service logs during the whole suite holds no token, JWT or patient id.
 
-    (Served subprocesses log elsewhere: tests/serving.py checks their output the same way.)
+    (Served subprocesses log elsewhere: tests/helpers/serving.py checks their output the same way.)
     """
-    collector = _LogCollector()
+    collector = LogCollector()
     logger = logging.getLogger("cds_service")
     logger.addHandler(collector)
     yield
@@ -111,64 +40,12 @@ def _no_secret_in_any_log() -> Iterator[None]:
     assert_no_secret_in("\n".join(collector.lines), "the service's logs")
 
 
-def without_uuids(document: Any) -> Any:
-    """``document`` without its (random) uuid fields, to compare two answers."""
-    if isinstance(document, dict):
-        return {key: without_uuids(value) for key, value in document.items() if key != "uuid"}
-    if isinstance(document, list):
-        return [without_uuids(item) for item in document]
-    return document
-
-
-def icd10cm_diagnoses(codes: list[str]) -> list[dict[str, Any]]:
-    """Claim.diagnosis entries for ``codes``, numbered from 1."""
-    return [
-        {
-            "sequence": number,
-            "diagnosisCodeableConcept": {
-                "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]
-            },
-        }
-        for number, code in enumerate(codes, start=1)
-    ]
-
-
-def load_fixture(name: str) -> dict[str, Any]:
-    """A fixture request body, parsed."""
-    body: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
-    return body
-
-
-def _clear_cds_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("CDS_") and name != "CDS_TEST_POSTGRES_URL":
-            monkeypatch.delenv(name)
-
-
 @pytest.fixture(autouse=True)
 def _clean_cds_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CDS_* variable of the developer's shell leaks into a test."""
-    _clear_cds_variables(monkeypatch)
+    clear_cds_variables(monkeypatch)
     # Tests call no FHIR server but the ones they start on loopback: refuse all others.
     monkeypatch.setenv("CDS_FHIR_SERVER_ALLOWLIST", NO_FHIR_SERVER)
-
-
-def isolated_app(database: Path, config: dict[str, Any]) -> Flask:
-    """create_app for a module-scoped fixture (outside the per-test environment cleaning).
-
-    No CDS_* variable of the shell, a SQLite file at ``database``, FHIR calls refused unless
-    ``config`` allows some.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        _clear_cds_variables(patch)
-        return create_app(
-            {
-                "TESTING": True,
-                "DATABASE_URL": f"sqlite:///{database}",
-                "FHIR_SERVER_ALLOWLIST": NO_FHIR_SERVER,
-            }
-            | config
-        )
 
 
 @pytest.fixture(scope="session")
@@ -205,7 +82,7 @@ def make_app() -> Iterator[Callable[..., Flask]]:
 
     yield make
     for app in apps:
-        app.extensions["cds_20703"].store.engine.dispose()
+        service_state(app).store.engine.dispose()
 
 
 @pytest.fixture

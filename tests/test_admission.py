@@ -1,4 +1,4 @@
-"""Load shedding (cds_service.admission): past capacity, a quick 503 instead of a late answer."""
+"""Load shedding (cds_service.web.admission): past capacity, a quick 503 instead of a late answer."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import load_fixture
-from fault_server import FaultServer, fault_server
-from serving import served
+from helpers.corpus import load_fixture
+from helpers.fault_server import FaultServer, fault_server
+from helpers.serving import served
 
 DISCHARGE = "/cds-services/cpt20703-encounter-discharge"
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"

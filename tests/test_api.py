@@ -14,24 +14,19 @@ import jsonschema
 import pytest
 import sqlalchemy
 import yaml
-from conftest import (
-    EXPECTED,
-    FIXTURE_NAMES,
-    icd10cm_diagnoses,
-    load_fixture,
-    sensitive_strings,
-    without_uuids,
-)
 from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.task import Task
 from flask import Flask
 from flask.testing import FlaskClient
-from suggestion_records import EXPECTED_EDITS, documentation_labels, suggestion_record
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, icd10cm_diagnoses, load_fixture, without_uuids
+from helpers.privacy import sensitive_strings
+from helpers.suggestion_records import EXPECTED_EDITS, documentation_labels, suggestion_record
 from werkzeug.test import TestResponse
 
-from cds_service import service
-from cds_service.json_discipline import violations
-from cds_service.rule_pack import RulePack, default_cards_dir
+from cds_service.engine import hook_call
+from cds_service.fhir.json_limits import violations
+from cds_service.rulepack.pack import RulePack, default_cards_dir
+from cds_service.web.app_state import service_state
 
 RESPONSE_SCHEMA = json.loads(
     (Path(__file__).parent / "schemas" / "cds-hooks-2.0-response.schema.json").read_text()
@@ -416,7 +411,7 @@ def test_unexpected_error_is_500_without_details(
     def explode(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("Jane Testpatient broke it")
 
-    monkeypatch.setattr("cds_service.api.handle_hook_call", explode)
+    monkeypatch.setattr("cds_service.web.cds_hooks.handle_hook_call", explode)
     with caplog.at_level(logging.ERROR, logger="cds_service"):
         response = post(client, STANDARD)
     diagnostics = assert_operation_outcome(response, 500)
@@ -430,7 +425,7 @@ def test_cards_are_answered_when_recording_them_fails(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A database fault while recording issued cards does not cost the clinician the cards."""
-    store = client.application.extensions["cds_20703"].store
+    store = service_state(client.application).store
 
     def unavailable(*_args: Any) -> None:
         raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
@@ -530,7 +525,7 @@ def test_evaluation_matches_pure_service_call(app: Flask, pack: RulePack) -> Non
     """The HTTP answer and the pure service function agree, card for card (uuids aside)."""
     body = load_fixture("encounter-discharge--missing-documentation.json")
     counter = iter(range(1000))
-    pure = service.handle_hook_call(
+    pure = hook_call.handle_hook_call(
         pack, "cpt20703-encounter-discharge", copy.deepcopy(body), lambda: f"id-{next(counter)}"
     )
     over_http = post(app.test_client(), body, DISCHARGE).get_json()

@@ -11,13 +11,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import EXPECTED, FIXTURE_NAMES, load_fixture, sensitive_strings
-from fault_server import FaultServer, fault_server
 from flask import Flask
-from jwt_helpers import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, load_fixture
+from helpers.fault_server import FaultServer, fault_server
+from helpers.jwt_tokens import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
+from helpers.privacy import sensitive_strings
 
-from cds_service.migrate import upgrade_database
-from cds_service.storage import HookCallRecord, Store, create_database_engine
+from cds_service.store.database import HookCallRecord, Store, create_database_engine
+from cds_service.store.migrations import upgrade_database
+from cds_service.web.app_state import service_state
 
 DISCHARGE_ID = "cpt20703-encounter-discharge"
 DISCHARGE = f"/cds-services/{DISCHARGE_ID}"
@@ -31,7 +33,7 @@ def post(app: Flask, path: str, body: Any, **headers: str) -> Any:
 
 
 def audit_rows(app: Flask) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = app.extensions["cds_20703"].store.hook_call_rows()
+    rows: list[dict[str, Any]] = service_state(app).store.hook_call_rows()
     return rows
 
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import load_fixture
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from fault_server import FaultServer, fault_server
 from flask import Flask
 from flask.testing import FlaskClient
-from jwt_helpers import (
+from helpers.corpus import load_fixture
+from helpers.fault_server import FaultServer, fault_server
+from helpers.jwt_tokens import (
     BASE_URL,
     ISSUER,
     SigningKey,
@@ -33,10 +33,11 @@ from jwt_helpers import (
     write_trust_file,
 )
 
-from cds_service.auth import SANDBOX_TRUST_FILE
 from cds_service.config import Settings
 from cds_service.errors import ConfigError
-from cds_service.storage import Store
+from cds_service.security.tokens import SANDBOX_TRUST_FILE
+from cds_service.store.database import Store
+from cds_service.web.app_state import service_state
 
 DISCOVERY = "/cds-services"
 SERVICE = "/cds-services/cpt20703-encounter-discharge"
@@ -177,7 +178,7 @@ def assert_401(response: Any, check: str | None) -> None:
 
 
 def feedback_rows(app: Flask) -> list[dict[str, Any]]:
-    store: Store = app.extensions["cds_20703"].store
+    store: Store = service_state(app).store
     return store.feedback_rows()
 
 
@@ -536,7 +537,7 @@ def test_production_still_skips_a_development_only_sandbox_entry(
         tmp_path, [shipped, {"iss": ISSUER, "jwks": jwk_set(SigningKey.ec384())}]
     )
     app = production_app(make_app, migrated_sqlite_url, trust)
-    clients = app.extensions["cds_20703"].settings.auth.clients
+    clients = service_state(app).settings.auth.clients
     assert [client.iss for client in clients] == [ISSUER]
 
 
@@ -733,10 +734,11 @@ def test_shipped_sandbox_trust_file_accepts_sandbox_style_tokens(
     make_app: Any, sqlite_url: str
 ) -> None:
     """The packaged development trust file holds the sandbox's public key, development-only."""
-    from cds_service.auth import load_trusted_clients
+    from cds_service.security.tokens import load_trusted_clients
 
     path = (
-        Path(__file__).resolve().parents[1] / "cds_service/trust/cds-hooks-sandbox.development.json"
+        Path(__file__).resolve().parents[1]
+        / "cds_service/security/trust/cds-hooks-sandbox.development.json"
     )
     (client,) = load_trusted_clients(path, production=False)
     assert client.iss == "https://sandbox.cds-hooks.org"
@@ -812,8 +814,8 @@ def test_every_fixture_with_real_tokens_leaves_no_secret_in_the_logs(
 
 
 def trust_problem(tmp_path: Path, content: Any, name: str = "trust.json") -> str:
-    from cds_service.auth import load_trusted_clients
     from cds_service.errors import ConfigError
+    from cds_service.security.tokens import load_trusted_clients
 
     path = tmp_path / name
     path.write_text(content if isinstance(content, str) else json.dumps(content))
@@ -858,7 +860,7 @@ def test_private_key_and_duplicate_issuer_are_refused(tmp_path: Path, ec_key: Si
 
 def test_yaml_trust_file_and_jwks_file(tmp_path: Path, ec_key: SigningKey) -> None:
     """YAML is read by extension; jwks_file is relative to the trust file."""
-    from cds_service.auth import load_trusted_clients
+    from cds_service.security.tokens import load_trusted_clients
 
     (tmp_path / "keys.json").write_text(json.dumps(jwk_set(ec_key)))
     path = tmp_path / "trust.yaml"
@@ -967,9 +969,9 @@ def test_bad_auth_setting_names_the_variable(tmp_path: Path, case: str) -> None:
 
 def test_replay_store_forgets_expired_tokens(make_app: Any, database_url: str) -> None:
     """A token id is kept until it expires, then pruned, so the table does not grow forever."""
-    from cds_service.storage import PRUNE_EVERY, jwt_replay
+    from cds_service.store.database import PRUNE_EVERY, jwt_replay
 
-    store: Store = make_app({"DATABASE_URL": database_url}).extensions["cds_20703"].store
+    store: Store = service_state(make_app({"DATABASE_URL": database_url})).store
     now = time.time()
     assert store.remember_token("a" * 64, now + 60) is True
     assert store.remember_token("a" * 64, now + 60) is False

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import EXPECTED, FIXTURE_NAMES, ROOT, load_fixture
-from suggestion_records import documentation_labels
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, ROOT, load_fixture
+from helpers.suggestion_records import documentation_labels
 from test_api import card_texts, unfilled_placeholders
 from test_rules import by_code, findings_for
 
-from cds_service.card_builder import build_cards, sources_section
-from cds_service.rule_pack import RulePack
-from cds_service.rules import Finding
+from cds_service.rulepack.pack import RulePack
+from cds_service.rules.cards import build_cards, sources_section
+from cds_service.rules.findings import Finding
 
 
 def numbered() -> Callable[[], str]:

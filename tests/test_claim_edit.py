@@ -8,7 +8,7 @@ from typing import Any
 
 from fhir.resources.R4B.claim import Claim
 
-from cds_service.claim_edit import (
+from cds_service.rules.claim_edit import (
     add_add_on_line,
     is_valid_resource,
     replace_line_code,
@@ -16,7 +16,7 @@ from cds_service.claim_edit import (
     without_lines,
     without_modifiers,
 )
-from cds_service.facts import ClaimLine
+from cds_service.rules.facts import ClaimLine
 
 CPT = "http://www.ama-assn.org/go/cpt"
 CLAIM: dict[str, Any] = {

@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import EXPECTED, FIXTURES, load_fixture, without_uuids
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from jwt_helpers import ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
-from serving import free_port, served, serving
+from helpers.corpus import EXPECTED, FIXTURES, load_fixture, without_uuids
+from helpers.jwt_tokens import ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
+from helpers.serving import free_port, served, serving
 
-from cds_service.cli import main
-from cds_service.rule_pack import default_cards_dir
+from cds_service.cli.main import main
+from cds_service.rulepack.pack import default_cards_dir
 
 STANDARD = FIXTURES / "encounter-discharge--tibia-nonunion-removal.json"
 
@@ -183,12 +183,12 @@ def test_serve_with_a_bad_trust_file_exits_2_before_gunicorn(
 ) -> None:
     """serve checks the trusted-clients file first: a bad one exits 2 naming
     CDS_TRUSTED_CLIENTS, and gunicorn is never started."""
-    import cds_service.server
+    import cds_service.cli.serve
 
     def no_gunicorn(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("gunicorn was started despite the bad configuration")
 
-    monkeypatch.setattr(cds_service.server, "serve", no_gunicorn)
+    monkeypatch.setattr(cds_service.cli.serve, "serve", no_gunicorn)
     trust = tmp_path / "trust.json"
     trust.write_text(json.dumps({"clients": [{"iss": "https://ehr.example.org"}]}))
     monkeypatch.setenv("CDS_AUTH", "required")
@@ -204,12 +204,12 @@ def test_serve_with_a_broken_rule_pack_exits_2_before_gunicorn(
 ) -> None:
     """A rule pack that does not load stops serve with exit 2 and the problem, instead of
     workers that crash on boot one after another."""
-    import cds_service.server
+    import cds_service.cli.serve
 
     def no_gunicorn(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("gunicorn was started with a broken rule pack")
 
-    monkeypatch.setattr(cds_service.server, "serve", no_gunicorn)
+    monkeypatch.setattr(cds_service.cli.serve, "serve", no_gunicorn)
     monkeypatch.setenv("CDS_CARDS_DIR", str(tmp_path))  # exists, but holds no rule pack
     assert main(["serve", "--port", str(free_port()), "--workers", "1"]) == 2
     err = capsys.readouterr().err

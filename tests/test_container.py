@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT
-from jwt_helpers import ISSUER, SigningKey, jwk_set, write_trust_file
+from helpers.corpus import ROOT
+from helpers.jwt_tokens import ISSUER, SigningKey, jwk_set, write_trust_file
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

@@ -27,17 +27,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from conftest import EXPECTED, FIXTURE_NAMES, load_fixture
-from medplum import NodeUnavailable, require_node_and_packages, skip_or_fail_without_node
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, load_fixture
+from helpers.medplum import NodeUnavailable, require_node_and_packages, skip_or_fail_without_node
 
-from cds_service.cli import main
-from cds_service.demo import (
-    CHECKOUT,
+from cds_service.cli.demo import (
     GUIDE_END,
     MEDPLUM_PACKAGES,
     SANDBOX_FIXTURE,
     demo_environment,
 )
+from cds_service.cli.main import main
+from cds_service.paths import CHECKOUT
 
 STARTUP_TIMEOUT_S = 120.0
 EXIT_TIMEOUT_S = 30.0

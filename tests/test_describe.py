@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cds_service.cli import main
-from cds_service.describe import describe_rules_markdown
-from cds_service.rule_pack import RulePack
+from cds_service.cli.main import main
+from cds_service.rulepack.describe import describe_rules_markdown
+from cds_service.rulepack.pack import RulePack
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "rules.md"
 

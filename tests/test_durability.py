@@ -22,10 +22,10 @@ from typing import Any
 
 import requests
 import sqlalchemy as sa
-from jwt_helpers import ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
-from serving import Served, serving
+from helpers.jwt_tokens import ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
+from helpers.serving import Served, serving
 
-from cds_service.storage import create_database_engine, feedback
+from cds_service.store.database import create_database_engine, feedback
 
 FEEDBACK = "/cds-services/cpt20703-encounter-discharge/feedback"
 DISCOVERY = "/cds-services"

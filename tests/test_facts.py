@@ -8,15 +8,15 @@ import json
 from typing import Any
 
 import pytest
-from conftest import load_fixture
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
+from helpers.corpus import load_fixture
 from test_rules import by_code, facts_for
 
-from cds_service.facts import FactReader, _day, canonical_url, links_diagnosis, reference_id
-from cds_service.fhir_input import ResourceSet
-from cds_service.rule_pack import RulePack
-from cds_service.rules import evaluate, missing_documentation
+from cds_service.fhir.resources import ResourceSet
+from cds_service.rulepack.pack import RulePack
+from cds_service.rules.facts import FactReader, _day, canonical_url, links_diagnosis, reference_id
+from cds_service.rules.findings import evaluate, missing_documentation
 
 
 @pytest.mark.parametrize(

@@ -35,14 +35,15 @@ from typing import Any
 import pytest
 import requests
 import sqlalchemy as sa
-from conftest import ROOT, load_fixture
-from fault_server import FaultServer, TcpProxy, fault_server
 from flask import Flask
 from flask.testing import FlaskClient
-from jwt_helpers import BASE_URL, SigningKey, TokenFactory, jwk_set, write_trust_file
-from serving import free_port, serving
+from helpers.corpus import ROOT, load_fixture
+from helpers.fault_server import FaultServer, TcpProxy, fault_server
+from helpers.jwt_tokens import BASE_URL, SigningKey, TokenFactory, jwk_set, write_trust_file
+from helpers.serving import free_port, serving
 
-from cds_service.storage import create_database_engine, feedback
+from cds_service.store.database import create_database_engine, feedback
+from cds_service.web.app_state import service_state
 
 DISCHARGE = "/cds-services/cpt20703-encounter-discharge"
 FEEDBACK = f"{DISCHARGE}/feedback"
@@ -218,7 +219,7 @@ def test_killed_postgres_connections_are_replaced_in_process(
     url, name = with_application_name(postgres_url)
     app = make_app({"DATABASE_URL": url})
     client = app.test_client()
-    store = app.extensions["cds_20703"].store
+    store = service_state(app).store
     assert client.post(FEEDBACK, json={"feedback": [entry()]}).status_code == 200
     assert terminate_backends(admin, name) >= 1
 

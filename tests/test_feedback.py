@@ -7,10 +7,11 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import load_fixture
 from flask.testing import FlaskClient
+from helpers.corpus import load_fixture
 
-from cds_service.storage import Store
+from cds_service.store.database import Store
+from cds_service.web.app_state import service_state
 
 DISCHARGE = "/cds-services/cpt20703-encounter-discharge"
 FEEDBACK = f"{DISCHARGE}/feedback"
@@ -33,7 +34,7 @@ def send(client: FlaskClient, entries: list[dict[str, Any]], url: str = FEEDBACK
 
 
 def store_of(client: FlaskClient) -> Store:
-    store: Store = client.application.extensions["cds_20703"].store
+    store: Store = service_state(client.application).store
     return store
 
 

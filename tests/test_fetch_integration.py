@@ -10,16 +10,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, load_fixture, without_uuids
-from fault_server import FaultServer, fault_server
 from flask import Flask
 from flask.testing import FlaskClient
-from medplum import MedplumServer, NodeUnavailable, skip_or_fail_without_node
+from helpers.corpus import FIXTURES, load_fixture, without_uuids
+from helpers.fault_server import FaultServer, fault_server
+from helpers.medplum import MedplumServer, NodeUnavailable, skip_or_fail_without_node
 
-from cds_service.card_builder import payer_section
-from cds_service.fhir_fetch import FetchPolicy, FhirFetcher
-from cds_service.rule_pack import RulePack
-from cds_service.service import handle_hook_call
+from cds_service.engine.hook_call import handle_hook_call
+from cds_service.fhir.client import FetchPolicy, FhirFetcher
+from cds_service.rulepack.pack import RulePack
+from cds_service.rules.cards import payer_section
+from cds_service.web.app_state import service_state
 
 CASES = {
     "encounter-discharge--tibia-nonunion-removal.json": "cpt20703-encounter-discharge",
@@ -125,7 +126,7 @@ def client(service: Callable[..., Flask]) -> FlaskClient:
 def recorded_fetch_stats(client: FlaskClient) -> dict[str, Any]:
     """The fetch statistics the audit trail recorded for the client's last hook call."""
     app: Any = client.application
-    rows: list[dict[str, Any]] = app.extensions["cds_20703"].store.hook_call_rows()
+    rows: list[dict[str, Any]] = service_state(app).store.hook_call_rows()
     stats: dict[str, Any] = json.loads(rows[-1]["fetch_stats"])
     return stats
 

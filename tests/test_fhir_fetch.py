@@ -11,22 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_fixture, without_uuids
-from fault_server import EMPTY_BUNDLE, FaultServer, fault_server
 from flask import Flask
 from flask.testing import FlaskClient
-from jwt_helpers import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
+from helpers.corpus import load_fixture, without_uuids
+from helpers.fault_server import EMPTY_BUNDLE, FaultServer, fault_server
+from helpers.jwt_tokens import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
 
 from cds_service.config import Settings
+from cds_service.engine.gather import REASONS
 from cds_service.errors import ConfigError
-from cds_service.fhir_fetch import (
+from cds_service.fhir.client import (
     FetchPolicy,
     FetchStats,
     FhirFetcher,
     references_to_resolve,
     render_template,
 )
-from cds_service.hook_data import REASONS
+from cds_service.web.app_state import service_state
 
 POLICY = FetchPolicy(connect_timeout=0.5, read_timeout=0.5, deadline=2.0, max_response_bytes=50_000)
 DISCHARGE = "/cds-services/cpt20703-encounter-discharge"
@@ -450,7 +451,7 @@ def test_production_with_an_empty_allowlist_calls_nothing(
     """Production without CDS_FHIR_SERVER_ALLOWLIST starts, but calls no FHIR server: even an
     https one is refused, no connection is opened, and the 412 says why."""
     app, key = production_app(make_app, migrated_sqlite_url, tmp_path, FHIR_SERVER_ALLOWLIST="")
-    assert app.extensions["cds_20703"].settings.fetch.refuse_all
+    assert service_state(app).settings.fetch.refuse_all
     body = load_fixture(STANDARD)
     del body["prefetch"]["procedures"]
     with socket.socket() as listener:  # where the FHIR server would be: any connection queues
@@ -473,7 +474,7 @@ def test_production_with_an_empty_allowlist_calls_nothing(
 def test_default_deadline_is_three_seconds(make_app: Callable[..., Flask], sqlite_url: str) -> None:
     """Without CDS_FHIR_DEADLINE_SECONDS each hook call may fetch for 3 s."""
     assert Settings.load(environ={}).fetch.deadline == 3.0
-    fetcher = make_app({"DATABASE_URL": sqlite_url}).extensions["cds_20703"].fetcher
+    fetcher = service_state(make_app({"DATABASE_URL": sqlite_url})).fetcher
     assert fetcher.policy.deadline == 3.0
 
 
@@ -520,7 +521,7 @@ def test_production_allowlist_must_be_https(
     app, _ = production_app(
         make_app, migrated_sqlite_url, tmp_path, FHIR_SERVER_ALLOWLIST=https_only
     )
-    assert app.extensions["cds_20703"].settings.fetch.allowlist == (https_only + "/",)
+    assert service_state(app).settings.fetch.allowlist == (https_only + "/",)
     with pytest.raises(ConfigError, match="CDS_FHIR_SERVER_ALLOWLIST may list only https URLs"):
         production_app(
             make_app,

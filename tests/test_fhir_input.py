@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cds_service.fhir_input import iter_resources, read_resources
+from cds_service.fhir.resources import iter_resources, read_resources
 
 PROCEDURE: dict[str, Any] = {
     "resourceType": "Procedure",

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from conftest import FIXTURES, ROOT
-from medplum import MedplumServer, NodeUnavailable, skip_or_fail_without_node
+from helpers.corpus import FIXTURES, ROOT
+from helpers.medplum import MedplumServer, NodeUnavailable, skip_or_fail_without_node
 
 FIXTURE_FILES = sorted(FIXTURES.glob("*--*.json"))
 SERVICES: list[dict[str, Any]] = yaml.safe_load(

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, ROOT, load_fixture
 from fhir.resources.R4B import get_fhir_model_class
-from suggestion_records import EXPECTED_EDITS, describe
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, FIXTURES, ROOT, load_fixture
+from helpers.suggestion_records import EXPECTED_EDITS, describe
 
-from cds_service.fhir_input import iter_resources
+from cds_service.fhir.resources import iter_resources
 
 # The sandbox fixture carries what the CDS Hooks sandbox really sends: invalid on purpose.
 DELIBERATELY_INVALID = {"order-sign--sandbox-sloppy.json"}

@@ -45,19 +45,21 @@ from typing import Any, TypeVar
 
 import jsonschema
 import pytest
-from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, NO_FHIR_SERVER, isolated_app
 from fhir.resources.R4B import get_fhir_model_class
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.apps import NO_FHIR_SERVER, isolated_app
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, FIXTURES
+from helpers.hypothesis_profiles import FUZZ_EXAMPLES_PER_ENDPOINT
 from hypothesis import event, example, given, seed, settings
 from hypothesis import strategies as st
-from hypothesis_profiles import FUZZ_EXAMPLES_PER_ENDPOINT
 from werkzeug.test import TestResponse
 
-from cds_service.facts import QUESTIONNAIRE_PATH
-from cds_service.json_discipline import violations
-from cds_service.protocol import Card
-from cds_service.rule_pack import default_cards_dir, load_rule_pack
+from cds_service.fhir.json_limits import violations
+from cds_service.protocol.models import Card
+from cds_service.rulepack.pack import default_cards_dir, load_rule_pack
+from cds_service.rules.facts import QUESTIONNAIRE_PATH
+from cds_service.web.app_state import service_state
 
 T = TypeVar("T")
 
@@ -119,7 +121,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     database = tmp_path_factory.mktemp("fuzz") / "cds.sqlite3"
     app = isolated_app(database, {"MAX_BODY_BYTES": str(MAX_BODY_BYTES)})
     yield app
-    app.extensions["cds_20703"].store.engine.dispose()
+    service_state(app).store.engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cds_service.hooks import HOOKS, context_problems, is_valid_prefetch_template
+from cds_service.protocol.hooks import HOOKS, context_problems, is_valid_prefetch_template
 
 DISCHARGE = HOOKS["encounter-discharge"]
 ORDER_SIGN = HOOKS["order-sign"]

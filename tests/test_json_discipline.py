@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cds_service.json_discipline import has_empty, prune_empty, violations
+from cds_service.fhir.json_limits import has_empty, prune_empty, violations
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=3),

@@ -1,4 +1,4 @@
-"""GET /metrics: Prometheus counters and histograms, with closed label sets (cds_service.metrics).
+"""GET /metrics: Prometheus counters and histograms, with closed label sets (cds_service.web.metrics).
 
 Counters are process-wide, so each test compares values before and after what it does.
 """
@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import EXPECTED, FIXTURE_NAMES, load_fixture, sensitive_strings
-from fault_server import FaultServer, fault_server
 from flask.testing import FlaskClient
-from jwt_helpers import BASE_URL, SigningKey, TokenFactory, jwk_set, write_trust_file
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, load_fixture
+from helpers.fault_server import FaultServer, fault_server
+from helpers.jwt_tokens import BASE_URL, SigningKey, TokenFactory, jwk_set, write_trust_file
+from helpers.privacy import sensitive_strings
+from helpers.serving import served
 from prometheus_client.parser import text_string_to_metric_families
-from serving import served
 
 DISCHARGE_ID = "cpt20703-encounter-discharge"
 DISCHARGE = f"/cds-services/{DISCHARGE_ID}"

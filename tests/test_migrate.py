@@ -1,4 +1,4 @@
-"""Schema migrations (cds_service.migrate, ``cds-service db``), on SQLite and PostgreSQL."""
+"""Schema migrations (cds_service.store.migrations, ``cds-service db``), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,11 +15,17 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from jwt_helpers import BASE_URL, ISSUER, SigningKey, jwk_set, write_trust_file
+from helpers.jwt_tokens import BASE_URL, ISSUER, SigningKey, jwk_set, write_trust_file
 
-from cds_service.cli import main
-from cds_service.migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade_database
-from cds_service.storage import create_database_engine, metadata
+from cds_service.cli.main import main
+from cds_service.store.database import create_database_engine, metadata
+from cds_service.store.migrations import (
+    MIGRATIONS_DIR,
+    current_revision,
+    head_revision,
+    upgrade_database,
+)
+from cds_service.web.app_state import service_state
 
 
 def alembic_config(connection: sa.Connection) -> Config:
@@ -104,7 +110,7 @@ def test_processes_starting_together_migrate_once(database_url: str) -> None:
 
 def test_development_migrates_at_start_up(make_app: Any, sqlite_url: str) -> None:
     app = make_app({"DATABASE_URL": sqlite_url})
-    assert current_revision(app.extensions["cds_20703"].store.engine) == head_revision()
+    assert current_revision(service_state(app).store.engine) == head_revision()
 
 
 def test_production_waits_for_db_upgrade(

@@ -1,4 +1,4 @@
-"""Request ids and the one JSON log line per request (cds_service.observability)."""
+"""Request ids and the one JSON log line per request (cds_service.web.observability)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import logging
 import re
 
 import pytest
-from conftest import EXPECTED, FIXTURE_NAMES, load_fixture, sensitive_strings
 from flask.testing import FlaskClient
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, load_fixture
+from helpers.privacy import sensitive_strings
 
 from cds_service.logs import JsonFormatter
 

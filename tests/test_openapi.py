@@ -29,9 +29,10 @@ import pytest
 import requests
 import schemathesis
 import yaml
-from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, isolated_app, load_fixture
 from flask import Flask
-from jwt_helpers import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
+from helpers.apps import isolated_app
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, FIXTURES, load_fixture
+from helpers.jwt_tokens import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
 from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
@@ -49,8 +50,9 @@ from schemathesis.config import SchemathesisConfig
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.test import TestResponse
 
-from cds_service import admission, ops, playground
-from cds_service.rule_pack import default_cards_dir, load_rule_pack
+from cds_service.rulepack.pack import default_cards_dir, load_rule_pack
+from cds_service.web import admission, ops, playground
+from cds_service.web.app_state import service_state
 
 DOC_URI = "urn:cds-20703:openapi"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -170,7 +172,7 @@ def build_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
 
     yield build
     for app in apps:
-        app.extensions["cds_20703"].store.engine.dispose()
+        service_state(app).store.engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +275,7 @@ def test_source_file_is_valid_openapi_3_1() -> None:
 
 def test_servers_and_service_ids_come_from_the_deployment(app: Flask, api: ApiDescription) -> None:
     assert api.document["servers"] == [{"url": "https://cds.example.org/base"}]
-    pack = app.extensions["cds_20703"].pack
+    pack = service_state(app).pack
     service_ids = [service.id for service in pack.services]
     service_id = api.document["components"]["schemas"]["ServiceId"]
     assert (service_id["type"], service_id["enum"]) == ("string", service_ids)
@@ -414,7 +416,7 @@ class Apps:
         if kind not in self._cache:
             self._cache[kind] = self.build(**self._config(kind))
             if kind.endswith("database-gone"):
-                self._cache[kind].extensions["cds_20703"].store.engine.dispose()
+                service_state(self._cache[kind]).store.engine.dispose()
                 shutil.rmtree(self.directory / kind)
         return self._cache[kind]
 

@@ -1,4 +1,4 @@
-"""Liveness and readiness (cds_service.ops): /healthz and /readyz."""
+"""Liveness and readiness (cds_service.web.ops): /healthz and /readyz."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from cds_service.storage import create_database_engine
+from cds_service.store.database import create_database_engine
+from cds_service.web.app_state import service_state
 
 
 def test_healthz_answers_while_the_process_lives(client: FlaskClient) -> None:
@@ -28,7 +29,7 @@ def test_readyz_reports_each_check(make_app: Any, database_url: str) -> None:
 
 def test_readyz_is_503_naming_the_database_when_it_is_unreachable(client: FlaskClient) -> None:
     """Database gone (nothing listens on its port): 503 OperationOutcome; healthz stays 200."""
-    state = client.application.extensions["cds_20703"]
+    state = service_state(client.application)
     reachable_engine = state.store.engine
     state.store.engine = create_database_engine("postgresql://cds@127.0.0.1:9/gone")
     try:

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_fixture
+from helpers.corpus import load_fixture
 from test_rules import facts_for
 
-from cds_service.card_builder import payer_section
-from cds_service.rule_pack import RulePack, default_cards_dir, load_rule_pack
-from cds_service.service import handle_hook_call
+from cds_service.engine.hook_call import handle_hook_call
+from cds_service.rulepack.pack import RulePack, default_cards_dir, load_rule_pack
+from cds_service.rules.cards import payer_section
 
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
 

@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-from conftest import EXPECTED, FIXTURE_NAMES, FIXTURES, ROOT, load_fixture
 from flask import Flask
-from jwt_helpers import ISSUER, SigningKey, jwk_set, write_trust_file
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, FIXTURES, ROOT, load_fixture
+from helpers.jwt_tokens import ISSUER, SigningKey, jwk_set, write_trust_file
 from playwright.sync_api import Browser, Locator, Page, Request, Route, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from cds_service.playground import ASSETS, CONTENT_SECURITY_POLICY, STATIC_DIR
+from cds_service.web.app_state import service_state
+from cds_service.web.playground import ASSETS, CONTENT_SECURITY_POLICY, STATIC_DIR
 
 # Debian's Chromium; PLAYGROUND_CHROMIUM names another build of it (never a downloaded one).
 CHROMIUM = Path(os.environ.get("PLAYGROUND_CHROMIUM", "/usr/bin/chromium"))
@@ -260,7 +261,7 @@ class Playground:
         return response.request, response.json()
 
     def feedback_rows(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self.app.extensions["cds_20703"].store.feedback_rows()
+        rows: list[dict[str, Any]] = service_state(self.app).store.feedback_rows()
         return rows
 
     def screenshot(self, name: str, of: Locator | None = None) -> Path:

@@ -6,12 +6,12 @@ import copy
 from typing import Any
 
 import pytest
-from conftest import load_fixture
 from fhir.resources.R4B.questionnaire import Questionnaire
 from flask.testing import FlaskClient
+from helpers.corpus import load_fixture
 from test_rules import by_code, facts_for, findings_for
 
-from cds_service.rule_pack import RulePack
+from cds_service.rulepack.pack import RulePack
 
 MISSING = "encounter-discharge--missing-documentation.json"
 

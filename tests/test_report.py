@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from conftest import EXPECTED, load_fixture
 from flask import Flask
+from helpers.corpus import EXPECTED, load_fixture
 
-from cds_service.cli import main
-from cds_service.report import ALL_CALLS, build_report, percentile, render_text
+from cds_service.cli.main import main
+from cds_service.store.report import ALL_CALLS, build_report, percentile, render_text
 
 DISCHARGE_ID = "cpt20703-encounter-discharge"
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"

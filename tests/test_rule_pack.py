@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import EXPECTED
+from helpers.corpus import EXPECTED
 
-from cds_service.cli import main
-from cds_service.rule_pack import (
+from cds_service.cli.main import main
+from cds_service.rulepack.pack import (
     QUESTIONNAIRE_FILE,
     RulePack,
     RulePackError,

@@ -8,15 +8,20 @@ import json
 from typing import Any
 
 import pytest
-from conftest import EXPECTED, FIXTURE_NAMES, icd10cm_diagnoses, load_fixture
 from fhir.resources.R4B.claim import Claim
-from suggestion_records import EXPECTED_EDITS, documentation_labels, sent_claims, suggestion_record
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, icd10cm_diagnoses, load_fixture
+from helpers.suggestion_records import (
+    EXPECTED_EDITS,
+    documentation_labels,
+    sent_claims,
+    suggestion_record,
+)
 
-from cds_service.facts import ClinicalFacts, derive_facts
-from cds_service.fhir_input import read_resources
-from cds_service.hook_data import split_prefetch
-from cds_service.rule_pack import RulePack
-from cds_service.rules import Finding, evaluate, missing_documentation
+from cds_service.engine.gather import split_prefetch
+from cds_service.fhir.resources import read_resources
+from cds_service.rulepack.pack import RulePack
+from cds_service.rules.facts import ClinicalFacts, derive_facts
+from cds_service.rules.findings import Finding, evaluate, missing_documentation
 
 CPT = "http://www.ama-assn.org/go/cpt"
 

@@ -24,7 +24,7 @@ MUTMUT = [sys.executable, "-m", "mutmut"]
 EQUIVALENT_FILE = ROOT / "tests" / "mutation-equivalent.txt"
 REPORT_FILE = ROOT / "var" / "mutation-survivors.txt"
 # Any mutant name works to make mutmut generate the mutants and map tests to functions.
-FIRST_MUTANT = "cds_service.claim_edit.x_is_valid_item__mutmut_1"
+FIRST_MUTANT = "cds_service.rules.claim_edit.x_is_valid_item__mutmut_1"
 # mutmut's exit codes per mutant (mutmut.stats): a failing test, a hang or a type error notices
 # the mutant; a passing run, or no test at all, does not.
 NOTICED = {1, 3, 36, 24, -24, 152, 255, 37}

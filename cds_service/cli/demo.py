@@ -1,0 +1,445 @@
+"""``cds-service demo``: the local FHIR sandbox seeded with the fixtures, and the service beside it.
+
+A first look at the service needs an EHR: something that holds patients and answers the prefetch
+queries. ``fhir_sandbox/`` (Medplum's in-memory FHIR R4 server under Node, the one the tests use)
+plays that part, seeded with every fixture's resources and a Patient per fixture. The sandbox lives
+in the checkout, not in the wheel: the demo is for people who cloned the repository.
+
+The FHIR server is a child process in its own session (a terminal's Ctrl-C reaches only the demo,
+which stops the service first and the FHIR server second) that also exits when its stdin closes,
+so even a demo killed with SIGKILL leaves no Node process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+from urllib.parse import urlencode
+
+from cds_service.config import Settings
+from cds_service.paths import data_dir
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_FHIR_PORT = 8081  # the port the fixtures' fhirServer names
+DEFAULT_WORKERS = 1
+FHIR_HOST = "127.0.0.1"  # the server.mjs listen address; never anything but loopback
+MEDPLUM_PACKAGES = ("core", "definitions", "fhir-router")
+MIN_NODE_MAJOR = 20
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+SANDBOX_URL = "https://sandbox.cds-hooks.org/"
+SANDBOX_HOOK = "order-sign"  # the sandbox runs patient-view, order-select and order-sign only
+SANDBOX_FIXTURE = "order-sign--planned-removal-reminder.json"
+CURL_FIXTURE = "encounter-discharge--tibia-nonunion-removal.json"
+GUIDE_END = "Press Ctrl-C to stop the service and the FHIR server."
+_LISTENING = re.compile(r"^LISTENING (\d+)$")
+
+
+class DemoError(Exception):
+    """A prerequisite of the demo is missing; the message says what to do (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class DemoPatient:
+    """One patient on the demo FHIR server, with the fixture that describes its scenario."""
+
+    patient_id: str
+    encounter_id: str | None
+    hook: str
+    scenario: str
+    fixture: str
+
+
+# -- prerequisites -----------------------------------------------------------------------------
+
+
+def find_node() -> str:
+    """The ``node`` executable (>= 20), or DemoError saying how to get it."""
+    node = shutil.which("node")
+    if node is None:
+        raise DemoError(
+            "`node` was not found on PATH: the demo FHIR server runs under Node.js >= "
+            f"{MIN_NODE_MAJOR}. Install Node.js, then run `make demo`."
+        )
+    try:
+        version = subprocess.run(
+            [node, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DemoError(f"cannot run {node}: {exc}") from None
+    match = re.match(r"v(\d+)\.", version)
+    if match is None or int(match.group(1)) < MIN_NODE_MAJOR:
+        raise DemoError(
+            f"{node} is version {version or '?'}; the demo FHIR server needs Node.js >= "
+            f"{MIN_NODE_MAJOR}."
+        )
+    return node
+
+
+def find_sandbox(directory: Path | None = None) -> Path:
+    """The ``fhir_sandbox`` directory, with its npm packages installed, or DemoError."""
+    sandbox = (directory if directory is not None else data_dir("fhir_sandbox")).absolute()
+    if not (sandbox / "server.mjs").is_file():
+        raise DemoError(
+            f"no FHIR sandbox at {sandbox} (server.mjs is missing). The demo runs from a checkout "
+            "of the repository: run `make demo` there, or pass --sandbox-dir DIR."
+        )
+    installed = sandbox / "node_modules" / "@medplum"
+    if not all((installed / name / "package.json").is_file() for name in MEDPLUM_PACKAGES):
+        raise DemoError(
+            f"the FHIR sandbox's npm packages are not installed in {sandbox / 'node_modules'}: "
+            f"run `make demo` (it needs Node.js >= {MIN_NODE_MAJOR} and npm), or `npm ci` in "
+            f"{sandbox}."
+        )
+    return sandbox
+
+
+def fixture_files(directory: Path) -> list[Path]:
+    """Every request fixture (``<hook>--<scenario>.json``) in ``directory``, or DemoError."""
+    files = sorted(directory.glob("*--*.json"))
+    if not files:
+        raise DemoError(f"no fixtures (*--*.json) in {directory}")
+    return files
+
+
+def demo_patients(files: Sequence[Path]) -> list[DemoPatient]:
+    """The fixtures' patients, one per patient id (the first fixture naming it wins)."""
+    patients: dict[str, DemoPatient] = {}
+    for path in files:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        context = body.get("context") if isinstance(body, dict) else None
+        patient_id = context.get("patientId") if isinstance(context, dict) else None
+        if not isinstance(patient_id, str) or not patient_id or patient_id in patients:
+            continue
+        encounter_id = context.get("encounterId") if isinstance(context, dict) else None
+        patients[patient_id] = DemoPatient(
+            patient_id=patient_id,
+            encounter_id=encounter_id if isinstance(encounter_id, str) else None,
+            hook=str(body.get("hook", "?")),
+            scenario=path.stem.partition("--")[2],
+            fixture=path.name,
+        )
+    return sorted(patients.values(), key=lambda patient: (patient.hook, patient.scenario))
+
+
+# -- the FHIR server ---------------------------------------------------------------------------
+
+
+class FhirSandbox:
+    """``node server.mjs`` on loopback, seeded with the fixtures; it cannot outlive the demo."""
+
+    def __init__(self, node: str, directory: Path, seeds: Sequence[Path], port: int) -> None:
+        self.node = node
+        self.directory = directory
+        self.seeds = list(seeds)
+        self.requested_port = port
+        self.port: int | None = None
+        self.process: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._stderr_tail: deque[str] = deque(maxlen=40)
+        self._forward_stderr = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def base_url(self) -> str:
+        """The FHIR base URL (``http://127.0.0.1:PORT/fhir``)."""
+        return f"http://{FHIR_HOST}:{self.port}/fhir"
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Start the server and wait for its ``LISTENING <port>`` line, or raise DemoError."""
+        command = [self.node, "server.mjs", "--port", str(self.requested_port)]
+        command += ["--patients", "--stop-on-stdin-eof"]
+        for path in self.seeds:
+            command += ["--seed", str(path)]
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.directory,
+            stdin=subprocess.PIPE,  # held open until stop(): its end is the server's end
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            start_new_session=True,  # Ctrl-C in the terminal reaches the demo, which stops it
+        )
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self._pump(self.process.stdout, self._lines.put, lambda: self._lines.put(None))
+        self._pump(self.process.stderr, self._on_stderr, None)
+        self.port = self._wait_for_port(timeout)
+        self._forward_stderr.set()
+
+    def _pump(self, stream: IO[str], on_line: Any, on_end: Any) -> None:
+        """Drain ``stream`` on a thread, so that a full pipe never blocks the server."""
+
+        def pump() -> None:
+            for line in stream:
+                on_line(line.rstrip("\n"))
+            if on_end is not None:
+                on_end()
+
+        thread = threading.Thread(target=pump, name="fhir-sandbox-pipe", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _on_stderr(self, line: str) -> None:
+        self._stderr_tail.append(line)
+        if self._forward_stderr.is_set():  # after start-up: errors only, worth seeing
+            _write(sys.stderr, line + "\n")
+
+    def _wait_for_port(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DemoError(
+                    f"the FHIR server did not listen within {timeout:.0f} s{self._tail()}"
+                )
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                assert self.process is not None
+                code = self.process.wait(timeout=STOP_TIMEOUT_S)
+                for thread in self._threads:
+                    thread.join(timeout=STOP_TIMEOUT_S)
+                hint = f" (is port {self.requested_port} in use? try --fhir-port)"
+                raise DemoError(
+                    f"the FHIR server exited ({code}) before listening{hint}{self._tail()}"
+                )
+            match = _LISTENING.match(line.strip())
+            if match:
+                return int(match.group(1))
+
+    def _tail(self) -> str:
+        return ":\n" + "\n".join(self._stderr_tail) if self._stderr_tail else ""
+
+    def stop(self) -> None:
+        """SIGTERM and stdin EOF, then SIGKILL after ``STOP_TIMEOUT_S``; idempotent."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            with contextlib.suppress(OSError):
+                assert process.stdin is not None
+                process.stdin.close()
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=STOP_TIMEOUT_S)
+        for thread in self._threads:
+            thread.join(timeout=STOP_TIMEOUT_S)
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+# -- the guide ---------------------------------------------------------------------------------
+
+
+def public_host(host: str) -> str:
+    """The address to print for a listen address (a wildcard is reached on loopback)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def sandbox_link(service_url: str, fhir_base: str, patient_id: str) -> str:
+    """The CDS Hooks sandbox opened on this service, this FHIR server and one patient."""
+    query = urlencode(
+        {
+            "serviceDiscoveryURL": f"{service_url}/cds-services",
+            "fhirServiceUrl": fhir_base,
+            "patientId": patient_id,
+            "hook": SANDBOX_HOOK,
+        }
+    )
+    return f"{SANDBOX_URL}?{query}"
+
+
+def curl_example(service_url: str, fhir_base: str, fixture: Path) -> str:
+    """The fixture posted without its prefetch: the service fetches the data from ``fhir_base``."""
+    body = json.loads(fixture.read_text(encoding="utf-8"))
+    body.pop("prefetch", None)
+    body["hookInstance"] = str(uuid.uuid4())
+    body["fhirServer"] = fhir_base
+    service_id = f"cpt20703-{body.get('hook')}"
+    return (
+        "curl -s -X POST -H 'Content-Type: application/json' \\\n"
+        f"       --data {shlex.quote(json.dumps(body, separators=(',', ':')))} \\\n"
+        f"       {service_url}/cds-services/{service_id}"
+    )
+
+
+def guide(
+    service_url: str, fhir_base: str, patients: Sequence[DemoPatient], fixtures_dir: Path
+) -> str:
+    """What the demo prints once both servers listen: URLs, the sandbox link, curl, patients."""
+    by_fixture = {patient.fixture: patient for patient in patients}
+    sandbox_patient = by_fixture.get(SANDBOX_FIXTURE) or next(
+        (patient for patient in patients if patient.hook == SANDBOX_HOOK), patients[0]
+    )
+    curl_patient = by_fixture.get(CURL_FIXTURE) or next(
+        (patient for patient in patients if patient.hook == "encounter-discharge"), patients[0]
+    )
+    expected = _expected_findings(fixtures_dir, curl_patient.fixture)
+    width = max(len(patient.patient_id) for patient in patients)
+    rows = [
+        f"  {patient.patient_id:<{width}}  {patient.encounter_id or '-':<16}  "
+        f"{patient.hook:<19}  {patient.scenario}"
+        for patient in patients
+    ]
+    lines = [
+        "",
+        "cds-20703 demo: the CDS service and a local FHIR server holding the fixtures' patients",
+        "",
+        f"  CDS discovery    {service_url}/cds-services",
+        f"  Card playground  {service_url}/",
+        f"  FHIR server      {fhir_base}   (in memory, read-only, fictional data)",
+        "",
+        "CDS Hooks sandbox on this service, this FHIR server and a patient with a device in place",
+        "(any patientId below works; the sandbox sends its own draft MedicationRequest, so expect",
+        '{"cards": []} from order-sign: the +20703 cards need procedures and claims it cannot',
+        "send; a browser that blocks the https page from calling 127.0.0.1 needs a local sandbox):",
+        "",
+        f"  {sandbox_link(service_url, fhir_base, sandbox_patient.patient_id)}",
+        "",
+        "A fixture posted without its prefetch: the service fetches the data from the FHIR",
+        f"server (fhir_fixtures/{curl_patient.fixture}; expected cards: {expected}):",
+        "",
+        f"  {curl_example(service_url, fhir_base, fixtures_dir / curl_patient.fixture)}",
+        "",
+        f"Patients on the FHIR server ({len(patients)}; the scenario is fhir_fixtures/<hook>--"
+        "<scenario>.json,",
+        "its expected findings are in fhir_fixtures/expected.json):",
+        "",
+        f"  {'patientId':<{width}}  {'encounterId':<16}  {'hook':<19}  scenario",
+        *rows,
+        "",
+        GUIDE_END,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _expected_findings(fixtures_dir: Path, fixture: str) -> str:
+    """The finding codes ``expected.json`` lists for ``fixture``, as text."""
+    try:
+        expected = json.loads((fixtures_dir / "expected.json").read_text(encoding="utf-8"))
+        findings = expected[fixture]["findings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "see fhir_fixtures/expected.json"
+    return ", ".join(str(code) for code in findings) or "none"
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def demo_environment(
+    environ: Mapping[str, str], service_url: str, fhir_base: str
+) -> dict[str, str]:
+    """``environ`` with the demo's settings: development, the playground, the FHIR server allowed.
+
+    The allowlist keeps what the operator set and adds the demo FHIR server (under both loopback
+    names, as the sandbox-shaped fixture uses ``localhost``), so the service calls no other server
+    unless told to.
+    """
+    environment = dict(environ)
+    environment["CDS_PROFILE"] = "development"
+    environment["CDS_PLAYGROUND"] = "on"
+    environment.setdefault("CDS_PUBLIC_BASE_URL", service_url)
+    allowed = [
+        entry.strip()
+        for entry in environment.get("CDS_FHIR_SERVER_ALLOWLIST", "").split(",")
+        if entry.strip()
+    ]
+    for base in (fhir_base, fhir_base.replace(f"//{FHIR_HOST}:", "//localhost:", 1)):
+        if base not in allowed:
+            allowed.append(base)
+    environment["CDS_FHIR_SERVER_ALLOWLIST"] = ",".join(allowed)
+    return environment
+
+
+def _write(stream: IO[str], text: str) -> None:
+    stream.write(text)
+    stream.flush()
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    workers: int = DEFAULT_WORKERS,
+    fhir_port: int = DEFAULT_FHIR_PORT,
+    sandbox_dir: Path | None = None,
+    fixtures_dir: Path | None = None,
+) -> int:
+    """Start the FHIR server, then serve the service until Ctrl-C or SIGTERM; stop both.
+
+    Raises DemoError (before anything starts) when Node.js, the sandbox or its packages are
+    missing, and ConfigError for a bad ``CDS_*`` value.
+    """
+    sandbox = find_sandbox(sandbox_dir)
+    node = find_node()
+    fixtures = fixtures_dir or data_dir("fhir_fixtures")
+    seeds = fixture_files(fixtures)
+    patients = demo_patients(seeds)
+    if not patients:
+        raise DemoError("no fixture names a context.patientId")
+    service_url = f"http://{public_host(host)}:{port}"
+    # Validate the settings with a placeholder FHIR URL before starting anything.
+    Settings.load(demo_environment(os.environ, service_url, f"http://{FHIR_HOST}:1/fhir"))
+
+    from cds_service.cli.serve import serve  # gunicorn; prometheus-client stays unimported
+
+    owner = os.getpid()  # gunicorn workers are forks: only this process stops the FHIR server
+    fhir = FhirSandbox(node, sandbox, seeds, fhir_port)
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)  # gunicorn replaces it
+    try:
+        fhir.start()
+        environment = demo_environment(os.environ, service_url, fhir.base_url)
+        os.environ.update(environment)
+        settings = Settings.load()
+
+        def ready() -> None:
+            _write(sys.stdout, guide(service_url, fhir.base_url, patients, fixtures))
+
+        serve(settings, host=host, port=port, workers=workers, timeout=30, on_ready=ready)
+    except KeyboardInterrupt:
+        pass  # interrupted while starting: fall through to the clean-up
+    finally:
+        if os.getpid() == owner:
+            # Stopping: gunicorn's handlers would reap the FHIR server as a worker; a second
+            # Ctrl-C must not cut the clean-up short.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            fhir.stop()
+            _write(sys.stdout, "cds-service demo: the service and the FHIR server have stopped\n")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
+    return 0

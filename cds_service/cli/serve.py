@@ -1,0 +1,136 @@
+"""Run the app under gunicorn from Python (``cds-service serve``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
+from sqlalchemy.exc import SQLAlchemyError
+
+from cds_service.config import Settings
+from cds_service.logs import configure_logging
+from cds_service.store.database import create_database_engine
+from cds_service.store.migrations import upgrade_database
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
+
+
+class _ThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn's gthread worker, which stops listening as soon as it is told to stop.
+
+    On SIGTERM gunicorn's worker stops accepting but keeps its listening socket open until the
+    requests in flight are answered: meanwhile the kernel still completes new connections into
+    the backlog, and resets them at the end. Closing the socket at once makes them fail fast
+    (connection refused), so a client or load balancer goes to another instance.
+    """
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:  # shutting down, not only at the connection limit
+            for listener in self.sockets:
+                listener.close()
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        from cds_service import create_app
+
+        return create_app()
+
+
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    timeout: int,
+    tls: tuple[Path, Path] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    threads: int = 16,
+    backlog: int = 256,
+) -> None:
+    """Migrate the schema once (development), then start ``workers`` threaded workers.
+
+    A database that cannot be reached does not stop the service: the failed migration is logged
+    and the workers start (they answer 503 where the database is needed until it is back).
+
+    Each worker has ``threads`` threads, more than the admission gate lets work at once
+    (CDS_MAX_CONCURRENT_CALLS), so surplus requests reach the gate and get a quick 503 instead
+    of waiting unseen in a queue; ``backlog`` bounds the connections waiting to be accepted.
+
+    With ``tls`` (certificate and key files) gunicorn serves HTTPS itself. ``on_ready`` runs in
+    the master once the socket listens (``cds-service demo`` prints its guide then).
+    """
+    configure_logging(settings.log_level)
+    if settings.profile == "development":  # once here, so the workers find it done
+        engine = create_database_engine(settings.database_url)
+        try:
+            upgrade_database(engine)
+        except SQLAlchemyError as exc:
+            logging.getLogger(__name__).error(
+                "database unreachable at start-up: schema not migrated",
+                extra={"error_type": type(exc).__name__},
+            )
+        finally:
+            engine.dispose()  # workers open their own connections after the fork
+    prepare_metrics_directory()
+    options: dict[str, Any] = {"child_exit": _child_exit}
+    if tls is not None:
+        options |= {"certfile": str(tls[0]), "keyfile": str(tls[1])}
+    if on_ready is not None:
+        options["when_ready"] = lambda _arbiter: on_ready()
+    _Gunicorn(
+        options
+        | {
+            "bind": f"{host}:{port}",
+            "workers": workers,
+            "worker_class": _ThreadWorker,
+            "threads": threads,
+            "backlog": backlog,
+            "timeout": timeout,
+            "graceful_timeout": timeout,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "warning",
+            "proc_name": "cds-service",
+        }
+    ).run()
+
+
+def prepare_metrics_directory() -> Path:
+    """Point prometheus-client at a fresh per-run directory, so ``/metrics`` sums all workers.
+
+    Must run before ``prometheus_client`` is imported (the app imports it after the fork).
+    An operator's ``PROMETHEUS_MULTIPROC_DIR`` is used and emptied of the last run's files.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the metrics directory was set")
+    configured = os.environ.get(MULTIPROC_ENV)
+    directory = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="cds-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

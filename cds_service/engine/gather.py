@@ -1,0 +1,214 @@
+"""The data of one hook call: what the client prefetched, plus what we fetch ourselves.
+
+CDS Hooks: a prefetch key that is absent (or holds an OperationOutcome, a failed prefetch) means
+"go and get it from ``fhirServer``"; a key sent as ``null`` means "no data" and is not fetched.
+Round 1 runs the missing templates; round 2 reads the references the rules follow (removed Devices,
+operative notes, the Claim's Coverage, the Coverage's payer) that are not in hand. When a required
+key cannot be had the call is a 412 naming the key and the reason; optional data that cannot be
+had is reported on the cards as "not checked".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cds_service.errors import PrefetchUnavailableError
+from cds_service.fhir.client import (
+    Fetched,
+    FetchStats,
+    FhirFetcher,
+    next_link,
+    references_to_resolve,
+    render_template,
+)
+from cds_service.fhir.resources import MODELS, iter_resources
+from cds_service.protocol.models import HookRequest
+from cds_service.rulepack.pack import ServiceDefinition
+
+# Why data could not be obtained, in words for the 412 diagnostics and the cards.
+REASONS: dict[str, str] = {
+    "not-prefetched": "not prefetched, and no FHIR access was configured for this call",
+    "no-fhir-server": "not prefetched, and the request names no fhirServer",
+    "not-allowed": "not prefetched, and fhirServer is not an allowed FHIR server",
+    "invalid-fhir-server": "not prefetched, and fhirServer is not a valid URL",
+    "unresolved-token": "its query needs a context value the request does not carry",
+    "timeout": "the FHIR server did not answer in time",
+    "deadline": "the time allowed for fetching ran out",
+    "connection": "the FHIR server could not be reached",
+    "http-401": "the FHIR server refused the access token (401)",
+    "http-403": "the FHIR server denied access (403)",
+    "http-404": "the FHIR server did not find it (404)",
+    "http-4xx": "the FHIR server rejected the query",
+    "http-5xx": "the FHIR server failed (5xx)",
+    "redirect": "the FHIR server answered with a redirect, which is not followed",
+    "not-json": "the FHIR server's answer was not JSON",
+    "not-fhir": "the FHIR server's answer was not the expected FHIR resource",
+    "operation-outcome": "the FHIR server answered with an OperationOutcome",
+    "too-large": "the FHIR server's answer was larger than allowed",
+    "request-error": "the request to the FHIR server failed",
+    "foreign-link": "a paging link pointed away from the FHIR server, and was not followed",
+}
+REFERENCES_KEY = "(resolved references)"
+# References are read only for resource types the rules read: Device and DocumentReference for the
+# removal and documentation findings, Coverage and its payer Organization for the payer note.
+# Round 2 is the last: references found in what it read (the payer of a Coverage read by
+# reference) are not followed (README, "Fetching what was not prefetched").
+RULE_INPUT_TYPES = frozenset(MODELS)
+MAX_REFERENCES = 50
+
+
+@dataclass(frozen=True)
+class HookData:
+    """Everything the rules may read for one call, and what could not be had."""
+
+    values: dict[str, Any]  # declared prefetch key -> resource or Bundle
+    not_checked: dict[str, str]  # name of the missing data -> failure kind
+    truncated: tuple[str, ...] = ()  # keys whose search had more pages than allowed
+    fetch_stats: FetchStats | None = None
+
+
+def split_prefetch(
+    service: ServiceDefinition, prefetch: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """The usable prefetch values, and the declared keys that must be fetched."""
+    usable: dict[str, Any] = {}
+    missing: list[str] = []
+    for key in service.prefetch:
+        if key in prefetch and prefetch[key] is None:
+            continue
+        value = prefetch.get(key)
+        if isinstance(value, dict) and value.get("resourceType") not in (None, "OperationOutcome"):
+            usable[key] = value
+        else:
+            missing.append(key)
+    return usable, missing
+
+
+def gather(
+    service: ServiceDefinition,
+    request: HookRequest,
+    fetcher: FhirFetcher | None,
+    also_allowed: Sequence[str] = (),
+    stats_to_fill: FetchStats | None = None,
+) -> HookData:
+    """Prefetched data completed from ``fhirServer``; 412 when required data cannot be had.
+
+    The fetch statistics go into ``stats_to_fill`` when given, so they survive a 412.
+    """
+    values, missing = split_prefetch(service, request.prefetch or {})
+    not_checked: dict[str, str] = {}
+    truncated: list[str] = []
+    stats: FetchStats | None = None
+    server = request.fhirServer
+    refusal = _refusal(fetcher, server, also_allowed)
+    if refusal is not None:
+        not_checked = dict.fromkeys(missing, refusal)
+    elif fetcher is not None and server is not None:
+        stats = stats_to_fill if stats_to_fill is not None else FetchStats()
+        started = time.monotonic()
+        deadline = started + fetcher.policy.deadline
+        token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+        queries: dict[str, str] = {}
+        continued: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            link = next_link(value) if value.get("resourceType") == "Bundle" else None
+            if link is not None:  # the client paginated its prefetch: read the other pages
+                continued[key] = value
+                queries[key] = link
+        for key in missing:
+            query = render_template(service.prefetch[key].template, request.context)
+            if query is None:
+                not_checked[key] = "unresolved-token"
+            else:
+                queries[key] = query
+        stats.keys_requested = len(queries)
+        for key, fetched in fetcher.fetch_round(server, token, queries, deadline, stats).items():
+            if fetched.value is not None:
+                values[key] = _joined(continued.get(key), fetched.value)
+                stats.keys_fetched += 1
+                if fetched.truncated:
+                    truncated.append(key)
+            elif key in continued:
+                truncated.append(key)
+            elif fetched.absent:
+                continue  # a read of a resource that does not exist: no data, like null
+            else:
+                not_checked[key] = fetched.failure or "request-error"
+        resolved = _resolve_references(fetcher, server, token, values, deadline, stats)
+        not_checked |= resolved.not_checked
+        if resolved.values:
+            values[REFERENCES_KEY] = {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": resource} for resource in resolved.values.values()],
+            }
+        stats.elapsed_ms = (time.monotonic() - started) * 1000
+    _require(service, not_checked)
+    return HookData(values, not_checked, tuple(truncated), stats)
+
+
+def _joined(first_page: dict[str, Any] | None, rest: dict[str, Any]) -> dict[str, Any]:
+    """A prefetched first page followed by the pages fetched after it."""
+    if first_page is None:
+        return rest
+    entries = [*(first_page.get("entry") or []), *(rest.get("entry") or [])]
+    joined = {key: value for key, value in first_page.items() if key not in ("entry", "link")}
+    return joined | ({"entry": entries} if entries else {})
+
+
+def _refusal(
+    fetcher: FhirFetcher | None, server: str | None, also_allowed: Sequence[str]
+) -> str | None:
+    if fetcher is None:
+        return "not-prefetched"
+    if not server:
+        return "no-fhir-server"
+    return fetcher.refusal(server, also_allowed)
+
+
+def _resolve_references(
+    fetcher: FhirFetcher,
+    server: str,
+    token: str | None,
+    values: Mapping[str, Any],
+    deadline: float,
+    stats: FetchStats,
+) -> HookData:
+    """Round 2: read the referenced resources the rules need that are not in hand."""
+    in_hand = [resource for value in values.values() for resource in iter_resources(value)]
+    have = {f"{resource.get('resourceType')}/{resource.get('id')}" for resource in in_hand}
+    wanted = sorted(
+        reference
+        for reference in references_to_resolve(in_hand) - have
+        if reference.split("/")[0] in RULE_INPUT_TYPES
+    )[:MAX_REFERENCES]
+    stats.references_requested = len(wanted)
+    results: dict[str, Fetched] = fetcher.fetch_round(
+        server, token, {reference: reference for reference in wanted}, deadline, stats
+    )
+    found: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for reference, fetched in sorted(results.items()):
+        if fetched.value is not None:
+            found[reference] = fetched.value
+        else:
+            # Named by type only: a resource id can be an identifier worth keeping out of cards.
+            kind = "http-404" if fetched.absent else fetched.failure or "request-error"
+            failed.setdefault(f"referenced {reference.split('/')[0]}", kind)
+    stats.references_fetched = len(found)
+    return HookData(found, failed)
+
+
+def _require(service: ServiceDefinition, not_checked: Mapping[str, str]) -> None:
+    problems = [
+        f"'{key}' ({entry.template}): {REASONS.get(not_checked[key], not_checked[key])}"
+        for key, entry in service.prefetch.items()
+        if entry.required and key in not_checked
+    ]
+    if problems:
+        raise PrefetchUnavailableError(
+            "Required data could not be obtained: " + "; ".join(problems) + "."
+        )

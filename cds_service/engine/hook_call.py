@@ -1,0 +1,149 @@
+"""One hook call, from parsed JSON to response JSON, without Flask.
+
+The HTTP layer, the ``evaluate`` command and the benchmark all go through :func:`handle_hook_call`,
+so they answer identically. The only I/O is the optional ``fetcher`` (FHIR reads of data the
+client did not prefetch); without one the call is a pure function. Storing issued cards is the
+caller's business.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from cds_service.engine.gather import REASONS, HookData, gather
+from cds_service.errors import InvalidRequestError, TooManyEntriesError, UnknownServiceError
+from cds_service.fhir.client import FetchStats, FhirFetcher
+from cds_service.fhir.resources import read_resources
+from cds_service.protocol.hooks import HOOKS, context_problems
+from cds_service.protocol.models import FeedbackRequest, HookRequest
+from cds_service.rulepack.pack import RulePack, ServiceDefinition
+from cds_service.rules.cards import FINDING_EXTENSION, build_cards
+from cds_service.rules.facts import derive_facts
+from cds_service.rules.findings import evaluate
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class HookResult:
+    """The response body and what the caller may record about it (no patient data)."""
+
+    response: dict[str, Any]
+    issued: list[tuple[str, str]]  # (card uuid, finding code)
+    skipped_resources: int
+    fetch_stats: FetchStats | None = None
+
+
+def new_uuid() -> str:
+    """A random RFC 4122 UUID, as CDS Hooks card and suggestion ids."""
+    return str(uuid.uuid4())
+
+
+def find_service(pack: RulePack, service_id: str) -> ServiceDefinition:
+    """The service, or a 404 error."""
+    service = pack.service(service_id)
+    if service is None:
+        raise UnknownServiceError(
+            "Unknown CDS service id. GET /cds-services lists the services of this server."
+        )
+    return service
+
+
+def handle_hook_call(
+    pack: RulePack,
+    service_id: str,
+    body: Any,
+    uuid_factory: Callable[[], str] = new_uuid,
+    fetcher: FhirFetcher | None = None,
+    max_bundle_entries: int | None = None,
+    client_fhir_servers: Sequence[str] = (),
+    public_base_url: str = "http://127.0.0.1:8080",
+    fetch_stats: FetchStats | None = None,
+) -> HookResult:
+    """Validate a hook request, complete its data, and answer it with cards.
+
+    ``client_fhir_servers`` are FHIR base URLs the authenticated client's trust entry allows,
+    on top of the configured outbound allowlist. ``fetch_stats``, when given, is filled in even
+    when the call ends in an error (the audit trail records it).
+    """
+    service = find_service(pack, service_id)
+    request = parse_hook_request(body)
+    if request.hook != service.hook:
+        raise InvalidRequestError(
+            f"This service answers the {service.hook} hook; the request is for another hook."
+        )
+    hook = HOOKS[service.hook]
+    problems = context_problems(hook, request.context)
+    if problems:
+        raise InvalidRequestError("Invalid context: " + "; ".join(problems) + ".")
+    if max_bundle_entries is not None:
+        _check_size(request, max_bundle_entries)
+    data = gather(service, request, fetcher, client_fhir_servers, fetch_stats)
+    resources = read_resources(data.values, request.context.get("draftOrders"))
+    encounter_id = request.context.get("encounterId")
+    patient_id = request.context.get("patientId")
+    facts = derive_facts(
+        resources,
+        pack,
+        service.hook,
+        encounter_id if isinstance(encounter_id, str) else None,
+        patient_id if isinstance(patient_id, str) else None,
+        public_base_url,
+    )
+    caveats = data_caveats(data)
+    cards = build_cards(evaluate(facts, pack), pack, uuid_factory, caveats, facts.payer)
+    issued = [(card["uuid"], card["extension"][FINDING_EXTENSION]) for card in cards]
+    return HookResult({"cards": cards}, issued, resources.skipped, data.fetch_stats)
+
+
+def _check_size(request: HookRequest, limit: int) -> None:
+    values = [request.context.get("draftOrders"), *(request.prefetch or {}).values()]
+    for value in values:
+        entries = value.get("entry") if isinstance(value, dict) else None
+        if isinstance(entries, list) and len(entries) > limit:
+            raise TooManyEntriesError(
+                f"A context or prefetch Bundle has more than {limit} entries "
+                "(CDS_MAX_BUNDLE_ENTRIES)."
+            )
+
+
+def data_caveats(data: HookData) -> list[str]:
+    """Sentences for the cards about data that could not be checked (names and reasons only)."""
+    caveats = [
+        f"`{name}`: {REASONS.get(kind, kind)}" for name, kind in sorted(data.not_checked.items())
+    ]
+    caveats += [f"`{key}`: only the first pages of the search were read" for key in data.truncated]
+    return caveats
+
+
+def parse_hook_request(body: Any) -> HookRequest:
+    """The request model, or a 400 that names the invalid fields (never their values)."""
+    return _parse(HookRequest, body, "request")
+
+
+def parse_feedback_request(body: Any) -> FeedbackRequest:
+    """The feedback model, or a 400 that names the invalid fields."""
+    return _parse(FeedbackRequest, body, "feedback")
+
+
+def _parse(model: type[ModelT], body: Any, what: str) -> ModelT:
+    if not isinstance(body, dict):
+        raise InvalidRequestError(f"The {what} body must be a JSON object.")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequestError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """'Invalid request: field: problem; ...' without input values."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False)[:10]:
+        location = ".".join(str(part) for part in error["loc"]) or "body"
+        parts.append(f"{location}: {error['msg']}")
+    return "Invalid request: " + "; ".join(parts) + "."

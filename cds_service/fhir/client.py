@@ -1,0 +1,399 @@
+"""Fetch what the CDS client did not prefetch, from its FHIR server. All outbound I/O lives here.
+
+One :class:`FhirFetcher` per process holds a pooled ``requests.Session`` and a bounded thread pool.
+Each hook call gets one overall deadline; the fetches of a round run concurrently, every request
+with connect and read timeouts no longer than what is left of the deadline. A fetch never raises:
+it yields data or a failure *kind* (``timeout``, ``http-404``, ``not-json`` ...), which the caller
+turns into a 412 or into a "not checked" note on the cards.
+
+Outbound safety: only allowed servers are called (``https`` only in production, base-URL prefixes
+from ``CDS_FHIR_SERVER_ALLOWLIST``); redirects are never followed; ``next`` links are followed only
+below the same base URL; bodies are read up to a size cap; the access token goes into the
+``Authorization`` header and nowhere else (never logged, never stored, never in an error).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from cds_service.fhir.json_limits import nested_deeper_than
+
+ACCEPT = "application/fhir+json, application/json;q=0.9"
+_CHUNK = 16 * 1024
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits and rules for outbound FHIR requests (from ``CDS_FHIR_*`` settings)."""
+
+    allowlist: tuple[str, ...] = ()  # base-URL prefixes ending in "/"; empty allows any
+    https_only: bool = False
+    refuse_all: bool = False  # production without an allowlist: no FHIR server is called
+    connect_timeout: float = 1.0
+    read_timeout: float = 2.5
+    deadline: float = 3.0
+    max_pages: int = 5
+    max_response_bytes: int = 10 * 1024 * 1024
+    max_concurrency: int = 16
+
+
+@dataclass
+class FetchStats:
+    """What one hook call fetched: counts and kinds only, never data, URLs or tokens."""
+
+    keys_requested: int = 0
+    keys_fetched: int = 0
+    references_requested: int = 0
+    references_fetched: int = 0
+    rounds: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    elapsed_ms: float = 0.0
+    queries: list[tuple[str, float]] = field(default_factory=list)  # (outcome, seconds) each
+
+    def as_log(self) -> dict[str, Any]:
+        """A flat, PHI-free summary for the log line and later metrics."""
+        return {
+            "keys_requested": self.keys_requested,
+            "keys_fetched": self.keys_fetched,
+            "references_requested": self.references_requested,
+            "references_fetched": self.references_fetched,
+            "rounds": self.rounds,
+            "failures": dict(sorted(self.failures.items())),
+            "elapsed_ms": round(self.elapsed_ms, 1),
+        }
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The result of one query: a FHIR resource (or merged Bundle), or why there is none."""
+
+    value: dict[str, Any] | None = None
+    failure: str | None = None
+    truncated: bool = False  # a searchset had more pages than the cap allowed
+    absent: bool = False  # a read answered 404: the resource does not exist (no data)
+    seconds: float = 0.0  # from sending the query to its last page
+
+    @property
+    def outcome(self) -> str:
+        """``ok``, ``not-found`` or the failure kind: a closed set, for counting."""
+        return self.failure or ("not-found" if self.absent else "ok")
+
+
+class _Failure(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class FhirFetcher:
+    """Runs the queries of one hook call against the client's FHIR server."""
+
+    def __init__(self, policy: FetchPolicy, session: requests.Session | None = None) -> None:
+        self.policy = policy
+        self.session = session or _pooled_session(policy.max_concurrency)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def refusal(self, base_url: str, also_allowed: Sequence[str] = ()) -> str | None:
+        """Why ``base_url`` may not be called (a failure kind), or None when it may.
+
+        ``also_allowed`` adds base-URL prefixes (those of the authenticated client's trust entry)
+        to the configured allowlist; https is still required in production.
+        """
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            return "invalid-fhir-server"
+        if self.policy.https_only and parts.scheme != "https":
+            return "not-allowed"
+        normalized = base_url.rstrip("/") + "/"
+        if any(normalized.startswith(prefix) for prefix in also_allowed):
+            return None
+        allowed = self.policy.allowlist
+        if self.policy.refuse_all or (
+            allowed and not any(normalized.startswith(prefix) for prefix in allowed)
+        ):
+            return "not-allowed"
+        return None
+
+    def fetch_round(
+        self,
+        base_url: str,
+        token: str | None,
+        queries: Mapping[str, str],
+        deadline: float,
+        stats: FetchStats,
+    ) -> dict[str, Fetched]:
+        """Run ``queries`` (key -> relative FHIR URL) concurrently; stop waiting at ``deadline``."""
+        if not queries:
+            return {}
+        stats.rounds += 1
+        base = base_url.rstrip("/")
+        sent = time.monotonic()
+        futures: dict[Future[Fetched], str] = {
+            self._executor().submit(self._timed_get, base, query, token, deadline): key
+            for key, query in queries.items()
+        }
+        results: dict[str, Fetched] = {}
+        pending = set(futures)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            done, pending = wait(pending, timeout=remaining, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[futures[future]] = future.result()
+        for future in pending:  # still running at the deadline: abandoned, bounded by timeouts
+            future.cancel()
+            results[futures[future]] = Fetched(failure="deadline", seconds=deadline - sent)
+        for result in results.values():
+            stats.queries.append((result.outcome, result.seconds))
+            if result.outcome != "ok":
+                stats.failures[result.outcome] += 1
+        return results
+
+    def close(self) -> None:
+        """Release the pool and the connections."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.session.close()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.policy.max_concurrency, thread_name_prefix="fhir-fetch"
+            )
+        return self._pool
+
+    def _timed_get(self, base: str, query: str, token: str | None, deadline: float) -> Fetched:
+        started = time.monotonic()
+        fetched = self._get(base, query, token, deadline)
+        return replace(fetched, seconds=time.monotonic() - started)
+
+    def _get(self, base: str, query: str, token: str | None, deadline: float) -> Fetched:
+        """GET a relative query, or an absolute ``next`` link below ``base``."""
+        absolute = query.startswith(("http://", "https://"))
+        expect_bundle = absolute or "?" in query or "/" not in query.strip("/")
+        try:
+            if absolute and not _below(query, base):
+                raise _Failure("foreign-link")
+            url = query if absolute else f"{base}/{query.lstrip('/')}"
+            try:
+                document = self._get_json(url, token, deadline)
+            except _Failure as failure:
+                if failure.kind == "http-404" and not expect_bundle:
+                    return Fetched(absent=True)
+                raise
+            if not expect_bundle:
+                return Fetched(_checked_resource(document, query.split("/")[0]))
+            return self._collect_pages(base, document, token, deadline)
+        except _Failure as failure:
+            return Fetched(failure=failure.kind)
+
+    def _collect_pages(
+        self, base: str, first: dict[str, Any], token: str | None, deadline: float
+    ) -> Fetched:
+        bundle = _checked_resource(first, "Bundle")
+        entries = list(bundle.get("entry") or [])
+        page = bundle
+        for _ in range(self.policy.max_pages - 1):
+            next_url = next_link(page)
+            if next_url is None:
+                break
+            if not _below(next_url, base):
+                return Fetched(_merged(bundle, entries), truncated=True)
+            page = _checked_resource(self._get_json(next_url, token, deadline), "Bundle")
+            entries.extend(page.get("entry") or [])
+        else:
+            if next_link(page) is not None:
+                return Fetched(_merged(bundle, entries), truncated=True)
+        return Fetched(_merged(bundle, entries))
+
+    def _get_json(self, url: str, token: str | None, deadline: float) -> dict[str, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Failure("deadline")
+        headers = {"Accept": ACCEPT}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = (
+            min(self.policy.connect_timeout, remaining),
+            min(self.policy.read_timeout, remaining),
+        )
+        try:
+            with self.session.get(
+                url, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+            ) as response:
+                if response.status_code != 200:
+                    raise _Failure(_status_kind(response.status_code))
+                content_type = response.headers.get("Content-Type", "")
+                if "json" not in content_type:
+                    raise _Failure("not-json")
+                body = self._read_capped(response, deadline)
+        except requests.Timeout:
+            raise _Failure("timeout") from None
+        except requests.ConnectionError:
+            raise _Failure("connection") from None
+        except requests.RequestException:
+            raise _Failure("request-error") from None
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            raise _Failure("not-json") from None
+        if not isinstance(document, dict) or nested_deeper_than(document):
+            raise _Failure("not-fhir")
+        return document
+
+    def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.policy.max_response_bytes:
+            raise _Failure("too-large")
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_content(_CHUNK):
+            size += len(chunk)
+            if size > self.policy.max_response_bytes:
+                raise _Failure("too-large")
+            if time.monotonic() > deadline:
+                raise _Failure("deadline")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _below(url: str, base: str) -> bool:
+    """True when ``url`` is on the FHIR server ``base`` (same scheme, host, port, path prefix)."""
+    return url.startswith((base + "/", base + "?"))
+
+
+def _pooled_session(pool_size: int) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxy or .netrc credentials picked up from the environment
+    # The session serves every hook call of the process: a cookie set during one patient's call
+    # must never ride along on another's, so cookies are refused outright.
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _status_kind(status: int) -> str:
+    if status in (401, 403, 404):
+        return f"http-{status}"
+    if 300 <= status < 400:
+        return "redirect"
+    if 400 <= status < 500:
+        return "http-4xx"
+    return "http-5xx"
+
+
+def _checked_resource(document: dict[str, Any], expected_type: str) -> dict[str, Any]:
+    resource_type = document.get("resourceType")
+    if resource_type == "OperationOutcome":
+        raise _Failure("operation-outcome")
+    if resource_type != expected_type:
+        raise _Failure("not-fhir")
+    return document
+
+
+def next_link(bundle: Mapping[str, Any]) -> str | None:
+    """The ``next`` page of a searchset Bundle, if any."""
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
+            return str(link["url"])
+    return None
+
+
+def _merged(first: dict[str, Any], entries: list[Any]) -> dict[str, Any]:
+    merged = {key: value for key, value in first.items() if key not in ("entry", "link")}
+    if entries:
+        merged["entry"] = entries
+    return merged
+
+
+def render_template(template: str, context: Mapping[str, Any]) -> str | None:
+    """A prefetch template with its tokens replaced, or None when a token has no value.
+
+    Values are percent-encoded, so a context value cannot add query parameters or path segments.
+    """
+    values: dict[str, str] = {
+        f"context.{name}": value for name, value in context.items() if isinstance(value, str)
+    }
+    user = context.get("userId")
+    if isinstance(user, str) and "/" in user:
+        user_type, user_id = user.split("/", 1)
+        token_name = {
+            "Practitioner": "userPractitionerId",
+            "PractitionerRole": "userPractitionerRoleId",
+            "Patient": "userPatientId",
+            "RelatedPerson": "userRelatedPersonId",
+        }.get(user_type)
+        if token_name:
+            values[token_name] = user_id
+    rendered = template
+    while "{{" in rendered:
+        start = rendered.index("{{")
+        end = rendered.find("}}", start)
+        if end < 0:
+            return None
+        token = rendered[start + 2 : end].strip()
+        if token not in values:
+            return None
+        rendered = rendered[:start] + quote(values[token], safe="") + rendered[end + 2 :]
+    return rendered
+
+
+def read_query(reference: str) -> str | None:
+    """The read URL (``Type/id``) of a relative reference, or None for anything else."""
+    parts = reference.split("/")
+    if len(parts) != 2 or not parts[0].isalpha() or not parts[0][0].isupper():
+        return None
+    if (
+        not parts[1]
+        or any(not (ch.isalnum() or ch in "-.") for ch in parts[1])
+        or len(parts[1]) > 64
+    ):
+        return None
+    return f"{parts[0]}/{parts[1]}"
+
+
+def references_to_resolve(resources: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Relative references the rules follow: devices, coverages, payers and operative notes."""
+    wanted: set[str] = set()
+
+    def add(reference: Any, resource_type: str) -> None:
+        if isinstance(reference, dict):
+            target = reference.get("reference")
+            if isinstance(target, str) and target.startswith(resource_type + "/"):
+                query = read_query(target)
+                if query:
+                    wanted.add(query)
+
+    for resource in resources:
+        kind = resource.get("resourceType")
+        if kind == "Procedure":
+            for focal in _dicts(resource.get("focalDevice")):
+                add(focal.get("manipulated"), "Device")
+            for report in _dicts(resource.get("report")):
+                add(report, "DocumentReference")
+        elif kind == "Claim":
+            for insurance in _dicts(resource.get("insurance")):
+                add(insurance.get("coverage"), "Coverage")
+        elif kind == "Coverage":
+            for payor in _dicts(resource.get("payor")):
+                if not payor.get("display"):  # a named payer needs no lookup
+                    add(payor, "Organization")
+    return wanted
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []

@@ -1,0 +1,33 @@
+"""Everything the HTTP layer adds to a new Flask app: request ids and access logs, the admission
+gate, error handlers, CORS, and the blueprints."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_cors import CORS
+
+from cds_service.config import Settings
+from cds_service.errors import register_error_handlers
+from cds_service.web import admission, cds_hooks, observability, ops, playground
+
+
+def install(app: Flask, settings: Settings) -> None:
+    """Register the service's handlers and views on ``app``."""
+    observability.init_app(app)
+    admission.init_app(
+        app, admission.AdmissionGate(settings.max_concurrent_calls, settings.queue_timeout)
+    )
+    register_error_handlers(app)
+    if settings.cors_origins:
+        CORS(
+            app,
+            resources={r"/*": {"origins": list(settings.cors_origins)}},
+            send_wildcard=settings.cors_origins == ("*",),
+            allow_headers=["Authorization", "Content-Type"],
+            methods=["GET", "POST", "OPTIONS"],
+            max_age=86400,
+        )
+    app.register_blueprint(cds_hooks.bp)
+    app.register_blueprint(cds_hooks.questionnaires)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(playground.bp)
