@@ -6,7 +6,6 @@ import copy
 import io
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.task import Task
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.cards import unfilled_placeholders
 from helpers.corpus import EXPECTED, FIXTURE_NAMES, icd10cm_diagnoses, load_fixture, without_uuids
 from helpers.privacy import sensitive_strings
 from helpers.suggestion_records import EXPECTED_EDITS, documentation_labels, suggestion_record
@@ -86,26 +86,6 @@ def assert_states_what_is_unconfirmed(
     for note, note_items in template.note_unconfirmed.items():
         if note != notes[code]:
             assert all(item in items or item not in detail for item in note_items), (code, note)
-
-
-PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
-
-
-def card_texts(card: dict[str, Any]) -> list[str]:
-    """Every text of a card a person reads: summary, detail, suggestion and action wording,
-    the source and link labels and the override reasons."""
-    texts = [card["summary"], card.get("detail", ""), card["source"]["label"]]
-    texts += [link["label"] for link in card.get("links", [])]
-    texts += [reason.get("display", "") for reason in card.get("overrideReasons", [])]
-    for suggestion in card.get("suggestions", []):
-        texts.append(suggestion["label"])
-        texts += [action["description"] for action in suggestion.get("actions", [])]
-    return texts
-
-
-def unfilled_placeholders(card: dict[str, Any]) -> list[str]:
-    """Template placeholders such as ``{sibling_code}`` left in what a card shows."""
-    return [found for text in card_texts(card) for found in PLACEHOLDER.findall(text)]
 
 
 def assert_suggestions_match_the_records(

@@ -310,7 +310,7 @@ def _hs256_with_public_key(ec_key: SigningKey, path: str) -> str:
 def test_hand_built_tokens_are_looked_for_in_the_logs(ec_key: SigningKey) -> None:
     """The log checks (conftest, serving) know the tokens built without TokenFactory too, and
     never an empty string (which any log would 'contain')."""
-    from jwt_helpers import MINTED
+    from helpers.jwt_tokens import MINTED
 
     none, hs256 = _none_token(SERVICE), _hs256_with_public_key(ec_key, SERVICE)
     assert {none, none.rstrip("."), hs256, hs256.rsplit(".", 1)[1]} <= MINTED

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.cards import card_texts, unfilled_placeholders
 from helpers.corpus import EXPECTED, FIXTURE_NAMES, ROOT, load_fixture
+from helpers.engine import by_code, findings_for
 from helpers.suggestion_records import documentation_labels
-from test_api import card_texts, unfilled_placeholders
-from test_rules import by_code, findings_for
 
 from cds_service.rulepack.pack import RulePack
 from cds_service.rules.cards import build_cards, sources_section

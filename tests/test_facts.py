@@ -11,12 +11,12 @@ import pytest
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
 from helpers.corpus import load_fixture
-from test_rules import by_code, facts_for
+from helpers.engine import by_code, facts_for
 
 from cds_service.fhir.resources import ResourceSet
 from cds_service.rulepack.pack import RulePack
 from cds_service.rules.facts import FactReader, _day, canonical_url, links_diagnosis, reference_id
-from cds_service.rules.findings import evaluate, missing_documentation
+from cds_service.rules.findings import evaluate_rules, missing_documentation
 
 
 @pytest.mark.parametrize(
@@ -208,7 +208,7 @@ def test_later_drug_device_removal_ends_the_prior_insertion(
     as the removal evidence shows it, or a 20680 identifies the device."""
     facts = facts_for(with_history(procedure), pack)
     assert ("prior-insertion" in facts.device_in_place) is still_in_place
-    codes = [f.code for f in evaluate(facts, pack)]
+    codes = [f.code for f in evaluate_rules(facts, pack)]
     assert codes == (["planned-removal-reminder"] if still_in_place else [])
 
 
@@ -219,7 +219,7 @@ def test_later_removal_does_not_hide_an_active_device(pack: RulePack) -> None:
     add_entry(body, "procedures", history_procedure(body, TEXT_REMOVAL))
     facts = facts_for(body, pack)
     assert facts.device_in_place == ("active-device",)
-    assert [f.code for f in evaluate(facts, pack)] == ["planned-removal-reminder"]
+    assert [f.code for f in evaluate_rules(facts, pack)] == ["planned-removal-reminder"]
 
 
 # -- edge cases the fixtures do not reach (each found by a surviving mutant) -----------------
@@ -260,7 +260,7 @@ def test_orphan_with_another_session_procedure_is_not_removal_only(pack: RulePac
         "code": {"coding": [{"system": CPT, "code": "27360"}], "text": "Sequestrectomy, femur"},
     }
     add_entry(body, "procedures", debridement)
-    finding = by_code(evaluate(facts_for(body, pack), pack))["orphan-add-on"]
+    finding = by_code(evaluate_rules(facts_for(body, pack), pack))["orphan-add-on"]
     assert finding.note == "other-procedures-medicare"
     assert finding.updated_claim is None
 
@@ -402,7 +402,7 @@ def test_unlisted_surgery_without_a_removal_raises_nothing(pack: RulePack) -> No
     bundle = body["prefetch"]["procedures"]
     bundle["entry"] = [e for e in bundle["entry"] if "coding" in e["resource"]["code"]]
     bundle["total"] = len(bundle["entry"])
-    assert evaluate(facts_for(body, pack), pack) == []
+    assert evaluate_rules(facts_for(body, pack), pack) == []
 
 
 def test_the_first_surgery_code_counts_as_surgery(pack: RulePack) -> None:

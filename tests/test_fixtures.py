@@ -210,8 +210,8 @@ def _removed_only(record: dict[str, Any], code: str) -> bool:
     )
 
 
-# What the README's findings table promises each suggestion does (the words of its "suggestion"
-# column), and how a record of expected-edits.json keeps that promise.
+# What the findings table of docs/findings.md promises each suggestion does (the words of its
+# "suggestion" column), and how a record of expected-edits.json keeps that promise.
 PROMISES: dict[str, tuple[str, Any]] = {
     "add-on-suggested": ("a new line (CPT 20703, quantity 1", _add_on_line_added),
     "documentation-missing": ("create a FHIR R4 Task for the surgeon", lambda r: "task" in r),
@@ -247,10 +247,10 @@ PROMISES: dict[str, tuple[str, Any]] = {
 
 
 def test_readme_promised_fixes_match_the_records() -> None:
-    """The main README says, per finding, what its suggestion does; every action recorded in
+    """docs/findings.md says, per finding, what its suggestion does; every action recorded in
     expected-edits.json does that, findings whose column says "none" have no record, and each
     promise is kept by at least one fixture."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "findings.md").read_text()
     section = readme.split("### Findings (card `extension` key `cpt20703.finding`)", 1)[1]
     column = {
         cells[0].strip("`"): cells[3]

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 description (``cds_service/openapi.yaml``, served at ``/openapi.json``).
+"""The OpenAPI 3.1 description (``cds_service/web/openapi.yaml``, served at ``/openapi.json``).
 
 Three things keep it honest:
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from helpers.corpus import load_fixture
-from test_rules import facts_for
+from helpers.engine import facts_for
 
 from cds_service.engine.hook_call import handle_hook_call
 from cds_service.rulepack.pack import RulePack, default_cards_dir, load_rule_pack

@@ -9,7 +9,7 @@ import pytest
 from fhir.resources.R4B.questionnaire import Questionnaire
 from flask.testing import FlaskClient
 from helpers.corpus import load_fixture
-from test_rules import by_code, facts_for, findings_for
+from helpers.engine import by_code, facts_for, findings_for
 
 from cds_service.rulepack.pack import RulePack
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.claim import Claim
 from helpers.corpus import EXPECTED, FIXTURE_NAMES, icd10cm_diagnoses, load_fixture
+from helpers.engine import by_code, facts_for, findings_for
 from helpers.suggestion_records import (
     EXPECTED_EDITS,
     documentation_labels,
@@ -17,33 +18,14 @@ from helpers.suggestion_records import (
     suggestion_record,
 )
 
-from cds_service.engine.gather import split_prefetch
 from cds_service.fhir.resources import read_resources
 from cds_service.rulepack.pack import RulePack
-from cds_service.rules.facts import ClinicalFacts, derive_facts
-from cds_service.rules.findings import Finding, evaluate, missing_documentation
+from cds_service.rules.facts import derive_facts
+from cds_service.rules.findings import Finding, evaluate_rules, missing_documentation
 
 CPT = "http://www.ama-assn.org/go/cpt"
 
 ANSWERED = [name for name in FIXTURE_NAMES if EXPECTED[name]["status"] == 200]
-
-
-def facts_for(body: dict[str, Any], pack: RulePack) -> ClinicalFacts:
-    service = next(svc for svc in pack.services if svc.hook == body["hook"])
-    prefetch, _missing = split_prefetch(service, body.get("prefetch") or {})
-    resources = read_resources(prefetch, body["context"].get("draftOrders"))
-    context = body["context"]
-    return derive_facts(
-        resources, pack, body["hook"], context.get("encounterId"), context.get("patientId")
-    )
-
-
-def findings_for(body: dict[str, Any], pack: RulePack) -> list[Finding]:
-    return evaluate(facts_for(body, pack), pack)
-
-
-def by_code(findings: list[Finding]) -> dict[str, Finding]:
-    return {finding.code: finding for finding in findings}
 
 
 def claim_items(finding: Finding) -> list[dict[str, Any]]:
@@ -201,12 +183,14 @@ def test_orphan_with_other_procedure_has_no_mechanical_fix(pack: RulePack) -> No
 
 
 def test_removal_without_encounter_context_raises_no_claim_finding(pack: RulePack) -> None:
-    """Claim findings need the session: without encounterId they are not evaluated."""
+    """Claim findings need the session: without an encounter id they are not evaluated.
+
+    (encounter-discharge requires encounterId, so the fact reader is called directly.)"""
     body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
-    body["context"].pop("encounterId")
-    facts = facts_for(body, pack)
+    resources = read_resources(body["prefetch"])
+    facts = derive_facts(resources, pack, body["hook"], None, body["context"]["patientId"])
     assert facts.removal_evidence == ()
-    assert evaluate(facts, pack) == []
+    assert evaluate_rules(facts, pack) == []
 
 
 def test_procedure_in_other_encounter_is_not_session_evidence(pack: RulePack) -> None:
@@ -258,7 +242,7 @@ def test_removal_billed_for_insertion_asks_for_no_removal_documentation(pack: Ru
     body = load_fixture("encounter-discharge--removal-billed-for-insertion.json")
     facts = facts_for(body, pack)
     assert {"anatomic-site", "implants-removed"} <= set(missing_documentation(facts, pack))
-    findings = by_code(evaluate(facts, pack))
+    findings = by_code(evaluate_rules(facts, pack))
     assert set(findings) == {"insertion-instead-of-removal"}
     assert findings["insertion-instead-of-removal"].note == "removal-code-billed"
     assert (
@@ -394,12 +378,12 @@ def test_primary_procedure_without_encounter_counts_on_a_session_day(pack: RuleP
     facts = facts_for(body, pack)
     assert facts.session_primaries == ("27722",)
     assert "primary-procedure-documented" in facts.evidence
-    assert [f.code for f in evaluate(facts, pack)] == ["add-on-suggested"]
+    assert [f.code for f in evaluate_rules(facts, pack)] == ["add-on-suggested"]
     procedure_coded(body, "27722")["performedDateTime"] = "2026-05-20T08:42:00-06:00"
     facts = facts_for(body, pack)
     assert facts.session_primaries == ()
     assert "primary-procedure-documented" not in facts.evidence
-    assert evaluate(facts, pack) == []
+    assert evaluate_rules(facts, pack) == []
 
 
 def test_other_day_primary_becomes_eligible_on_the_session_day(pack: RulePack) -> None:
@@ -536,10 +520,13 @@ def test_orphan_with_another_claim_line_but_no_other_procedure(pack: RulePack) -
 
 
 def test_no_documentation_task_without_a_patient(pack: RulePack) -> None:
-    """Without the patient's id the Task cannot say whom it is for: no Task is proposed."""
+    """Without the patient's id the Task cannot say whom it is for: no Task is proposed.
+
+    (Both hooks require patientId, so the fact reader is called directly.)"""
     body = load_fixture("encounter-discharge--missing-documentation.json")
-    del body["context"]["patientId"]
-    finding = by_code(findings_for(body, pack))["documentation-missing"]
+    resources = read_resources(body["prefetch"])
+    facts = derive_facts(resources, pack, body["hook"], body["context"]["encounterId"], None)
+    finding = by_code(evaluate_rules(facts, pack))["documentation-missing"]
     assert finding.new_resource is None
 
 

@@ -55,7 +55,7 @@ REFERENCES_KEY = "(resolved references)"
 # References are read only for resource types the rules read: Device and DocumentReference for the
 # removal and documentation findings, Coverage and its payer Organization for the payer note.
 # Round 2 is the last: references found in what it read (the payer of a Coverage read by
-# reference) are not followed (README, "Fetching what was not prefetched").
+# reference) are not followed (docs/fetching.md).
 RULE_INPUT_TYPES = frozenset(MODELS)
 MAX_REFERENCES = 50
 

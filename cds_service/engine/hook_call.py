@@ -1,30 +1,27 @@
 """One hook call, from parsed JSON to response JSON, without Flask.
 
-The HTTP layer, the ``evaluate`` command and the benchmark all go through :func:`handle_hook_call`,
-so they answer identically. The only I/O is the optional ``fetcher`` (FHIR reads of data the
-client did not prefetch); without one the call is a pure function. Storing issued cards is the
-caller's business.
+The HTTP layer, the ``evaluate`` command, the benchmark and the rule tests all go through
+:func:`handle_hook_call`, so they answer identically. The only I/O is the optional ``fetcher``
+(FHIR reads of data the client did not prefetch); without one the call is a pure function, and
+the rules are reached through :func:`cds_service.engine.evaluate.evaluate`. Storing issued cards is
+the caller's business.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from cds_service.engine.gather import REASONS, HookData, gather
+from cds_service.engine.evaluate import DEFAULT_PUBLIC_BASE_URL, Evaluation, evaluate, new_uuid
+from cds_service.engine.gather import gather
 from cds_service.errors import InvalidRequestError, TooManyEntriesError, UnknownServiceError
 from cds_service.fhir.client import FetchStats, FhirFetcher
-from cds_service.fhir.resources import read_resources
 from cds_service.protocol.hooks import HOOKS, context_problems
 from cds_service.protocol.models import FeedbackRequest, HookRequest
 from cds_service.rulepack.pack import RulePack, ServiceDefinition
-from cds_service.rules.cards import FINDING_EXTENSION, build_cards
-from cds_service.rules.facts import derive_facts
-from cds_service.rules.findings import evaluate
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -33,15 +30,23 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 class HookResult:
     """The response body and what the caller may record about it (no patient data)."""
 
-    response: dict[str, Any]
-    issued: list[tuple[str, str]]  # (card uuid, finding code)
-    skipped_resources: int
+    evaluation: Evaluation
     fetch_stats: FetchStats | None = None
 
+    @property
+    def response(self) -> dict[str, Any]:
+        """The CDS Hooks response body."""
+        return {"cards": self.evaluation.cards}
 
-def new_uuid() -> str:
-    """A random RFC 4122 UUID, as CDS Hooks card and suggestion ids."""
-    return str(uuid.uuid4())
+    @property
+    def issued(self) -> list[tuple[str, str]]:
+        """(card uuid, finding code) of each card."""
+        return self.evaluation.issued
+
+    @property
+    def skipped_resources(self) -> int:
+        """Input resources left out because they were not valid FHIR R4."""
+        return self.evaluation.skipped_resources
 
 
 def find_service(pack: RulePack, service_id: str) -> ServiceDefinition:
@@ -62,7 +67,7 @@ def handle_hook_call(
     fetcher: FhirFetcher | None = None,
     max_bundle_entries: int | None = None,
     client_fhir_servers: Sequence[str] = (),
-    public_base_url: str = "http://127.0.0.1:8080",
+    public_base_url: str = DEFAULT_PUBLIC_BASE_URL,
     fetch_stats: FetchStats | None = None,
 ) -> HookResult:
     """Validate a hook request, complete its data, and answer it with cards.
@@ -84,21 +89,8 @@ def handle_hook_call(
     if max_bundle_entries is not None:
         _check_size(request, max_bundle_entries)
     data = gather(service, request, fetcher, client_fhir_servers, fetch_stats)
-    resources = read_resources(data.values, request.context.get("draftOrders"))
-    encounter_id = request.context.get("encounterId")
-    patient_id = request.context.get("patientId")
-    facts = derive_facts(
-        resources,
-        pack,
-        service.hook,
-        encounter_id if isinstance(encounter_id, str) else None,
-        patient_id if isinstance(patient_id, str) else None,
-        public_base_url,
-    )
-    caveats = data_caveats(data)
-    cards = build_cards(evaluate(facts, pack), pack, uuid_factory, caveats, facts.payer)
-    issued = [(card["uuid"], card["extension"][FINDING_EXTENSION]) for card in cards]
-    return HookResult({"cards": cards}, issued, resources.skipped, data.fetch_stats)
+    evaluation = evaluate(pack, service, request, data, uuid_factory, public_base_url)
+    return HookResult(evaluation, data.fetch_stats)
 
 
 def _check_size(request: HookRequest, limit: int) -> None:
@@ -110,15 +102,6 @@ def _check_size(request: HookRequest, limit: int) -> None:
                 f"A context or prefetch Bundle has more than {limit} entries "
                 "(CDS_MAX_BUNDLE_ENTRIES)."
             )
-
-
-def data_caveats(data: HookData) -> list[str]:
-    """Sentences for the cards about data that could not be checked (names and reasons only)."""
-    caveats = [
-        f"`{name}`: {REASONS.get(kind, kind)}" for name, kind in sorted(data.not_checked.items())
-    ]
-    caveats += [f"`{key}`: only the first pages of the search were read" for key in data.truncated]
-    return caveats
 
 
 def parse_hook_request(body: Any) -> HookRequest:

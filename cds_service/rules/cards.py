@@ -18,6 +18,14 @@ from cds_service.rulepack.pack import RulePack, SuggestionTemplate, render_templ
 from cds_service.rules.findings import Finding
 
 FINDING_EXTENSION = "cpt20703.finding"
+
+
+def finding_of_card(card: dict[str, Any]) -> str:
+    """The finding code a built card answers (its ``extension``)."""
+    code: str = card["extension"][FINDING_EXTENSION]
+    return code
+
+
 MISSING_DOCUMENTATION_EXTENSION = "cpt20703.missing-documentation"
 
 

@@ -41,7 +41,7 @@ class Finding:
     new_resource: dict[str, Any] | None = field(default=None, compare=False)  # to create
 
 
-def evaluate(facts: ClinicalFacts, pack: RulePack) -> list[Finding]:
+def evaluate_rules(facts: ClinicalFacts, pack: RulePack) -> list[Finding]:
     """Every finding that holds for these facts, in the rule pack's order.
 
     A finding applies only to its hooks and to services dated inside its effective period (a

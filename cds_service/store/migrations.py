@@ -1,4 +1,4 @@
-"""The database schema, kept by Alembic migrations (``cds_service/migrations``).
+"""The database schema, kept by Alembic migrations (``cds_service/store/alembic``).
 
 ``cds-service db upgrade`` applies them; in the development profile the service applies them at
 start-up. A database with none of our tables is created from the models in one step and stamped

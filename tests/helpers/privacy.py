@@ -38,7 +38,7 @@ def sensitive_strings(body: dict[str, Any]) -> set[str]:
     return {text for text in found if text and len(text) >= 4}
 
 
-# Access tokens the tests put in requests; minted JWTs are added by jwt_helpers.
+# Access tokens the tests put in requests; minted JWTs are added by helpers.jwt_tokens.
 TEST_ACCESS_TOKENS = {
     "super-secret-access-token",
     "fhir-access-token-xyz",
