@@ -1,6 +1,6 @@
 """The card playground: a page at ``/`` that sends fixtures or pasted requests and shows the cards.
 
-Plain HTML, CSS and JavaScript shipped in ``cds_service/web/playground_static/``; nothing is built and
+Plain HTML, CSS and JavaScript shipped in ``playground_static/``; nothing is built and
 nothing loads from another origin (the Content-Security-Policy says so to the browser). The page
 talks to the service's own public endpoints, so what it shows is what an EHR gets.
 """
