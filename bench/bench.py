@@ -8,8 +8,9 @@ For each standard fixture it measures
    round by round so that both see the same machine conditions;
 3. FHIR fetch: the same service loaded with the fixture (prefetched) and with the fixture without
    its ``prefetch`` (the service fetches every key from a local Medplum FHIR server, the one of
-   ``tests/medplum.py``), interleaved the same way; then the latency of the no-prefetch call with
-   100 ms injected into every FHIR answer, and the number of fetch rounds it takes.
+   the tests and the demo, ``cds_service/cli/fhir_sandbox.py``), interleaved the same way; then
+   the latency of the no-prefetch call with 100 ms injected into every FHIR answer, and the
+   number of fetch rounds it takes.
 
 The service may call only that local FHIR server (``CDS_FHIR_SERVER_ALLOWLIST``), or none at all
 when Node.js is missing (the fetch section is then skipped, with the reason).
@@ -44,9 +45,12 @@ from typing import Any, Protocol
 
 import requests
 
+from cds_service.cli.fhir_sandbox import FhirSandbox, FhirSandboxError, NodeUnavailable
 from cds_service.engine.hook_call import handle_hook_call
+from cds_service.engine.rule_pack import load_pack
 from cds_service.fhir.client import FetchPolicy, FhirFetcher
-from cds_service.rulepack.pack import RulePack, default_cards_dir, load_rule_pack
+from cds_service.rulepack.loading import default_cards_dir
+from cds_service.rulepack.models import RulePack
 from cds_service.rules.cards import FINDING_EXTENSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -613,7 +617,7 @@ def interleaved(
 
 
 class FhirServer(Protocol):
-    """What the bench uses of ``MedplumServer`` (``tests/medplum.py``)."""
+    """What the bench uses of ``FhirSandbox`` (``cds_service/cli/fhir_sandbox.py``)."""
 
     startup_seconds: float | None
 
@@ -639,21 +643,14 @@ def start_fhir_server(
     """
     if settings.in_process_only:
         return None, "--in-process-only (no servers)"
-    tests_dir = str(ROOT / "tests")
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
-    try:
-        from helpers.medplum import MedplumServer, MedplumServerError, NodeUnavailable
-    except ImportError as exc:  # tests/medplum.py needs pytest, a test dependency
-        return None, f"tests/medplum.py cannot be imported ({exc})"
-    print("FHIR server: starting Medplum (tests/medplum.py)", flush=True)
+    print("FHIR server: starting Medplum (cds_service/cli/fhir_sandbox.py)", flush=True)
     try:
         server: FhirServer = stack.enter_context(
-            MedplumServer([FIXTURE_DIR / fixture for fixture, _ in FIXTURES])
+            FhirSandbox([FIXTURE_DIR / fixture for fixture, _ in FIXTURES], install=True)
         )
     except NodeUnavailable as exc:
         return None, f"Node.js is not available: {exc}"
-    except MedplumServerError as exc:
+    except FhirSandboxError as exc:
         raise BenchError(f"the Medplum FHIR server did not start: {exc}") from None
     return server, None
 
@@ -1135,8 +1132,8 @@ def print_fetch_report(fetch: FetchSection, settings: BenchSettings) -> None:
         f"(prefetched, no-prefetch) rounds after a {settings.warmup_duration_s} s warm-up each. "
         "Both bodies name the local FHIR server as fhirServer; the no-prefetch body has no "
         "prefetch member, so the service fetches every key from that server (Medplum 4.5.2 in "
-        "memory under Node, tests/medplum.py, on the same machine: it competes for the CPUs "
-        "too). The service may call no other FHIR server (CDS_FHIR_SERVER_ALLOWLIST). "
+        "memory under Node, cds_service/cli/fhir_sandbox.py, on the same machine: it competes "
+        "for the CPUs too). The service may call no other FHIR server (CDS_FHIR_SERVER_ALLOWLIST). "
         f"Delayed latency: {settings.latency_requests} sequential requests after "
         f"{settings.latency_warmup} warm-up ones (p99 is nearest-rank: with few requests it is "
         f"the maximum); fetch statistics from {settings.fetch_stats_calls} in-process calls."
@@ -1243,7 +1240,7 @@ def write_results(
 
 
 def run(settings: BenchSettings, output: Path) -> None:
-    pack = load_rule_pack(default_cards_dir())
+    pack = load_pack(default_cards_dir())
     bodies = {fixture: (FIXTURE_DIR / fixture).read_bytes() for fixture, _ in FIXTURES}
 
     in_process: dict[str, InProcessResult] = {}

@@ -1,10 +1,10 @@
 """Load and soak run of the +20703 service (``make soak``). A measurement, not a test.
 
-It starts the local Medplum FHIR server (``tests/medplum.py``, seeded with every fixture of
-``fhir_fixtures/``) and ``cds-service serve --workers 2`` (SQLite in a temporary directory, or a
-fresh schema of a PostgreSQL database with ``--database-url``; ``CDS_FHIR_SERVER_ALLOWLIST``
-allows that FHIR server only), both on loopback, and drives a fixed mix of traffic from N client
-threads (``requests.Session`` each), paced to a total rate:
+It starts the local Medplum FHIR server (``cds_service/cli/fhir_sandbox.py``, seeded with every
+fixture of ``fhir_fixtures/``) and ``cds-service serve --workers 2`` (SQLite in a temporary
+directory, or a fresh schema of a PostgreSQL database with ``--database-url``;
+``CDS_FHIR_SERVER_ALLOWLIST`` allows that FHIR server only), both on loopback, and drives a fixed
+mix of traffic from N client threads (``requests.Session`` each), paced to a total rate:
 
 - ``prefetched``: both hooks, several fixtures each, with every prefetch key (no FHIR request);
 - ``fetched``: the same bodies without ``prefetch``: the service reads everything from the FHIR
@@ -52,7 +52,6 @@ from bench import (
     BENCH_DIR,
     FIXTURE_DIR,
     HOST,
-    ROOT,
     TIMEOUT_S,
     VENV_BIN,
     BenchError,
@@ -65,6 +64,7 @@ from bench import (
     stop_server,
     wait_until_answering,
 )
+from cds_service.cli.fhir_sandbox import FhirSandbox, FhirSandboxError, NodeUnavailable
 from cds_service.config import DEFAULTS
 from cds_service.rules.cards import FINDING_EXTENSION, not_checked_section
 from cds_service.store.database import create_database_engine
@@ -888,7 +888,7 @@ def database(workdir: Path, postgres_url: str | None) -> Iterator[str]:
 
 
 class FaultyFhirServer(FhirServer, Protocol):
-    """What the soak uses of ``MedplumServer`` on top of the bench's ``FhirServer``."""
+    """What the soak uses of ``FhirSandbox`` on top of the bench's ``FhirServer``."""
 
     def set_error_rate(self, fraction: float) -> None: ...
 
@@ -897,16 +897,11 @@ class FaultyFhirServer(FhirServer, Protocol):
 
 def start_fhir(stack: contextlib.ExitStack) -> FaultyFhirServer:
     """The local FHIR server seeded with the soak fixtures (stopped by ``stack``)."""
-    tests_dir = str(ROOT / "tests")
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
-    from helpers.medplum import MedplumServer, MedplumServerError, NodeUnavailable
-
     try:
         server: FaultyFhirServer = stack.enter_context(
-            MedplumServer([FIXTURE_DIR / fixture for fixture in SOAK_FIXTURES])
+            FhirSandbox([FIXTURE_DIR / fixture for fixture in SOAK_FIXTURES], install=True)
         )
-    except (NodeUnavailable, MedplumServerError) as exc:
+    except (NodeUnavailable, FhirSandboxError) as exc:
         raise BenchError(f"the Medplum FHIR server did not start: {exc}") from None
     return server
 
@@ -1127,7 +1122,10 @@ def run(settings: SoakSettings, postgres_url: str | None, results_dir: Path) -> 
     snapshots: list[ProcessSnapshot] = []
     with contextlib.ExitStack() as stack:  # stops the service, then the FHIR server
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cds-soak-")))
-        print("FHIR server: starting Medplum (tests/medplum.py), seeded with the soak fixtures")
+        print(
+            "FHIR server: starting Medplum (cds_service/cli/fhir_sandbox.py), seeded with the "
+            "soak fixtures"
+        )
         fhir = start_fhir(stack)
         print(f"FHIR server: {fhir.base_url} (started in {fhir.startup_seconds or 0:.1f} s)")
         database_url = stack.enter_context(database(workdir, postgres_url))

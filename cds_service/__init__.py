@@ -14,11 +14,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.config import SETTING_NAMES, Settings
+from cds_service.engine.rule_pack import load_pack
 from cds_service.errors import ConfigError
 from cds_service.fhir.client import FhirFetcher
 from cds_service.logs import configure_logging
-from cds_service.rulepack.pack import RulePackError, load_rule_pack
-from cds_service.security.tokens import JwksCache, TokenVerifier, replay_key
+from cds_service.rulepack.problems import RulePackError
+from cds_service.security.jwks import JwksCache
+from cds_service.security.tokens import TokenVerifier, replay_key
 from cds_service.store.database import Store, create_database_engine
 from cds_service.store.migrations import current_revision, head_revision, upgrade_database
 from cds_service.web.app_state import ServiceState, attach_state
@@ -40,7 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "CDS_FHIR_SERVER_ALLOWLIST is empty in production: no FHIR server will be called"
         )
     try:
-        pack = load_rule_pack(settings.cards_dir)
+        pack = load_pack(settings.cards_dir)
     except RulePackError as exc:
         raise ConfigError(f"CDS_CARDS_DIR: the rule pack is invalid:\n{exc}") from None
     engine = create_database_engine(settings.database_url)

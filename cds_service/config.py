@@ -20,9 +20,10 @@ from sqlalchemy.exc import ArgumentError
 
 from cds_service.errors import ConfigError
 from cds_service.fhir.client import FetchPolicy
-from cds_service.rulepack.pack import default_cards_dir
-from cds_service.security.tokens import DEFAULT_ALGORITHMS, PERMITTED_ALGORITHMS, TrustedClient
-from cds_service.security.tokens import load_trusted_clients as _load_trusted_clients
+from cds_service.rulepack.loading import default_cards_dir
+from cds_service.security.tokens import DEFAULT_ALGORITHMS, PERMITTED_ALGORITHMS
+from cds_service.security.trust import TrustedClient
+from cds_service.security.trust import load_trusted_clients as _load_trusted_clients
 
 logger = logging.getLogger(__name__)
 PREFIX = "CDS_"

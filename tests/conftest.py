@@ -19,7 +19,9 @@ from helpers.apps import NO_FHIR_SERVER, POSTGRES_URL, clear_cds_variables
 from helpers.privacy import LogCollector, assert_no_secret_in
 
 from cds_service import create_app
-from cds_service.rulepack.pack import RulePack, default_cards_dir, load_rule_pack
+from cds_service.engine.rule_pack import load_pack
+from cds_service.rulepack.loading import default_cards_dir
+from cds_service.rulepack.models import RulePack
 from cds_service.store.database import create_database_engine
 from cds_service.store.migrations import upgrade_database
 from cds_service.web.app_state import service_state
@@ -50,7 +52,7 @@ def _clean_cds_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def pack() -> RulePack:
-    return load_rule_pack(default_cards_dir())
+    return load_pack(default_cards_dir())
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from werkzeug.test import TestResponse
 
 from cds_service.engine import hook_call
 from cds_service.fhir.json_limits import violations
-from cds_service.rulepack.pack import RulePack, default_cards_dir
+from cds_service.rulepack.loading import default_cards_dir
+from cds_service.rulepack.models import RulePack
 from cds_service.web.app_state import service_state
 
 RESPONSE_SCHEMA = json.loads(
@@ -180,10 +181,16 @@ def test_fixture_answer_over_http(client: FlaskClient, pack: RulePack, name: str
                     task = Task.model_validate(action["resource"])
                     assert task.status == "requested"
                     assert task.intent == "order"
+                    assert task.code is not None
+                    assert task.code.coding is not None
                     assert task.code.coding[0].code == "complete-questionnaire"
-                    (input_type,) = task.input[0].type.coding
+                    assert task.input is not None
+                    task_input = task.input[0]
+                    assert task_input.type.coding is not None
+                    (input_type,) = task_input.type.coding
                     assert (input_type.system, input_type.code) == (SDC_TEMP, "questionnaire")
-                    assert task.input[0].valueCanonical.endswith(
+                    assert task_input.valueCanonical is not None
+                    assert task_input.valueCanonical.endswith(
                         "/questionnaires/cpt20703-removal-documentation"
                     )
                     continue

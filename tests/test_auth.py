@@ -10,7 +10,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from helpers.jwt_tokens import (
 
 from cds_service.config import Settings
 from cds_service.errors import ConfigError
-from cds_service.security.tokens import SANDBOX_TRUST_FILE
+from cds_service.security.trust import SANDBOX_TRUST_FILE
 from cds_service.store.database import Store
 from cds_service.web.app_state import service_state
 
@@ -67,7 +67,7 @@ class JwksServer(ThreadingHTTPServer):
 
 
 class _JwksHandler(BaseHTTPRequestHandler):
-    server: JwksServer  # type: ignore[assignment]
+    server: JwksServer
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -319,7 +319,9 @@ def test_hand_built_tokens_are_looked_for_in_the_logs(ec_key: SigningKey) -> Non
 
 ES256_KEY = SigningKey(ec.generate_private_key(ec.SECP256R1()), "k256", "ES256")
 RSA_SIGNER = SigningKey.rsa("rsa-signer")  # signs RS384 tokens that name the EC key's kid
-REFUSALS = {
+# A refused token, made from the token factory, the trusted key, the attacker's key and the path.
+Refusal = Callable[[TokenFactory, SigningKey, SigningKey, str], str]
+REFUSALS: dict[str, Refusal] = {
     "malformed": lambda f, k, a, p: "not.a.jwt",
     "alg none": lambda f, k, a, p: _none_token(p),
     "HS256 with the public key": lambda f, k, a, p: _hs256_with_public_key(k, p),
@@ -734,7 +736,7 @@ def test_shipped_sandbox_trust_file_accepts_sandbox_style_tokens(
     make_app: Any, sqlite_url: str
 ) -> None:
     """The packaged development trust file holds the sandbox's public key, development-only."""
-    from cds_service.security.tokens import load_trusted_clients
+    from cds_service.security.trust import load_trusted_clients
 
     path = (
         Path(__file__).resolve().parents[1]
@@ -790,7 +792,8 @@ def test_every_fixture_with_real_tokens_leaves_no_secret_in_the_logs(
     client: FlaskClient, tokens: TokenFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """All fixtures, each with a fresh JWT and a FHIR token: no JWT, token or patient id logged."""
-    from conftest import EXPECTED, FIXTURE_NAMES, sensitive_strings
+    from helpers.corpus import EXPECTED, FIXTURE_NAMES
+    from helpers.privacy import sensitive_strings
 
     secrets: set[str] = {"fhir-access-token-xyz"}
     with caplog.at_level(logging.DEBUG):
@@ -815,7 +818,7 @@ def test_every_fixture_with_real_tokens_leaves_no_secret_in_the_logs(
 
 def trust_problem(tmp_path: Path, content: Any, name: str = "trust.json") -> str:
     from cds_service.errors import ConfigError
-    from cds_service.security.tokens import load_trusted_clients
+    from cds_service.security.trust import load_trusted_clients
 
     path = tmp_path / name
     path.write_text(content if isinstance(content, str) else json.dumps(content))
@@ -860,7 +863,7 @@ def test_private_key_and_duplicate_issuer_are_refused(tmp_path: Path, ec_key: Si
 
 def test_yaml_trust_file_and_jwks_file(tmp_path: Path, ec_key: SigningKey) -> None:
     """YAML is read by extension; jwks_file is relative to the trust file."""
-    from cds_service.security.tokens import load_trusted_clients
+    from cds_service.security.trust import load_trusted_clients
 
     (tmp_path / "keys.json").write_text(json.dumps(jwk_set(ec_key)))
     path = tmp_path / "trust.yaml"

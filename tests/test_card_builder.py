@@ -14,7 +14,7 @@ from helpers.corpus import EXPECTED, FIXTURE_NAMES, ROOT, load_fixture
 from helpers.engine import by_code, findings_for
 from helpers.suggestion_records import documentation_labels
 
-from cds_service.rulepack.pack import RulePack
+from cds_service.rulepack.models import RulePack
 from cds_service.rules.cards import build_cards, sources_section
 from cds_service.rules.findings import Finding
 

@@ -16,7 +16,7 @@ from cds_service.rules.claim_edit import (
     without_lines,
     without_modifiers,
 )
-from cds_service.rules.facts import ClaimLine
+from cds_service.rules.claim_facts import ClaimLine
 
 CPT = "http://www.ama-assn.org/go/cpt"
 CLAIM: dict[str, Any] = {

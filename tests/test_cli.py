@@ -21,7 +21,7 @@ from helpers.jwt_tokens import ISSUER, SigningKey, TokenFactory, jwk_set, write_
 from helpers.serving import free_port, served, serving
 
 from cds_service.cli.main import main
-from cds_service.rulepack.pack import default_cards_dir
+from cds_service.rulepack.loading import default_cards_dir
 
 STANDARD = FIXTURES / "encounter-discharge--tibia-nonunion-removal.json"
 

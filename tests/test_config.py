@@ -11,7 +11,7 @@ from helpers.jwt_tokens import ISSUER, SigningKey, jwk_set, write_trust_file
 from cds_service import create_app
 from cds_service.config import Settings
 from cds_service.errors import ConfigError
-from cds_service.rulepack.pack import default_cards_dir
+from cds_service.rulepack.loading import default_cards_dir
 
 
 def test_defaults() -> None:

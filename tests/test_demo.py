@@ -30,12 +30,8 @@ import requests
 from helpers.corpus import EXPECTED, FIXTURE_NAMES, load_fixture
 from helpers.medplum import NodeUnavailable, require_node_and_packages, skip_or_fail_without_node
 
-from cds_service.cli.demo import (
-    GUIDE_END,
-    MEDPLUM_PACKAGES,
-    SANDBOX_FIXTURE,
-    demo_environment,
-)
+from cds_service.cli.demo import GUIDE_END, SANDBOX_FIXTURE, demo_environment
+from cds_service.cli.fhir_sandbox import MEDPLUM_PACKAGES
 from cds_service.cli.main import main
 from cds_service.paths import CHECKOUT
 
@@ -136,6 +132,20 @@ def running_demo(tmp_path: Path) -> Iterator[Demo]:
         require_node_and_packages()
     except NodeUnavailable as exc:
         skip_or_fail_without_node(exc)
+    demo = start_demo(tmp_path)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threads = read_output(demo, lines)
+    started: set[int] = set()
+    try:
+        wait_for_guide(demo, lines)
+        started = set(children(demo.process.pid))
+        yield demo
+    finally:
+        kill_demo(demo.process, started, threads)
+
+
+def start_demo(tmp_path: Path) -> Demo:
+    """``cds-service demo`` started on two free ports, as a terminal's foreground job would be."""
     port = free_port()
     fhir_port = free_port()
     while fhir_port == port:
@@ -156,8 +166,13 @@ def running_demo(tmp_path: Path) -> Iterator[Demo]:
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
-    demo = Demo(process, port, fhir_port)
-    lines: queue.Queue[str | None] = queue.Queue()
+    return Demo(process, port, fhir_port)
+
+
+def read_output(demo: Demo, lines: queue.Queue[str | None]) -> list[threading.Thread]:
+    """Collect the demo's stdout and stderr on threads; stdout lines also go to ``lines``, then
+    None when stdout closes."""
+    process = demo.process
 
     def pump_stdout() -> None:
         assert process.stdout is not None
@@ -174,37 +189,43 @@ def running_demo(tmp_path: Path) -> Iterator[Demo]:
     threads = [threading.Thread(target=pump, daemon=True) for pump in (pump_stdout, pump_stderr)]
     for thread in threads:
         thread.start()
-    started: set[int] = set()
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no guide within {STARTUP_TIMEOUT_S} s\n{demo.output()}"
-            try:
-                line = lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            assert line is not None, f"the demo exited ({process.wait()})\n{demo.output()}"
-            if line == GUIDE_END:
-                break
-        started = set(children(process.pid))
-        yield demo
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=EXIT_TIMEOUT_S)
-        for pid in started:  # a failed test must not leave the demo's children running
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        # Nor its grandchildren: a gunicorn worker whose master was killed keeps the demo's
-        # output pipes open, and the readers below would then wait for ever.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        for thread in threads:
-            thread.join(timeout=10)
-        for stream, thread in zip((process.stdout, process.stderr), threads, strict=True):
-            if stream is not None and not thread.is_alive():  # closing under a reader blocks
-                stream.close()
+    return threads
+
+
+def wait_for_guide(demo: Demo, lines: queue.Queue[str | None]) -> None:
+    """Wait for the guide's last line; fail when the demo exits first or takes too long."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no guide within {STARTUP_TIMEOUT_S} s\n{demo.output()}"
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        assert line is not None, f"the demo exited ({demo.process.wait()})\n{demo.output()}"
+        if line == GUIDE_END:
+            return
+
+
+def kill_demo(
+    process: subprocess.Popen[str], started: set[int], threads: list[threading.Thread]
+) -> None:
+    """Kill the demo if still running, and what it started, then close its output pipes."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=EXIT_TIMEOUT_S)
+    for pid in started:  # a failed test must not leave the demo's children running
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    # Nor its grandchildren: a gunicorn worker whose master was killed keeps the demo's
+    # output pipes open, and the readers below would then wait for ever.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(timeout=10)
+    for stream, thread in zip((process.stdout, process.stderr), threads, strict=True):
+        if stream is not None and not thread.is_alive():  # closing under a reader blocks
+            stream.close()
 
 
 def guide_rows(guide: str) -> dict[str, tuple[str, str]]:

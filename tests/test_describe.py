@@ -10,7 +10,7 @@ import yaml
 
 from cds_service.cli.main import main
 from cds_service.rulepack.describe import describe_rules_markdown
-from cds_service.rulepack.pack import RulePack
+from cds_service.rulepack.models import RulePack
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "rules.md"
 

@@ -14,9 +14,10 @@ from helpers.corpus import load_fixture
 from helpers.engine import by_code, facts_for
 
 from cds_service.fhir.resources import ResourceSet
-from cds_service.rulepack.pack import RulePack
-from cds_service.rules.facts import FactReader, _day, canonical_url, links_diagnosis, reference_id
+from cds_service.rulepack.models import RulePack
+from cds_service.rules.facts import FactReader
 from cds_service.rules.findings import evaluate_rules, missing_documentation
+from cds_service.rules.record import canonical_url, day_of, links_diagnosis, reference_id
 
 
 @pytest.mark.parametrize(
@@ -229,9 +230,9 @@ STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
 
 def test_day_of_a_plain_date_string_and_a_partial_one() -> None:
     """A ten-character date is a day; a year-month is not."""
-    assert _day("2026-02-10") == "2026-02-10"
-    assert _day("2026-02-10T08:05:00-06:00") == "2026-02-10"
-    assert _day("2026-02") is None
+    assert day_of("2026-02-10") == "2026-02-10"
+    assert day_of("2026-02-10T08:05:00-06:00") == "2026-02-10"
+    assert day_of("2026-02") is None
 
 
 def test_canonical_url_drops_only_the_version() -> None:
@@ -582,10 +583,14 @@ def test_only_a_draft_professional_claim_of_the_session_is_read(pack: RulePack) 
         item["encounter"] = [{"reference": "Encounter/enc-of-another-visit"}]
     add_entry(body, "claims", elsewhere, first=True)
     add_entry(body, "claims", active, first=True)
-    assert facts_for(body, pack).claim.source.model.id == claim["id"]
+    read = facts_for(body, pack).claim
+    assert read is not None
+    assert read.source.model.id == claim["id"]
     for item in claim["item"]:
         del item["encounter"]
-    assert facts_for(body, pack).claim.source.model.id == claim["id"]
+    read = facts_for(body, pack).claim
+    assert read is not None
+    assert read.source.model.id == claim["id"]
     body["prefetch"]["claims"]["entry"] = [{"resource": active}]
     assert facts_for(body, pack).claim is None
 
@@ -601,7 +606,9 @@ def test_claim_lines_with_a_period_no_quantity_or_no_coding(pack: RulePack) -> N
     extra = copy.deepcopy(line) | {"sequence": 9, "productOrService": {"text": "Supplies"}}
     extra.pop("quantity")
     claim["item"].append(extra)
-    lines = facts_for(body, pack).claim.lines
+    read = facts_for(body, pack).claim
+    assert read is not None
+    lines = read.lines
     assert [(line.code, line.serviced_date, line.quantity) for line in lines] == [
         ("27722", day, 1),
         (None, day, None),
@@ -718,4 +725,6 @@ def test_the_claim_with_most_session_lines_is_read(pack: RulePack) -> None:
     by_date = copy.deepcopy(claim) | {"id": "claim-by-date"}
     by_date["item"] = [{k: v for k, v in by_date["item"][0].items() if k != "encounter"}]
     add_entry(body, "claims", by_date, first=True)
-    assert facts_for(body, pack).claim.source.model.id == claim["id"]
+    read = facts_for(body, pack).claim
+    assert read is not None
+    assert read.source.model.id == claim["id"]

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -244,57 +244,15 @@ def test_killed_postgres_connections_under_load_are_503_never_500(
     """
     url, name = with_application_name(postgres_url)
     env = {"CDS_DATABASE_URL": url, "CDS_LOG_LEVEL": "WARNING"}
-    statuses: Counter[tuple[str, int]] = Counter()
-    sent: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
     with serving(tmp_path, "--workers", "2", env=env) as server:
         workers = server.wait_for_workers(2)
-
-        def client() -> None:
-            session = requests.Session()
-            while not stop.is_set():
-                hook = session.post(
-                    server.base + DISCHARGE, json=load_fixture(STANDARD), timeout=30
-                )
-                with lock:
-                    statuses["hook", hook.status_code] += 1
-                assert hook.status_code == 200, hook.text
-                assert hook.json()["cards"]
-                item = entry()
-                give_up = time.monotonic() + 60
-                while True:
-                    answer = session.post(
-                        server.base + FEEDBACK, json={"feedback": [item]}, timeout=30
-                    )
-                    with lock:
-                        statuses["feedback", answer.status_code] += 1
-                    if answer.status_code == 200:
-                        break
-                    assert_database_503(answer)
-                    assert time.monotonic() < give_up, "the service did not recover"
-                    time.sleep(0.1)
-                with lock:
-                    sent.append(item["card"])
-
-        def answered() -> int:
-            with lock:
-                return statuses["feedback", 200]
-
+        load = FeedbackLoad(server.base)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            clients = [pool.submit(client) for _ in range(4)]
+            clients = [pool.submit(load.client) for _ in range(4)]
             try:
-                for _ in range(3):
-                    target = answered() + 40
-                    while answered() < target:
-                        for future in clients:
-                            if future.done():
-                                future.result()  # raises what went wrong in that client
-                                raise AssertionError("a client stopped")
-                        time.sleep(0.01)
-                    assert terminate_backends(admin, name) >= 1
+                kill_backends_under_load(load, clients, admin, name)
             finally:
-                stop.set()
+                load.stop.set()
             for future in clients:
                 future.result()
         after = [
@@ -304,15 +262,82 @@ def test_killed_postgres_connections_under_load_are_503_never_500(
         assert [answer.status_code for answer in after] == [200] * 10
         assert requests.get(server.base + "/readyz", timeout=30).status_code == 200
         assert server.workers() == workers  # recovered without a restart
-    assert {status for _, status in statuses} <= {200, 503}
+    assert {status for _, status in load.statuses} <= {200, 503}
+    cards = stored_feedback_cards(postgres_url)
+    assert [card for card, count in cards.items() if count > 1] == []
+    assert set(load.sent) <= set(cards)
+
+
+class FeedbackLoad:
+    """Clients that each post a hook call, then feedback on it (retried after a 503), until
+    ``stop``; ``statuses`` counts the answers by kind and status, ``sent`` holds each stored
+    feedback's card."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.statuses: Counter[tuple[str, int]] = Counter()
+        self.sent: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def answered(self) -> int:
+        """How many feedback posts were stored so far."""
+        with self.lock:
+            return self.statuses["feedback", 200]
+
+    def client(self) -> None:
+        """One client's loop: every hook call keeps its cards, every feedback is stored."""
+        session = requests.Session()
+        while not self.stop.is_set():
+            hook = session.post(self.base + DISCHARGE, json=load_fixture(STANDARD), timeout=30)
+            self._count("hook", hook.status_code)
+            assert hook.status_code == 200, hook.text
+            assert hook.json()["cards"]
+            item = entry()
+            self._store_feedback(session, item)
+            with self.lock:
+                self.sent.append(item["card"])
+
+    def _store_feedback(self, session: requests.Session, item: dict[str, Any]) -> None:
+        """Post ``item`` until it is stored; any other answer must be the database's 503."""
+        give_up = time.monotonic() + 60
+        while True:
+            answer = session.post(self.base + FEEDBACK, json={"feedback": [item]}, timeout=30)
+            self._count("feedback", answer.status_code)
+            if answer.status_code == 200:
+                return
+            assert_database_503(answer)
+            assert time.monotonic() < give_up, "the service did not recover"
+            time.sleep(0.1)
+
+    def _count(self, kind: str, status: int) -> None:
+        with self.lock:
+            self.statuses[kind, status] += 1
+
+
+def kill_backends_under_load(
+    load: FeedbackLoad, clients: list[Future[None]], admin: sa.Engine, name: str
+) -> None:
+    """Three times: wait for 40 more stored feedbacks, then kill the service's backends."""
+    for _ in range(3):
+        target = load.answered() + 40
+        while load.answered() < target:
+            for future in clients:
+                if future.done():
+                    future.result()  # raises what went wrong in that client
+                    raise AssertionError("a client stopped")
+            time.sleep(0.01)
+        assert terminate_backends(admin, name) >= 1
+
+
+def stored_feedback_cards(postgres_url: str) -> Counter[str]:
+    """How many times each card's feedback is in the database."""
     engine = create_database_engine(postgres_url)
     try:
         with engine.connect() as connection:
-            cards = Counter(connection.execute(sa.select(feedback.c.card_uuid)).scalars())
+            return Counter(connection.execute(sa.select(feedback.c.card_uuid)).scalars())
     finally:
         engine.dispose()
-    assert [card for card, count in cards.items() if count > 1] == []
-    assert set(sent) <= set(cards)
 
 
 # -- database unreachable at start, lost mid-run, back ---------------------------------------

@@ -18,7 +18,7 @@ from helpers.medplum import MedplumServer, NodeUnavailable, skip_or_fail_without
 
 from cds_service.engine.hook_call import handle_hook_call
 from cds_service.fhir.client import FetchPolicy, FhirFetcher
-from cds_service.rulepack.pack import RulePack
+from cds_service.rulepack.models import RulePack
 from cds_service.rules.cards import payer_section
 from cds_service.web.app_state import service_state
 

@@ -20,13 +20,8 @@ from helpers.jwt_tokens import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_s
 from cds_service.config import Settings
 from cds_service.engine.gather import REASONS
 from cds_service.errors import ConfigError
-from cds_service.fhir.client import (
-    FetchPolicy,
-    FetchStats,
-    FhirFetcher,
-    references_to_resolve,
-    render_template,
-)
+from cds_service.fhir.client import FetchPolicy, FetchStats, FhirFetcher
+from cds_service.fhir.queries import references_to_resolve, render_prefetch_template
 from cds_service.web.app_state import service_state
 
 POLICY = FetchPolicy(connect_timeout=0.5, read_timeout=0.5, deadline=2.0, max_response_bytes=50_000)
@@ -195,19 +190,22 @@ def test_template_rendering() -> None:
     """Context and user tokens are substituted and percent-encoded; a missing one gives None."""
     context = {"patientId": "p 1&x=y", "encounterId": "e1", "userId": "Practitioner/dr-7"}
     assert (
-        render_template(
+        render_prefetch_template(
             "Procedure?patient={{context.patientId}}&x={{ context.encounterId }}", context
         )
         == "Procedure?patient=p%201%26x%3Dy&x=e1"
     )
-    assert render_template("Practitioner/{{userPractitionerId}}", context) == "Practitioner/dr-7"
-    assert render_template("PractitionerRole/{{userPractitionerRoleId}}", context) is None
-    assert render_template("Encounter/{{context.missing}}", context) is None
+    assert (
+        render_prefetch_template("Practitioner/{{userPractitionerId}}", context)
+        == "Practitioner/dr-7"
+    )
+    assert render_prefetch_template("PractitionerRole/{{userPractitionerRoleId}}", context) is None
+    assert render_prefetch_template("Encounter/{{context.missing}}", context) is None
 
 
 def test_references_to_resolve() -> None:
     """Devices, operative notes, coverages and payers are followed; absolute URLs never are."""
-    resources = [
+    resources: list[dict[str, Any]] = [
         {
             "resourceType": "Procedure",
             "focalDevice": [{"manipulated": {"reference": "Device/d1"}}, {"manipulated": {}}],

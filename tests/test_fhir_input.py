@@ -40,7 +40,9 @@ def test_unknown_fields_are_dropped_and_the_resource_kept() -> None:
     resource = PROCEDURE | {"futureField": {"x": 1}, "note": [{"text": "n", "newThing": 1}]}
     result = read_resources({"procedures": bundle(resource)})
     assert len(result.procedures) == 1
-    assert result.procedures[0].note[0].text == "n"
+    note = result.procedures[0].note
+    assert note is not None
+    assert note[0].text == "n"
     assert result.skipped == 0
 
 

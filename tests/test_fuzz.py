@@ -55,10 +55,11 @@ from hypothesis import event, example, given, seed, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
+from cds_service.engine.rule_pack import load_pack
 from cds_service.fhir.json_limits import violations
 from cds_service.protocol.models import Card
-from cds_service.rulepack.pack import default_cards_dir, load_rule_pack
-from cds_service.rules.facts import QUESTIONNAIRE_PATH
+from cds_service.rulepack.loading import default_cards_dir
+from cds_service.rules.record import QUESTIONNAIRE_PATH
 from cds_service.web.app_state import service_state
 
 T = TypeVar("T")
@@ -90,7 +91,7 @@ RAN: set[str] = set()  # the fuzz tests that sent requests in this run
 
 # -- the service under test -------------------------------------------------------------------
 
-PACK = load_rule_pack(default_cards_dir())
+PACK = load_pack(default_cards_dir())
 ORDER_SIGN = "cpt20703-order-sign"
 DISCHARGE = "cpt20703-encounter-discharge"
 SERVICES = (ORDER_SIGN, DISCHARGE)
@@ -292,15 +293,14 @@ ODD_DATES = ["2026", "2026-02", "0001-01-01", "9999-12-31T23:59:59-12:00", "2026
 ZONES = ["Z", "-06:00", "+14:00", "-12:00", "+00:00", ".5Z", ""]
 NUMBERS_IN_CLAIMS = [1, 1, 1, 2, 3, 0, -1, 1.0, 1.5, 0.5, -0.0, 2**31, 10**20, 1e308, 5e-324]
 SEQUENCES = [1, 2, 3, 4] * 10 + [0, -1, 2**31 - 1, 2**31, "2", True, 1.0]
-UNKNOWN_ELEMENTS = st.sampled_from(
-    [
-        {"ehrFlag": True},
-        {"note": "not an R4 Annotation list"},
-        {"x": {"y": [1, {"z": "w"}]}},
-        {"_sequence": {"id": 1}},
-        {"dosageInstruction": [{"doseQuantity": {"value": 1}}]},
-    ]
-).map(copy.deepcopy)
+_UNKNOWN_ELEMENTS: list[dict[str, Any]] = [
+    {"ehrFlag": True},
+    {"note": "not an R4 Annotation list"},
+    {"x": {"y": [1, {"z": "w"}]}},
+    {"_sequence": {"id": 1}},
+    {"dosageInstruction": [{"doseQuantity": {"value": 1}}]},
+]
+UNKNOWN_ELEMENTS = st.sampled_from(_UNKNOWN_ELEMENTS).map(copy.deepcopy)
 OTHER_REFERENCES = [{"display": CANARY}, {"reference": f"urn:uuid:{uuid.UUID(int=7)}"}, {}]
 
 
@@ -390,8 +390,9 @@ ANSWERS = {
 class Pools:
     """Ids one request shares between its resources, so references resolve."""
 
-    KINDS = ("Device", "Coverage", "DocumentReference", "Procedure", "Claim", "Organization")
-    KINDS += ("Condition", "ServiceRequest", "Practitioner", "QuestionnaireResponse")
+    KINDS: tuple[str, ...] = ("Device", "Coverage", "DocumentReference", "Procedure", "Claim")
+    KINDS += ("Organization", "Condition", "ServiceRequest", "Practitioner")
+    KINDS += ("QuestionnaireResponse",)
 
     def __init__(self, draw: st.DrawFn) -> None:
         self.draw = draw
@@ -698,9 +699,23 @@ BROKEN += ["draftOrders", "fhirAuthorization", "prefetch"]
 @st.composite
 def hook_requests(draw: st.DrawFn, service_id: str) -> tuple[dict[str, Any], int]:
     """A request to ``service_id`` with generated content, and the status it must get."""
+    # The draws stay in one order (a seed must repeat its run): broken field, context,
+    # hookInstance, FHIR server, prefetch, then what breaks the field.
     hook = HOOK_OF[service_id]
     pools = Pools(draw)
     broken = pick(draw, BROKEN) if one_in(draw, 8) else None
+    context = _hook_context(draw, hook, pools)
+    body: dict[str, Any] = {"hook": hook, "hookInstance": str(draw(st.uuids())), "context": context}
+    _add_fhir_server(draw, body)
+    body["prefetch"], required_present = _prefetch(draw, service_id, pools)
+    relevant = broken is not None and _break(body, broken, hook, draw)
+    if relevant:
+        return body, 400
+    return body, 200 if required_present else 412
+
+
+def _hook_context(draw: st.DrawFn, hook: str, pools: Pools) -> dict[str, Any]:
+    """The request's ``context``: user, patient, maybe the encounter, the draft orders."""
     context: dict[str, Any] = {
         "userId": "Practitioner/" + pick(draw, pools.ids["Practitioner"]),
         "patientId": pools.patient,
@@ -713,12 +728,24 @@ def hook_requests(draw: st.DrawFn, service_id: str) -> tuple[dict[str, Any], int
         context["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": entries}
     if one_in(draw, 5):
         context[CANARY] = draw(JUNK)  # unknown context fields are ignored
-    body: dict[str, Any] = {"hook": hook, "hookInstance": str(draw(st.uuids())), "context": context}
+    return context
+
+
+def _add_fhir_server(draw: st.DrawFn, body: dict[str, Any]) -> None:
+    """Mostly none; else a server the service may not call, sometimes with a token."""
     server = pick(draw, [None] * 6 + [NO_FHIR_SERVER, "https://ehr.example.org/fhir"])
     if server is not None:
         body["fhirServer"] = server
         if draw(st.booleans()):
             body["fhirAuthorization"] = {"access_token": "opaque-token-42", "token_type": "Bearer"}
+
+
+def _prefetch(draw: st.DrawFn, service_id: str, pools: Pools) -> tuple[dict[str, Any], bool]:
+    """The ``prefetch``, one shape per declared key, and whether every required key is usable.
+
+    A required key sent as null is "present" (the client says there is nothing), unlike one that
+    is missing, junk or an OperationOutcome.
+    """
     prefetch: dict[str, Any] = {}
     required_present = True
     for key, entry in PREFETCH[service_id].items():
@@ -731,24 +758,25 @@ def hook_requests(draw: st.DrawFn, service_id: str) -> tuple[dict[str, Any], int
             prefetch[key] = {"resourceType": "OperationOutcome", "issue": []}
         elif shape == "junk":
             prefetch[key] = draw(JUNK)
-        usable = isinstance(prefetch.get(key), dict) and prefetch[key].get("resourceType") not in (
-            None,
-            "OperationOutcome",
-        )
-        if entry.required and not usable and not (key in prefetch and prefetch[key] is None):
+        if entry.required and not _usable_or_null(prefetch, key):
             required_present = False
     if one_in(draw, 5):
         prefetch[CANARY] = draw(JUNK)  # undeclared keys are ignored
-    body["prefetch"] = prefetch
-    relevant = broken is not None and _break(body, broken, hook, draw)
-    if relevant:
-        return body, 400
-    return body, 200 if required_present else 412
+    return prefetch, required_present
+
+
+def _usable_or_null(prefetch: dict[str, Any], key: str) -> bool:
+    """``prefetch[key]`` is a resource (not an OperationOutcome), or an explicit null."""
+    usable = isinstance(prefetch.get(key), dict) and prefetch[key].get("resourceType") not in (
+        None,
+        "OperationOutcome",
+    )
+    return usable or (key in prefetch and prefetch[key] is None)
 
 
 def _break(body: dict[str, Any], field: str, hook: str, draw: st.DrawFn) -> bool:
     """Make ``field`` invalid; False when the hook does not read it (so nothing broke)."""
-    bad = pick(draw, [None, "", 42, [], {"x": 1}, True])
+    bad: object = pick(draw, [None, "", 42, [], {"x": 1}, True])
     context = body["context"]
     if field in ("hook", "hookInstance"):
         body[field] = pick(draw, ["", 42, None, ["order-sign"]])
@@ -1112,7 +1140,7 @@ VALID_TIMESTAMPS = [
     "9999-12-31T23:59:59Z",
     "0001-01-01T14:00:00+14:00",  # 0001-01-01T00:00:00Z
 ]
-INVALID_TIMESTAMPS = [
+INVALID_TIMESTAMPS: list[object] = [
     "2026-02-12T10:00:00",  # no time zone
     "2026-02-30T10:00:00Z",
     "yesterday",

@@ -22,7 +22,7 @@ json_values = st.recursive(
 
 def test_prune_removes_empties_at_every_depth() -> None:
     """Nulls and empty strings, arrays and objects vanish, also when pruning empties a parent."""
-    document = {
+    document: dict[str, Any] = {
         "a": None,
         "b": "",
         "c": [],

@@ -50,7 +50,8 @@ from schemathesis.config import SchemathesisConfig
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.test import TestResponse
 
-from cds_service.rulepack.pack import default_cards_dir, load_rule_pack
+from cds_service.engine.rule_pack import load_pack
+from cds_service.rulepack.loading import default_cards_dir
 from cds_service.web import admission, ops, playground
 from cds_service.web.app_state import service_state
 
@@ -122,12 +123,13 @@ class ApiDescription:
         pointer, definition = self.follow(pointer)
         problems: list[str] = []
         content = definition.get("content", {})
-        if response.mimetype not in content:
-            return [f"content type {response.mimetype} is not among {sorted(content)}"]
+        mimetype = response.mimetype
+        if mimetype is None or mimetype not in content:
+            return [f"content type {mimetype} is not among {sorted(content)}"]
         body: Any = response.get_data(as_text=True)
-        if response.mimetype.endswith("json"):
+        if mimetype.endswith("json"):
             body = json.loads(body)
-        schema_pointer = f"{pointer}/content/{_escape(response.mimetype)}/schema"
+        schema_pointer = f"{pointer}/content/{_escape(mimetype)}/schema"
         problems += [f"body {error}" for error in self.schema_errors(schema_pointer, body)]
         for name in definition.get("headers", {}):
             header_pointer, header = self.follow(f"{pointer}/headers/{_escape(name)}")
@@ -299,7 +301,7 @@ def test_document_takes_any_url_and_service_ids() -> None:
 
 def test_source_file_lists_the_packaged_service_ids() -> None:
     document = yaml.safe_load(ops.OPENAPI_PATH.read_text(encoding="utf-8"))
-    pack = load_rule_pack(default_cards_dir())
+    pack = load_pack(default_cards_dir())
     assert document["components"]["schemas"]["ServiceId"]["enum"] == [
         service.id for service in pack.services
     ]
@@ -711,7 +713,7 @@ def test_documented_response_is_real_and_conforms(
         monkeypatch.setitem(app.view_functions, scenario.broken_endpoint, _boom)
     if scenario.overloaded:
         monkeypatch.setattr(admission.AdmissionGate, "enter", lambda gate: False)
-    request = {"method": "GET", "buffered": True} | scenario.request
+    request: dict[str, Any] = {"method": "GET", "buffered": True} | scenario.request
     if scenario.app.startswith("auth") and scenario.status != 401:
         request["headers"] = apps.token(scenario.url)
     response = app.test_client().open(scenario.url, **request)
@@ -862,7 +864,7 @@ CHECKS = [
 # sets ``Function._nodeid``). The requests go to the live server, whose /openapi.json is checked
 # to be this very document (apart from ``servers``) below.
 SCHEMA_DOCUMENT = ops.openapi_document(
-    "http://127.0.0.1:1", [service.id for service in load_rule_pack(default_cards_dir()).services]
+    "http://127.0.0.1:1", [service.id for service in load_pack(default_cards_dir()).services]
 )
 schema = schemathesis.openapi.from_dict(
     SCHEMA_DOCUMENT, config=SchemathesisConfig.from_dict(SCHEMATHESIS_CONFIG)
@@ -870,7 +872,7 @@ schema = schemathesis.openapi.from_dict(
 
 
 @schema.parametrize()
-def test_api_conforms_under_generated_requests(case: Case, live_server: LiveServer) -> None:
+def test_api_conforms_under_generated_requests(case: Case[Any], live_server: LiveServer) -> None:
     case.call_and_validate(base_url=live_server.url, checks=CHECKS)
 
 

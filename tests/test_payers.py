@@ -11,7 +11,9 @@ from helpers.corpus import load_fixture
 from helpers.engine import facts_for
 
 from cds_service.engine.hook_call import handle_hook_call
-from cds_service.rulepack.pack import RulePack, default_cards_dir, load_rule_pack
+from cds_service.engine.rule_pack import load_pack
+from cds_service.rulepack.loading import default_cards_dir
+from cds_service.rulepack.models import RulePack
 from cds_service.rules.cards import payer_section
 
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
@@ -177,7 +179,7 @@ def pack_with_identifier_matcher(tmp_path: Path) -> RulePack:
         "    identifiers: [{system: 'https://payers\\.example\\.org/id', value: 'CIG-\\d+'}]\n"
     )
     payers.write_text(text.replace(old, old + matcher))
-    return load_rule_pack(tmp_path)
+    return load_pack(tmp_path)
 
 
 @pytest.mark.parametrize(

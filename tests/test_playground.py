@@ -341,37 +341,10 @@ def test_standard_fixture_renders_cards_and_accept_stores_feedback(
     # The card: indicator label, summary, markdown detail, source link.
     article = page.locator("article.card")
     expect(article).to_have_count(1)
-    assert article.locator(".indicator").inner_text().strip().lower().endswith("info")
-    expect(article.locator("h3")).to_have_text(card["summary"])
-    detail = article.locator(".card-detail")
-    detail_html = detail.inner_html()
-    assert "<strong>+20703</strong>" in detail_html
-    assert "<li>" in detail_html
-    assert "**" not in detail.inner_text()
-    assert "](" not in detail.inner_text()
-    detail_links = detail.locator("a")
-    assert detail_links.count() >= 3
-    for index in range(detail_links.count()):
-        link = detail_links.nth(index)
-        assert (link.get_attribute("href") or "").startswith("https://")
-        assert link.get_attribute("rel") == "noopener noreferrer"
-        assert link.get_attribute("target") == "_blank"
-    source = article.locator(".card-source a")
-    assert source.get_attribute("href") == card["source"]["url"]
-    assert source.get_attribute("rel") == "noopener noreferrer"
-    expect(source).to_contain_text(card["source"]["label"])
+    assert_rendered_like_an_ehr(article, card)
 
     # The suggestion's Claim update as a diff against the draft Claim of the prefetch.
-    diff = article.locator("pre.diff")
-    added = [text.rstrip("\n") for text in diff.locator("ins").all_inner_texts()]
-    assert any(re.fullmatch(r'\+ +"code": "20703",?', line) for line in added), added
-    assert diff.locator("del").count() == 0
-    expect(article.locator(".diff-box summary")).to_contain_text(
-        f"+{len(added)} lines added, \u22120 lines removed"
-    )
-    expect(article.locator(".action-head")).to_contain_text(
-        f"Claim/{suggestion['actions'][0]['resource']['id']}"
-    )
+    assert_claim_update_diff(article, suggestion)
 
     shot = playground.screenshot("playground-standard-cards.png")
     if not DOCS_SCREENSHOT.exists() or os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
@@ -403,6 +376,43 @@ def test_standard_fixture_renders_cards_and_accept_stores_feedback(
     assert suggestion["uuid"] in row["accepted_suggestions"]
     assert row["override_code"] is None
     playground.screenshot("playground-accepted.png", of=article)
+
+
+def assert_rendered_like_an_ehr(article: Locator, card: dict[str, Any]) -> None:
+    """The card's indicator label, summary, markdown detail (safe links) and source link."""
+    assert article.locator(".indicator").inner_text().strip().lower().endswith("info")
+    expect(article.locator("h3")).to_have_text(card["summary"])
+    detail = article.locator(".card-detail")
+    detail_html = detail.inner_html()
+    assert "<strong>+20703</strong>" in detail_html
+    assert "<li>" in detail_html
+    assert "**" not in detail.inner_text()
+    assert "](" not in detail.inner_text()
+    detail_links = detail.locator("a")
+    assert detail_links.count() >= 3
+    for index in range(detail_links.count()):
+        link = detail_links.nth(index)
+        assert (link.get_attribute("href") or "").startswith("https://")
+        assert link.get_attribute("rel") == "noopener noreferrer"
+        assert link.get_attribute("target") == "_blank"
+    source = article.locator(".card-source a")
+    assert source.get_attribute("href") == card["source"]["url"]
+    assert source.get_attribute("rel") == "noopener noreferrer"
+    expect(source).to_contain_text(card["source"]["label"])
+
+
+def assert_claim_update_diff(article: Locator, suggestion: dict[str, Any]) -> None:
+    """The suggestion's Claim update: only lines added, the 20703 line among them."""
+    diff = article.locator("pre.diff")
+    added = [text.rstrip("\n") for text in diff.locator("ins").all_inner_texts()]
+    assert any(re.fullmatch(r'\+ +"code": "20703",?', line) for line in added), added
+    assert diff.locator("del").count() == 0
+    expect(article.locator(".diff-box summary")).to_contain_text(
+        f"+{len(added)} lines added, \u22120 lines removed"
+    )
+    expect(article.locator(".action-head")).to_contain_text(
+        f"Claim/{suggestion['actions'][0]['resource']['id']}"
+    )
 
 
 def test_dismiss_with_an_override_reason_stores_it(playground: Playground) -> None:
@@ -530,26 +540,7 @@ def test_card_markup_is_rendered_as_text(playground: Playground) -> None:
     assert (
         page.locator("#cards img, #cards script, #cards [onerror], #cards [onclick]").count() == 0
     )
-    detail = article.locator(".card-detail")
-    text = detail.inner_text()
-    assert "<img src=x onerror=\"window.__xss = 'img'\">" in text
-    assert "<script>window.__xss = 'script'</script>" in text
-    assert '<a href="https://example.org" onclick=' in text
-    assert detail.locator("strong").inner_text() == "Bold"
-    hrefs = [link.get_attribute("href") for link in detail.locator("a").all()]
-    assert hrefs == [
-        "https://example.org/a_(b)?c=1&d=2",
-        "https://example.org/\"onmouseover=\"window.__xss='attr'",
-    ]
-    for link in detail.locator("a").all():
-        assert sorted(page.evaluate("(a) => a.getAttributeNames()", link.element_handle())) == [
-            "href",
-            "rel",
-            "target",
-        ]
-    assert "a javascript link" in text
-    assert "a data link" in text
-    assert page.locator("#cards a[href^='javascript:'], #cards a[href^='data:']").count() == 0
+    assert_hostile_detail_is_text(page, article.locator(".card-detail"))
 
     expect(article.locator("h3")).to_have_text(
         "<b>not bold</b> <img src=x onerror=\"window.__xss='summary'\">"
@@ -575,6 +566,36 @@ def test_card_markup_is_rendered_as_text(playground: Playground) -> None:
 
     # Feedback the server refuses leaves the card open, with the reason; a retry goes through
     # (stored, and flagged as a card this service never issued).
+    assert_refused_feedback_can_be_retried(playground, article)
+    playground.screenshot("playground-hostile-card.png", of=article)
+
+
+def assert_hostile_detail_is_text(page: Page, detail: Locator) -> None:
+    """The hostile detail's markup shows as text; only its http(s) links are links."""
+    text = detail.inner_text()
+    assert "<img src=x onerror=\"window.__xss = 'img'\">" in text
+    assert "<script>window.__xss = 'script'</script>" in text
+    assert '<a href="https://example.org" onclick=' in text
+    assert detail.locator("strong").inner_text() == "Bold"
+    hrefs = [link.get_attribute("href") for link in detail.locator("a").all()]
+    assert hrefs == [
+        "https://example.org/a_(b)?c=1&d=2",
+        "https://example.org/\"onmouseover=\"window.__xss='attr'",
+    ]
+    for link in detail.locator("a").all():
+        assert sorted(page.evaluate("(a) => a.getAttributeNames()", link.element_handle())) == [
+            "href",
+            "rel",
+            "target",
+        ]
+    assert "a javascript link" in text
+    assert "a data link" in text
+    assert page.locator("#cards a[href^='javascript:'], #cards a[href^='data:']").count() == 0
+
+
+def assert_refused_feedback_can_be_retried(playground: Playground, article: Locator) -> None:
+    """Dismiss answered 503 keeps the card open with the reason; the retry is stored."""
+    page = playground.page
     outage = {"resourceType": "OperationOutcome", "issue": [{"severity": "error",
               "code": "transient", "diagnostics": "Database briefly unavailable."}]}  # fmt: skip
     page.route(
@@ -595,7 +616,6 @@ def test_card_markup_is_rendered_as_text(playground: Playground) -> None:
     (row,) = playground.feedback_rows()
     assert row["card_issued"] is False
     assert row["override_code"] == "x"
-    playground.screenshot("playground-hostile-card.png", of=article)
 
 
 def test_operation_outcome_is_shown_readably(playground: Playground) -> None:

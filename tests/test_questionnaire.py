@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from helpers.corpus import load_fixture
 from helpers.engine import by_code, facts_for, findings_for
 
-from cds_service.rulepack.pack import RulePack
+from cds_service.rulepack.models import RulePack
 
 MISSING = "encounter-discharge--missing-documentation.json"
 
@@ -26,6 +26,7 @@ def test_questionnaire_is_served_at_its_canonical(client: FlaskClient, pack: Rul
         questionnaire.url == "http://127.0.0.1:8080/questionnaires/cpt20703-removal-documentation"
     )
     keys = [element.key for element in pack.coding.documentation]
+    assert questionnaire.item is not None
     assert [item.linkId for item in questionnaire.item] == keys
 
 

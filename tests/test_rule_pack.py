@@ -10,15 +10,12 @@ import pytest
 from helpers.corpus import EXPECTED
 
 from cds_service.cli.main import main
-from cds_service.rulepack.pack import (
-    QUESTIONNAIRE_FILE,
-    RulePack,
-    RulePackError,
-    capped_list,
-    default_cards_dir,
-    export_json_schemas,
-    load_rule_pack,
-)
+from cds_service.engine.rule_pack import load_pack
+from cds_service.rulepack.loading import QUESTIONNAIRE_FILE, default_cards_dir, export_json_schemas
+from cds_service.rulepack.models import RulePack
+from cds_service.rulepack.problems import RulePackError
+from cds_service.rulepack.templates import capped_list
+from cds_service.rules.findings import PACK_CONTRACT
 
 
 def test_every_finding_has_a_fixture_that_fires_it(pack: RulePack) -> None:
@@ -55,14 +52,14 @@ def test_every_documentation_key_is_missing_in_some_fixture() -> None:
     missing = {
         key for expected in EXPECTED.values() for key in expected.get("missing_documentation", [])
     }
-    keys = {element.key for element in load_rule_pack(default_cards_dir()).coding.documentation}
+    keys = {element.key for element in load_pack(default_cards_dir()).coding.documentation}
     assert keys - {"primary-procedure"} <= missing
 
 
 def test_committed_schemas_are_current() -> None:
     """cards/schema/*.json equal the schemas generated from the models."""
     schema_dir = default_cards_dir() / "schema"
-    for name, text in export_json_schemas().items():
+    for name, text in export_json_schemas(PACK_CONTRACT).items():
         assert (schema_dir / name).read_text() == text, (
             f"regenerate {name}: cds-service check-cards --write-schemas"
         )
@@ -122,6 +119,7 @@ def line_of(path: Path, needle: str) -> int:
         ("findings.yaml", "{code: \"hand-made\", display: \"The device was prepared by hand\"}", "{code: \"hand-made\", display: \"The device was prepared by hand ({note})\"}", "{note} is shown as written"),
         ("findings.yaml", "label: \"Ohio HIMA (2020): prefabricated devices do not qualify\"", "label: \"Ohio HIMA ({aoc_file}): prefabricated devices do not qualify\"", "{aoc_file} is shown as written"),
         ("findings.yaml", "      - \"NCCI procedure-to-procedure edits for the pair 20703/20680 were not retrieved.\"", "      - \"NCCI edits for the pair 20703/{add_on_code} were not retrieved.\"", "{add_on_code} is shown as written"),
+        ("coding.yaml", "- structured: [removed-device-typed]", "- structured: [removed-device-typo]", "no structured check named 'removed-device-typo'"),
     ],
 )  # fmt: skip
 def test_problem_is_reported_with_file_and_line(
@@ -135,7 +133,7 @@ def test_problem_is_reported_with_file_and_line(
     line = line_of(path, old)
     path.write_text(text.replace(old, new, 1))
     with pytest.raises(RulePackError) as error:
-        load_rule_pack(directory)
+        load_pack(directory)
     matching = [p for p in error.value.problems if p.file == file and message in p.message]
     assert matching, [str(p) for p in error.value.problems]
     assert abs(matching[0].line - line) <= 1
@@ -146,7 +144,7 @@ def test_invalid_yaml_is_reported_with_its_line(tmp_path: Path) -> None:
     directory = copy_pack(tmp_path)
     (directory / "sources.yaml").write_text("sources:\n  S1: [unclosed\n")
     with pytest.raises(RulePackError) as error:
-        load_rule_pack(directory)
+        load_pack(directory)
     (problem,) = error.value.problems
     assert problem.file == "sources.yaml"
     assert problem.line >= 2
@@ -158,7 +156,7 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
     directory = copy_pack(tmp_path)
     (directory / "findings.yaml").unlink()
     with pytest.raises(RulePackError, match=r"findings\.yaml:0: cannot read"):
-        load_rule_pack(directory)
+        load_pack(directory)
 
 
 def test_unknown_key_is_refused(tmp_path: Path) -> None:
@@ -167,7 +165,7 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
     path = directory / "findings.yaml"
     path.write_text(path.read_text().replace("    indicator: info\n", "    indicater: info\n", 1))
     with pytest.raises(RulePackError) as error:
-        load_rule_pack(directory)
+        load_pack(directory)
     assert any("indicater" in p.message for p in error.value.problems)
 
 
@@ -201,7 +199,7 @@ def test_confidence_cannot_be_better_than_the_sources(
     assert text.count(old) == 1, old
     path.write_text(text.replace(old, new))
     with pytest.raises(RulePackError) as error:
-        load_rule_pack(directory)
+        load_pack(directory)
     assert any("better than its best source's tier (2)" in p.message for p in error.value.problems)
 
 
@@ -227,7 +225,7 @@ def without_unconfirmed(text: str, code: str) -> tuple[str, int]:
     return "".join(lines[:first] + lines[last:]), start + 1
 
 
-@pytest.mark.parametrize("code", sorted(load_rule_pack(default_cards_dir()).findings.findings))
+@pytest.mark.parametrize("code", sorted(load_pack(default_cards_dir()).findings.findings))
 def test_check_cards_requires_unconfirmed_on_every_finding(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], code: str
 ) -> None:
@@ -265,7 +263,7 @@ def test_unconfirmed_items_are_checked(tmp_path: Path, old: str, new: str, messa
     assert text.count(old) == 1, old
     path.write_text(text.replace(old, new))
     with pytest.raises(RulePackError) as error:
-        load_rule_pack(directory)
+        load_pack(directory)
     assert any(p.file == "findings.yaml" and message in p.message for p in error.value.problems), [
         str(p) for p in error.value.problems
     ]

@@ -19,7 +19,7 @@ from helpers.suggestion_records import (
 )
 
 from cds_service.fhir.resources import read_resources
-from cds_service.rulepack.pack import RulePack
+from cds_service.rulepack.models import RulePack
 from cds_service.rules.facts import derive_facts
 from cds_service.rules.findings import Finding, evaluate_rules, missing_documentation
 

@@ -5,34 +5,36 @@ queries. ``fhir_sandbox/`` (Medplum's in-memory FHIR R4 server under Node, the o
 plays that part, seeded with every fixture's resources and a Patient per fixture. The sandbox lives
 in the checkout, not in the wheel: the demo is for people who cloned the repository.
 
-The FHIR server is a child process in its own session (a terminal's Ctrl-C reaches only the demo,
-which stops the service first and the FHIR server second) that also exits when its stdin closes,
-so even a demo killed with SIGKILL leaves no Node process behind.
+The FHIR server is started by ``FhirSandbox`` (``cds_service/cli/fhir_sandbox.py``): a child
+process in its own session (a terminal's Ctrl-C reaches only the demo, which stops the service
+first and the FHIR server second) that also exits when its stdin closes, so even a demo killed
+with SIGKILL leaves no Node process behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import queue
-import re
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 from urllib.parse import urlencode
 
+from cds_service.cli import fhir_sandbox
+from cds_service.cli.fhir_sandbox import (
+    FHIR_HOST,
+    MIN_NODE_MAJOR,
+    FhirSandbox,
+    FhirSandboxError,
+    NodeUnavailable,
+    packages_installed,
+)
 from cds_service.config import Settings
 from cds_service.paths import data_dir
 
@@ -40,17 +42,12 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_FHIR_PORT = 8081  # the port the fixtures' fhirServer names
 DEFAULT_WORKERS = 1
-FHIR_HOST = "127.0.0.1"  # the server.mjs listen address; never anything but loopback
-MEDPLUM_PACKAGES = ("core", "definitions", "fhir-router")
-MIN_NODE_MAJOR = 20
-STARTUP_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
 SANDBOX_URL = "https://sandbox.cds-hooks.org/"
 SANDBOX_HOOK = "order-sign"  # the sandbox runs patient-view, order-select and order-sign only
 SANDBOX_FIXTURE = "order-sign--planned-removal-reminder.json"
 CURL_FIXTURE = "encounter-discharge--tibia-nonunion-removal.json"
 GUIDE_END = "Press Ctrl-C to stop the service and the FHIR server."
-_LISTENING = re.compile(r"^LISTENING (\d+)$")
+STDERR_TAIL = 40  # lines of the FHIR server's stderr in a start-up error
 
 
 class DemoError(Exception):
@@ -73,25 +70,11 @@ class DemoPatient:
 
 def find_node() -> str:
     """The ``node`` executable (>= 20), or DemoError saying how to get it."""
-    node = shutil.which("node")
-    if node is None:
-        raise DemoError(
-            "`node` was not found on PATH: the demo FHIR server runs under Node.js >= "
-            f"{MIN_NODE_MAJOR}. Install Node.js, then run `make demo`."
-        )
     try:
-        version = subprocess.run(
-            [node, "--version"], capture_output=True, text=True, timeout=30, check=False
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DemoError(f"cannot run {node}: {exc}") from None
-    match = re.match(r"v(\d+)\.", version)
-    if match is None or int(match.group(1)) < MIN_NODE_MAJOR:
-        raise DemoError(
-            f"{node} is version {version or '?'}; the demo FHIR server needs Node.js >= "
-            f"{MIN_NODE_MAJOR}."
-        )
-    return node
+        return fhir_sandbox.find_node("the demo FHIR server")
+    except NodeUnavailable as exc:
+        hint = " Install Node.js, then run `make demo`." if exc.node is None else ""
+        raise DemoError(f"{exc}{hint}") from None
 
 
 def find_sandbox(directory: Path | None = None) -> Path:
@@ -102,8 +85,7 @@ def find_sandbox(directory: Path | None = None) -> Path:
             f"no FHIR sandbox at {sandbox} (server.mjs is missing). The demo runs from a checkout "
             "of the repository: run `make demo` there, or pass --sandbox-dir DIR."
         )
-    installed = sandbox / "node_modules" / "@medplum"
-    if not all((installed / name / "package.json").is_file() for name in MEDPLUM_PACKAGES):
+    if not packages_installed(sandbox):  # the demo installs nothing: `make demo` runs npm ci
         raise DemoError(
             f"the FHIR sandbox's npm packages are not installed in {sandbox / 'node_modules'}: "
             f"run `make demo` (it needs Node.js >= {MIN_NODE_MAJOR} and npm), or `npm ci` in "
@@ -138,121 +120,6 @@ def demo_patients(files: Sequence[Path]) -> list[DemoPatient]:
             fixture=path.name,
         )
     return sorted(patients.values(), key=lambda patient: (patient.hook, patient.scenario))
-
-
-# -- the FHIR server ---------------------------------------------------------------------------
-
-
-class FhirSandbox:
-    """``node server.mjs`` on loopback, seeded with the fixtures; it cannot outlive the demo."""
-
-    def __init__(self, node: str, directory: Path, seeds: Sequence[Path], port: int) -> None:
-        self.node = node
-        self.directory = directory
-        self.seeds = list(seeds)
-        self.requested_port = port
-        self.port: int | None = None
-        self.process: subprocess.Popen[str] | None = None
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._stderr_tail: deque[str] = deque(maxlen=40)
-        self._forward_stderr = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    @property
-    def base_url(self) -> str:
-        """The FHIR base URL (``http://127.0.0.1:PORT/fhir``)."""
-        return f"http://{FHIR_HOST}:{self.port}/fhir"
-
-    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        """Start the server and wait for its ``LISTENING <port>`` line, or raise DemoError."""
-        command = [self.node, "server.mjs", "--port", str(self.requested_port)]
-        command += ["--patients", "--stop-on-stdin-eof"]
-        for path in self.seeds:
-            command += ["--seed", str(path)]
-        self.process = subprocess.Popen(
-            command,
-            cwd=self.directory,
-            stdin=subprocess.PIPE,  # held open until stop(): its end is the server's end
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            start_new_session=True,  # Ctrl-C in the terminal reaches the demo, which stops it
-        )
-        assert self.process.stdout is not None
-        assert self.process.stderr is not None
-        self._pump(self.process.stdout, self._lines.put, lambda: self._lines.put(None))
-        self._pump(self.process.stderr, self._on_stderr, None)
-        self.port = self._wait_for_port(timeout)
-        self._forward_stderr.set()
-
-    def _pump(self, stream: IO[str], on_line: Any, on_end: Any) -> None:
-        """Drain ``stream`` on a thread, so that a full pipe never blocks the server."""
-
-        def pump() -> None:
-            for line in stream:
-                on_line(line.rstrip("\n"))
-            if on_end is not None:
-                on_end()
-
-        thread = threading.Thread(target=pump, name="fhir-sandbox-pipe", daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _on_stderr(self, line: str) -> None:
-        self._stderr_tail.append(line)
-        if self._forward_stderr.is_set():  # after start-up: errors only, worth seeing
-            _write(sys.stderr, line + "\n")
-
-    def _wait_for_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DemoError(
-                    f"the FHIR server did not listen within {timeout:.0f} s{self._tail()}"
-                )
-            try:
-                line = self._lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                assert self.process is not None
-                code = self.process.wait(timeout=STOP_TIMEOUT_S)
-                for thread in self._threads:
-                    thread.join(timeout=STOP_TIMEOUT_S)
-                hint = f" (is port {self.requested_port} in use? try --fhir-port)"
-                raise DemoError(
-                    f"the FHIR server exited ({code}) before listening{hint}{self._tail()}"
-                )
-            match = _LISTENING.match(line.strip())
-            if match:
-                return int(match.group(1))
-
-    def _tail(self) -> str:
-        return ":\n" + "\n".join(self._stderr_tail) if self._stderr_tail else ""
-
-    def stop(self) -> None:
-        """SIGTERM and stdin EOF, then SIGKILL after ``STOP_TIMEOUT_S``; idempotent."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            with contextlib.suppress(OSError):
-                assert process.stdin is not None
-                process.stdin.close()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT_S)
-        for thread in self._threads:
-            thread.join(timeout=STOP_TIMEOUT_S)
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
 
 
 # -- the guide ---------------------------------------------------------------------------------
@@ -388,6 +255,14 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _start(fhir: FhirSandbox) -> None:
+    """Start the FHIR server, or DemoError saying why it did not listen."""
+    try:
+        fhir.start()
+    except FhirSandboxError as exc:
+        raise DemoError(str(exc)) from None
+
+
 def run_demo(
     *,
     host: str = DEFAULT_HOST,
@@ -416,10 +291,19 @@ def run_demo(
     from cds_service.cli.serve import serve  # gunicorn; prometheus-client stays unimported
 
     owner = os.getpid()  # gunicorn workers are forks: only this process stops the FHIR server
-    fhir = FhirSandbox(node, sandbox, seeds, fhir_port)
+    fhir = FhirSandbox(
+        seeds,
+        port=fhir_port,
+        directory=sandbox,
+        node=node,
+        patients=True,
+        port_option="--fhir-port",
+        on_stderr=lambda line: _write(sys.stderr, line + "\n"),
+        stderr_tail=STDERR_TAIL,
+    )
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)  # gunicorn replaces it
     try:
-        fhir.start()
+        _start(fhir)
         environment = demo_environment(os.environ, service_url, fhir.base_url)
         os.environ.update(environment)
         settings = Settings.load()

@@ -14,13 +14,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.config import Settings
+from cds_service.engine.rule_pack import load_pack
 from cds_service.errors import ConfigError
-from cds_service.rulepack.pack import (
-    RulePackError,
-    default_cards_dir,
-    export_json_schemas,
-    load_rule_pack,
-)
+from cds_service.rulepack.loading import default_cards_dir, export_json_schemas
+from cds_service.rulepack.problems import RulePackError
+from cds_service.rules.findings import PACK_CONTRACT
 from cds_service.web.app_state import service_state
 
 T = TypeVar("T")
@@ -187,7 +185,7 @@ def _describe_rules(args: argparse.Namespace) -> int:
 
     directory = args.cards_dir or Settings.load().cards_dir
     try:
-        pack = load_rule_pack(directory)
+        pack = load_pack(directory)
     except RulePackError as exc:
         print(f"cds-service: the rule pack is invalid:\n{exc}", file=sys.stderr)
         return EXIT_PROBLEM
@@ -200,7 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings.load()  # fail fast, before any worker starts
     try:
-        load_rule_pack(settings.cards_dir)
+        load_pack(settings.cards_dir)
     except RulePackError as exc:
         return _bad_input(f"the rule pack in CDS_CARDS_DIR is invalid:\n{exc}")
     if (args.certfile is None) != (args.keyfile is None):
@@ -276,7 +274,7 @@ def _bad_input(message: str) -> int:
 def _check_cards(args: argparse.Namespace) -> int:
     directory = args.cards_dir or Settings.load().cards_dir or default_cards_dir()
     try:
-        pack = load_rule_pack(directory)
+        pack = load_pack(directory)
     except RulePackError as exc:
         for problem in exc.problems:
             print(f"{directory / problem.file}:{problem.line}: {problem.message}", file=sys.stderr)
@@ -285,7 +283,7 @@ def _check_cards(args: argparse.Namespace) -> int:
     if args.write_schemas:
         schema_dir = directory / "schema"
         schema_dir.mkdir(exist_ok=True)
-        for name, text in export_json_schemas().items():
+        for name, text in export_json_schemas(PACK_CONTRACT).items():
             (schema_dir / name).write_text(text, encoding="utf-8")
     print(
         f"rule pack OK: {directory} ({len(pack.services)} services, "

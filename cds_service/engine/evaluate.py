@@ -15,7 +15,7 @@ from typing import Any
 from cds_service.engine.gather import REASONS, HookData
 from cds_service.fhir.resources import read_resources
 from cds_service.protocol.models import HookRequest
-from cds_service.rulepack.pack import RulePack, ServiceDefinition
+from cds_service.rulepack.models import RulePack, ServiceDefinition
 from cds_service.rules.cards import build_cards, finding_of_card
 from cds_service.rules.facts import ClinicalFacts, derive_facts
 from cds_service.rules.findings import Finding, evaluate_rules

@@ -16,17 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds_service.errors import PrefetchUnavailableError
-from cds_service.fhir.client import (
-    Fetched,
-    FetchStats,
-    FhirFetcher,
-    next_link,
-    references_to_resolve,
-    render_template,
-)
+from cds_service.fhir.client import Fetched, FetchStats, FhirFetcher, next_link
+from cds_service.fhir.queries import references_to_resolve, render_prefetch_template
 from cds_service.fhir.resources import MODELS, iter_resources
 from cds_service.protocol.models import HookRequest
-from cds_service.rulepack.pack import ServiceDefinition
+from cds_service.rulepack.models import ServiceDefinition
 
 # Why data could not be obtained, in words for the 412 diagnostics and the cards.
 REASONS: dict[str, str] = {
@@ -99,55 +93,92 @@ def gather(
     The fetch statistics go into ``stats_to_fill`` when given, so they survive a 412.
     """
     values, missing = split_prefetch(service, request.prefetch or {})
-    not_checked: dict[str, str] = {}
-    truncated: list[str] = []
-    stats: FetchStats | None = None
+    data = HookData(values, {})
     server = request.fhirServer
     refusal = _refusal(fetcher, server, also_allowed)
     if refusal is not None:
-        not_checked = dict.fromkeys(missing, refusal)
+        data = HookData(values, dict.fromkeys(missing, refusal))
     elif fetcher is not None and server is not None:
         stats = stats_to_fill if stats_to_fill is not None else FetchStats()
-        started = time.monotonic()
-        deadline = started + fetcher.policy.deadline
-        token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-        queries: dict[str, str] = {}
-        continued: dict[str, dict[str, Any]] = {}
-        for key, value in values.items():
-            link = next_link(value) if value.get("resourceType") == "Bundle" else None
-            if link is not None:  # the client paginated its prefetch: read the other pages
-                continued[key] = value
-                queries[key] = link
-        for key in missing:
-            query = render_template(service.prefetch[key].template, request.context)
-            if query is None:
-                not_checked[key] = "unresolved-token"
-            else:
-                queries[key] = query
-        stats.keys_requested = len(queries)
-        for key, fetched in fetcher.fetch_round(server, token, queries, deadline, stats).items():
-            if fetched.value is not None:
-                values[key] = _joined(continued.get(key), fetched.value)
-                stats.keys_fetched += 1
-                if fetched.truncated:
-                    truncated.append(key)
-            elif key in continued:
-                truncated.append(key)
-            elif fetched.absent:
-                continue  # a read of a resource that does not exist: no data, like null
-            else:
-                not_checked[key] = fetched.failure or "request-error"
-        resolved = _resolve_references(fetcher, server, token, values, deadline, stats)
-        not_checked |= resolved.not_checked
-        if resolved.values:
-            values[REFERENCES_KEY] = {
-                "resourceType": "Bundle",
-                "type": "collection",
-                "entry": [{"resource": resource} for resource in resolved.values.values()],
-            }
-        stats.elapsed_ms = (time.monotonic() - started) * 1000
-    _require(service, not_checked)
+        data = _completed_from(fetcher, server, service, request, values, missing, stats)
+    _require(service, data.not_checked)
+    return data
+
+
+def _completed_from(
+    fetcher: FhirFetcher,
+    server: str,
+    service: ServiceDefinition,
+    request: HookRequest,
+    values: dict[str, Any],
+    missing: Sequence[str],
+    stats: FetchStats,
+) -> HookData:
+    """``values`` completed from ``server`` in two rounds, counted in ``stats``.
+
+    Round 1 fetches the missing keys and the other pages of a paginated prefetch; round 2 reads
+    the references the rules follow.
+    """
+    started = time.monotonic()
+    deadline = started + fetcher.policy.deadline
+    token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+    queries, continued = _continued_pages(values)
+    not_checked: dict[str, str] = {}
+    for key in missing:
+        query = render_prefetch_template(service.prefetch[key].template, request.context)
+        if query is None:
+            not_checked[key] = "unresolved-token"
+        else:
+            queries[key] = query
+    stats.keys_requested = len(queries)
+    results = fetcher.fetch_round(server, token, queries, deadline, stats)
+    truncated = _take_round_one(results, continued, values, not_checked, stats)
+    resolved = _resolve_references(fetcher, server, token, values, deadline, stats)
+    not_checked |= resolved.not_checked
+    if resolved.values:
+        values[REFERENCES_KEY] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": resource} for resource in resolved.values.values()],
+        }
+    stats.elapsed_ms = (time.monotonic() - started) * 1000
     return HookData(values, not_checked, tuple(truncated), stats)
+
+
+def _continued_pages(
+    values: Mapping[str, Any],
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """The client paginated its prefetch: the ``next`` link of each such key, and its first page."""
+    queries: dict[str, str] = {}
+    continued: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        link = next_link(value) if value.get("resourceType") == "Bundle" else None
+        if link is not None:
+            continued[key] = value
+            queries[key] = link
+    return queries, continued
+
+
+def _take_round_one(
+    results: Mapping[str, Fetched],
+    continued: Mapping[str, dict[str, Any]],
+    values: dict[str, Any],
+    not_checked: dict[str, str],
+    stats: FetchStats,
+) -> list[str]:
+    """Put round 1's results in ``values`` (or ``not_checked``); the keys left truncated."""
+    truncated: list[str] = []
+    for key, fetched in results.items():
+        if fetched.value is not None:
+            values[key] = _joined(continued.get(key), fetched.value)
+            stats.keys_fetched += 1
+            if fetched.truncated:
+                truncated.append(key)
+        elif key in continued:
+            truncated.append(key)
+        elif not fetched.absent:  # an absent read is a resource that does not exist: no data
+            not_checked[key] = fetched.failure or "request-error"
+    return truncated
 
 
 def _joined(first_page: dict[str, Any] | None, rest: dict[str, Any]) -> dict[str, Any]:

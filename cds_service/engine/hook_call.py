@@ -21,7 +21,7 @@ from cds_service.errors import InvalidRequestError, TooManyEntriesError, Unknown
 from cds_service.fhir.client import FetchStats, FhirFetcher
 from cds_service.protocol.hooks import HOOKS, context_problems
 from cds_service.protocol.models import FeedbackRequest, HookRequest
-from cds_service.rulepack.pack import RulePack, ServiceDefinition
+from cds_service.rulepack.models import RulePack, ServiceDefinition
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

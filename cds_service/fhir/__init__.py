@@ -1,5 +1,7 @@
-"""FHIR at the edges: the outbound client and its HTTP session (fetching what was not prefetched),
-reading input resources with fhir.resources, and the limits on incoming JSON.
+"""FHIR at the edges: the outbound client fetching what was not prefetched (client), the queries
+it runs (queries), the one outbound HTTP configuration and capped body reader (http, which the JWK
+Set fetch in security uses too), reading input resources with fhir.resources (resources), and the
+limits on incoming JSON (json_limits).
 
 May import errors and logs only.
 """

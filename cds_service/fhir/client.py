@@ -1,8 +1,9 @@
-"""Fetch what the CDS client did not prefetch, from its FHIR server. All outbound I/O lives here.
+"""Fetch what the CDS client did not prefetch, from its FHIR server. All FHIR I/O lives here.
 
-One :class:`FhirFetcher` per process holds a pooled ``requests.Session`` and a bounded thread pool.
-Each hook call gets one overall deadline; the fetches of a round run concurrently, every request
-with connect and read timeouts no longer than what is left of the deadline. A fetch never raises:
+One :class:`FhirFetcher` per process holds a pooled ``requests.Session`` (from
+:mod:`cds_service.fhir.http`, the one outbound HTTP configuration) and a bounded thread pool. Each
+hook call gets one overall deadline; the fetches of a round run concurrently, every request with
+connect and read timeouts no longer than what is left of the deadline. A fetch never raises:
 it yields data or a failure *kind* (``timeout``, ``http-404``, ``not-json`` ...), which the caller
 turns into a 412 or into a "not checked" note on the cards.
 
@@ -17,20 +18,24 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
+from cds_service.fhir.http import (
+    BodyTooLargeError,
+    BodyTooSlowError,
+    get_streamed,
+    outbound_session,
+    read_capped,
+)
 from cds_service.fhir.json_limits import nested_deeper_than
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
-_CHUNK = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class FhirFetcher:
 
     def __init__(self, policy: FetchPolicy, session: requests.Session | None = None) -> None:
         self.policy = policy
-        self.session = session or _pooled_session(policy.max_concurrency)
+        self.session = session or outbound_session(policy.max_concurrency)
         self._pool: ThreadPoolExecutor | None = None
 
     def refusal(self, base_url: str, also_allowed: Sequence[str] = ()) -> str | None:
@@ -230,15 +235,8 @@ class FhirFetcher:
             min(self.policy.read_timeout, remaining),
         )
         try:
-            with self.session.get(
-                url, headers=headers, timeout=timeout, allow_redirects=False, stream=True
-            ) as response:
-                if response.status_code != 200:
-                    raise _Failure(_status_kind(response.status_code))
-                content_type = response.headers.get("Content-Type", "")
-                if "json" not in content_type:
-                    raise _Failure("not-json")
-                body = self._read_capped(response, deadline)
+            with get_streamed(self.session, url, timeout, headers) as response:
+                body = self._json_body(response, deadline)
         except requests.Timeout:
             raise _Failure("timeout") from None
         except requests.ConnectionError:
@@ -253,37 +251,24 @@ class FhirFetcher:
             raise _Failure("not-fhir")
         return document
 
-    def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.policy.max_response_bytes:
-            raise _Failure("too-large")
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_content(_CHUNK):
-            size += len(chunk)
-            if size > self.policy.max_response_bytes:
-                raise _Failure("too-large")
-            if time.monotonic() > deadline:
-                raise _Failure("deadline")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def _json_body(self, response: requests.Response, deadline: float) -> bytes:
+        """The body of a 200 answer in JSON, read up to the size cap and the deadline."""
+        if response.status_code != 200:
+            raise _Failure(_status_kind(response.status_code))
+        content_type = response.headers.get("Content-Type", "")
+        if "json" not in content_type:
+            raise _Failure("not-json")
+        try:
+            return read_capped(response, self.policy.max_response_bytes, deadline)
+        except BodyTooLargeError:
+            raise _Failure("too-large") from None
+        except BodyTooSlowError:
+            raise _Failure("deadline") from None
 
 
 def _below(url: str, base: str) -> bool:
     """True when ``url`` is on the FHIR server ``base`` (same scheme, host, port, path prefix)."""
     return url.startswith((base + "/", base + "?"))
-
-
-def _pooled_session(pool_size: int) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # no proxy or .netrc credentials picked up from the environment
-    # The session serves every hook call of the process: a cookie set during one patient's call
-    # must never ride along on another's, so cookies are refused outright.
-    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 def _status_kind(status: int) -> str:
@@ -318,82 +303,3 @@ def _merged(first: dict[str, Any], entries: list[Any]) -> dict[str, Any]:
     if entries:
         merged["entry"] = entries
     return merged
-
-
-def render_template(template: str, context: Mapping[str, Any]) -> str | None:
-    """A prefetch template with its tokens replaced, or None when a token has no value.
-
-    Values are percent-encoded, so a context value cannot add query parameters or path segments.
-    """
-    values: dict[str, str] = {
-        f"context.{name}": value for name, value in context.items() if isinstance(value, str)
-    }
-    user = context.get("userId")
-    if isinstance(user, str) and "/" in user:
-        user_type, user_id = user.split("/", 1)
-        token_name = {
-            "Practitioner": "userPractitionerId",
-            "PractitionerRole": "userPractitionerRoleId",
-            "Patient": "userPatientId",
-            "RelatedPerson": "userRelatedPersonId",
-        }.get(user_type)
-        if token_name:
-            values[token_name] = user_id
-    rendered = template
-    while "{{" in rendered:
-        start = rendered.index("{{")
-        end = rendered.find("}}", start)
-        if end < 0:
-            return None
-        token = rendered[start + 2 : end].strip()
-        if token not in values:
-            return None
-        rendered = rendered[:start] + quote(values[token], safe="") + rendered[end + 2 :]
-    return rendered
-
-
-def read_query(reference: str) -> str | None:
-    """The read URL (``Type/id``) of a relative reference, or None for anything else."""
-    parts = reference.split("/")
-    if len(parts) != 2 or not parts[0].isalpha() or not parts[0][0].isupper():
-        return None
-    if (
-        not parts[1]
-        or any(not (ch.isalnum() or ch in "-.") for ch in parts[1])
-        or len(parts[1]) > 64
-    ):
-        return None
-    return f"{parts[0]}/{parts[1]}"
-
-
-def references_to_resolve(resources: Iterable[Mapping[str, Any]]) -> set[str]:
-    """Relative references the rules follow: devices, coverages, payers and operative notes."""
-    wanted: set[str] = set()
-
-    def add(reference: Any, resource_type: str) -> None:
-        if isinstance(reference, dict):
-            target = reference.get("reference")
-            if isinstance(target, str) and target.startswith(resource_type + "/"):
-                query = read_query(target)
-                if query:
-                    wanted.add(query)
-
-    for resource in resources:
-        kind = resource.get("resourceType")
-        if kind == "Procedure":
-            for focal in _dicts(resource.get("focalDevice")):
-                add(focal.get("manipulated"), "Device")
-            for report in _dicts(resource.get("report")):
-                add(report, "DocumentReference")
-        elif kind == "Claim":
-            for insurance in _dicts(resource.get("insurance")):
-                add(insurance.get("coverage"), "Coverage")
-        elif kind == "Coverage":
-            for payor in _dicts(resource.get("payor")):
-                if not payor.get("display"):  # a named payer needs no lookup
-                    add(payor, "Organization")
-    return wanted
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []

@@ -114,6 +114,10 @@ class FeedbackRequest(_Inbound):
 
 
 class Coding(_Outbound):
+    # Also the codings of the rule pack (cards/*.yaml), whose models are all frozen. No docstring:
+    # it would become the "description" of the pack's JSON Schemas.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     system: str
     code: str
     display: str | None = None

@@ -5,7 +5,7 @@ The committed ``docs/rules.md`` is this output; a test keeps the two in sync.
 
 from __future__ import annotations
 
-from cds_service.rulepack.pack import FindingTemplate, RulePack, Sourced
+from cds_service.rulepack.models import FindingTemplate, RulePack, Sourced
 
 
 def _cell(text: str) -> str:

@@ -14,8 +14,9 @@ from typing import Any
 
 from cds_service.fhir.json_limits import prune_empty
 from cds_service.protocol.models import Action, Card, Coding, Source, Suggestion
-from cds_service.rulepack.pack import RulePack, SuggestionTemplate, render_template
-from cds_service.rules.findings import Finding
+from cds_service.rulepack.models import RulePack, SuggestionTemplate
+from cds_service.rulepack.templates import render_card_text
+from cds_service.rules.contract import Finding
 
 FINDING_EXTENSION = "cpt20703.finding"
 
@@ -109,8 +110,8 @@ def build_card(
     suggestions = _suggestions(finding, template.suggestion, new_uuid)
     card = Card(
         uuid=new_uuid(),
-        summary=render_template(template.summary, finding.variables),
-        detail=render_template(template.detail, finding.variables)
+        summary=render_card_text(template.summary, finding.variables),
+        detail=render_card_text(template.detail, finding.variables)
         + unconfirmed_section(template.unconfirmed_for(finding.note))
         + not_checked_section(caveats)
         + payer_section(pack, payer)
@@ -144,7 +145,7 @@ def _suggestions(
     """The finding's one recommended suggestion: create its new resource or update the Claim."""
     if suggestion is None:
         return None
-    description = render_template(suggestion.action_description, finding.variables)
+    description = render_card_text(suggestion.action_description, finding.variables)
     claim = finding.updated_claim
     if finding.new_resource is not None:
         action = Action(type="create", description=description, resource=finding.new_resource)
@@ -157,5 +158,5 @@ def _suggestions(
         )
     else:
         return None
-    label = render_template(suggestion.label, finding.variables)
+    label = render_card_text(suggestion.label, finding.variables)
     return [Suggestion(label=label, uuid=new_uuid(), isRecommended=True, actions=[action])]

@@ -16,7 +16,7 @@ from typing import Any
 from fhir.resources.R4B.claim import ClaimItem
 from pydantic import ValidationError
 
-from cds_service.rules.facts import ClaimLine
+from cds_service.rules.claim_facts import ClaimLine
 
 # Elements of the primary line that the add-on line shares: same date of service, same diagnosis
 # pointers, same rendering provider and the same encounter.

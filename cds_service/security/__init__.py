@@ -1,4 +1,5 @@
-"""Who may call: JWT verification of CDS clients, trust files, the JWK Set cache.
+"""Who may call: JWT verification of CDS clients (tokens), the trusted-clients file (trust), JWK
+Sets and the cache of those fetched from ``jku`` URLs (jwks).
 
-May import fhir (its outbound HTTP session), errors and logs.
+May import fhir (its outbound HTTP configuration, fhir.http), errors and logs.
 """

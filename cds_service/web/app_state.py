@@ -9,7 +9,7 @@ from flask import Flask, current_app
 
 from cds_service.config import Settings
 from cds_service.fhir.client import FhirFetcher
-from cds_service.rulepack.pack import RulePack
+from cds_service.rulepack.models import RulePack
 from cds_service.security.tokens import TokenVerifier
 from cds_service.store.database import Store
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from cds_service.engine.evaluate import Evaluation
 from cds_service.engine.hook_call import handle_hook_call
-from cds_service.rulepack.pack import RulePack
+from cds_service.rulepack.models import RulePack
 from cds_service.rules.facts import ClinicalFacts
 from cds_service.rules.findings import Finding
 

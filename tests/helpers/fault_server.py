@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,7 +33,7 @@ def _bundle(entries: list[dict[str, Any]], next_url: str | None = None) -> dict[
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: FaultServer  # type: ignore[assignment]
+    server: FaultServer
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -43,88 +43,89 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.cookies.append(self.headers.get("Cookie"))
         self.server.accepts.append(self.headers.get("Accept"))
         scenario = self.path.strip("/").split("/")[0]
-        base = f"http://127.0.0.1:{self.server.server_port}/{scenario}/fhir"
-        if scenario.startswith("status-"):
-            self._send(int(scenario.removeprefix("status-")), {"resourceType": "OperationOutcome"})
-        elif scenario.startswith("delay-"):
-            with self.server.open_request():
-                time.sleep(int(scenario.removeprefix("delay-")) / 1000)
-            self._send(200, EMPTY_BUNDLE)
-        elif scenario == "hold":  # answered once the test calls release()
-            with self.server.open_request():
-                while not (self.server.released.wait(0.05) or self.server.stopping.is_set()):
-                    pass
-            self._send(200, EMPTY_BUNDLE)
-        elif scenario == "stall":  # the request is read, the answer never comes
-            with self.server.open_request():
-                self.server.stopping.wait()
-        elif scenario.startswith("burst-"):  # burst-N-tag: the first N requests fail with 503
-            failures = int(scenario.split("-")[1])
-            if self.server.count(scenario) <= failures:
-                self._send(503, {"resourceType": "OperationOutcome"})
-            else:
-                self._send(200, EMPTY_BUNDLE)
-        elif scenario == "slow-headers":
-            self._trickle(json.dumps(EMPTY_BUNDLE).encode())
-        elif scenario == "jwks":  # the JWK Set the test put in server.jwks; 503 while it is None
-            if self.server.jwks is None:
-                self._send(503, {"error": "unavailable"})
-            else:
-                self._raw(200, json.dumps(self.server.jwks).encode(), "application/json")
-        elif scenario == "ok":
-            self._send(200, EMPTY_BUNDLE)
-        elif scenario == "plain-json":  # application/json, not application/fhir+json
-            self._raw(200, json.dumps(EMPTY_BUNDLE).encode(), "application/json; charset=utf-8")
-        elif scenario == "cookie":
-            self.send_response(200)
-            self.send_header("Set-Cookie", "session=abc; Path=/")
-            data = json.dumps(EMPTY_BUNDLE).encode()
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        elif scenario == "garbage":
-            self._raw(200, b"{this is not json", "application/fhir+json")
-        elif scenario == "html":
-            self._raw(200, b"<html>login</html>", "text/html")
-        elif scenario == "outcome":
-            self._send(200, {"resourceType": "OperationOutcome", "issue": []})
-        elif scenario == "wrong-type":
-            self._send(200, {"resourceType": "Patient", "id": "p"})
-        elif scenario == "array":
-            self._send(200, [1, 2, 3])
-        elif scenario == "deep":  # a Procedure whose extension nests 300 levels
-            nested: dict[str, Any] = {"url": "https://example.org/x", "valueString": "x"}
-            for _ in range(300):
-                nested = {"url": "https://example.org/x", "extension": [nested]}
-            procedure = {"resourceType": "Procedure", "id": "p", "extension": [nested]}
-            self._send(200, _bundle([procedure]))
-        elif scenario == "huge":
-            self._raw(200, b'{"resourceType": "Bundle", "x": "' + b"a" * 200_000 + b'"}')
-        elif scenario == "huge-chunked":  # the same, chunked: no Content-Length to refuse it by
-            self._chunked(b'{"resourceType": "Bundle", "x": "' + b"a" * 200_000 + b'"}')
-        elif scenario == "redirect":
-            self.send_response(302)
-            self.send_header("Location", "http://127.0.0.2:9/elsewhere")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif scenario == "drip":
-            self._drip()
-        elif scenario == "reset":
-            self.connection.shutdown(2)  # close without an answer
-        elif scenario == "pages":
-            page = int(self.path.rsplit("page=", 1)[1]) if "page=" in self.path else 1
-            procedure = {
-                "resourceType": "Procedure",
-                "id": f"page-{page}",
-                "status": "completed",
-                "subject": {"reference": "Patient/p"},
-            }
-            self._send(200, _bundle([procedure], f"{base}/Procedure?page={page + 1}"))
-        elif scenario == "foreign-next":
-            self._send(200, _bundle([], "http://127.0.0.2:9/fhir/Procedure?page=2"))
+        for prefix, answer in _PARAMETERIZED.items():  # ``kind-N...``: the kind takes a number
+            if scenario.startswith(prefix):
+                answer(self, scenario)
+                return
+        _NAMED.get(scenario, _Handler._not_found)(self)
+
+    # -- scenarios with a parameter: ``{prefix}N`` ---------------------------------------------
+
+    def _status(self, scenario: str) -> None:
+        self._send(int(scenario.removeprefix("status-")), {"resourceType": "OperationOutcome"})
+
+    def _delay(self, scenario: str) -> None:
+        with self.server.open_request():
+            time.sleep(int(scenario.removeprefix("delay-")) / 1000)
+        self._send(200, EMPTY_BUNDLE)
+
+    def _burst(self, scenario: str) -> None:
+        """burst-N-tag: the first N requests fail with 503."""
+        failures = int(scenario.split("-")[1])
+        if self.server.count(scenario) <= failures:
+            self._send(503, {"resourceType": "OperationOutcome"})
         else:
-            self._send(404, {"resourceType": "OperationOutcome"})
+            self._send(200, EMPTY_BUNDLE)
+
+    # -- named scenarios -----------------------------------------------------------------------
+
+    def _hold(self) -> None:
+        """Answered once the test calls release()."""
+        with self.server.open_request():
+            while not (self.server.released.wait(0.05) or self.server.stopping.is_set()):
+                pass
+        self._send(200, EMPTY_BUNDLE)
+
+    def _stall(self) -> None:
+        """The request is read, the answer never comes."""
+        with self.server.open_request():
+            self.server.stopping.wait()
+
+    def _jwks(self) -> None:
+        """The JWK Set the test put in server.jwks; 503 while it is None."""
+        if self.server.jwks is None:
+            self._send(503, {"error": "unavailable"})
+        else:
+            self._raw(200, json.dumps(self.server.jwks).encode(), "application/json")
+
+    def _cookie(self) -> None:
+        self.send_response(200)
+        self.send_header("Set-Cookie", "session=abc; Path=/")
+        data = json.dumps(EMPTY_BUNDLE).encode()
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _deep(self) -> None:
+        """A Procedure whose extension nests 300 levels."""
+        nested: dict[str, Any] = {"url": "https://example.org/x", "valueString": "x"}
+        for _ in range(300):
+            nested = {"url": "https://example.org/x", "extension": [nested]}
+        procedure = {"resourceType": "Procedure", "id": "p", "extension": [nested]}
+        self._send(200, _bundle([procedure]))
+
+    def _redirect(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", "http://127.0.0.2:9/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _pages(self) -> None:
+        base = f"{self.server.url}/pages/fhir"
+        page = int(self.path.rsplit("page=", 1)[1]) if "page=" in self.path else 1
+        procedure: dict[str, Any] = {
+            "resourceType": "Procedure",
+            "id": f"page-{page}",
+            "status": "completed",
+            "subject": {"reference": "Patient/p"},
+        }
+        self._send(200, _bundle([procedure], f"{base}/Procedure?page={page + 1}"))
+
+    def _not_found(self) -> None:
+        self._send(404, {"resourceType": "OperationOutcome"})
+
+    # -- writing answers -----------------------------------------------------------------------
 
     def _send(self, status: int, body: Any) -> None:
         self._raw(status, json.dumps(body).encode())
@@ -183,6 +184,45 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(0.05)
         except OSError:
             return
+
+
+# The scenarios, by the first path segment of the request (see the module docstring).
+_PARAMETERIZED: dict[str, Callable[[_Handler, str], None]] = {
+    "status-": _Handler._status,
+    "delay-": _Handler._delay,
+    "burst-": _Handler._burst,
+}
+_HUGE = b'{"resourceType": "Bundle", "x": "' + b"a" * 200_000 + b'"}'
+_NAMED: dict[str, Callable[[_Handler], None]] = {
+    "hold": _Handler._hold,
+    "stall": _Handler._stall,
+    "slow-headers": lambda handler: handler._trickle(json.dumps(EMPTY_BUNDLE).encode()),
+    "jwks": _Handler._jwks,
+    "ok": lambda handler: handler._send(200, EMPTY_BUNDLE),
+    # application/json, not application/fhir+json
+    "plain-json": lambda handler: handler._raw(
+        200, json.dumps(EMPTY_BUNDLE).encode(), "application/json; charset=utf-8"
+    ),
+    "cookie": _Handler._cookie,
+    "garbage": lambda handler: handler._raw(200, b"{this is not json", "application/fhir+json"),
+    "html": lambda handler: handler._raw(200, b"<html>login</html>", "text/html"),
+    "outcome": lambda handler: handler._send(
+        200, {"resourceType": "OperationOutcome", "issue": []}
+    ),
+    "wrong-type": lambda handler: handler._send(200, {"resourceType": "Patient", "id": "p"}),
+    "array": lambda handler: handler._send(200, [1, 2, 3]),
+    "deep": _Handler._deep,
+    "huge": lambda handler: handler._raw(200, _HUGE),
+    # the same, chunked: no Content-Length to refuse it by
+    "huge-chunked": lambda handler: handler._chunked(_HUGE),
+    "redirect": _Handler._redirect,
+    "drip": _Handler._drip,
+    "reset": lambda handler: handler.connection.shutdown(2),  # close without an answer
+    "pages": _Handler._pages,
+    "foreign-next": lambda handler: handler._send(
+        200, _bundle([], "http://127.0.0.2:9/fhir/Procedure?page=2")
+    ),
+}
 
 
 class FaultServer(ThreadingHTTPServer):

@@ -9,6 +9,8 @@ from cds_service.logs import JsonFormatter
 from helpers.corpus import FIXTURE_NAMES, load_fixture
 from helpers.jwt_tokens import MINTED
 
+PATIENT_REFERENCES = ("subject", "patient", "beneficiary")  # members that point at the patient
+
 
 def sensitive_strings(body: dict[str, Any]) -> set[str]:
     """Patient ids, names and identifiers that appear in a request body."""
@@ -17,18 +19,9 @@ def sensitive_strings(body: dict[str, Any]) -> set[str]:
     def walk(value: Any) -> None:
         if isinstance(value, dict):
             if value.get("resourceType") == "Patient":
-                for name in value.get("name", []):
-                    found.update(name.get("given", []))
-                    if name.get("family"):
-                        found.add(name["family"])
+                found.update(_patient_names(value))
             for key, child in value.items():
-                if key in ("subject", "patient", "beneficiary") and isinstance(child, dict):
-                    if child.get("display"):
-                        found.add(child["display"])
-                    if isinstance(child.get("identifier"), dict):
-                        found.add(str(child["identifier"].get("value")))
-                if key == "subscriberId":
-                    found.add(str(child))
+                found.update(_member_values(key, child))
                 walk(child)
         elif isinstance(value, list):
             for item in value:
@@ -36,6 +29,29 @@ def sensitive_strings(body: dict[str, Any]) -> set[str]:
 
     walk(body)
     return {text for text in found if text and len(text) >= 4}
+
+
+def _patient_names(patient: dict[str, Any]) -> set[str]:
+    """The given and family names of a Patient resource."""
+    names: set[str] = set()
+    for name in patient.get("name", []):
+        names.update(name.get("given", []))
+        if name.get("family"):
+            names.add(name["family"])
+    return names
+
+
+def _member_values(key: str, child: Any) -> set[str]:
+    """What one member says of the patient: a reference's display and identifier, a subscriberId."""
+    values: set[str] = set()
+    if key in PATIENT_REFERENCES and isinstance(child, dict):
+        if child.get("display"):
+            values.add(child["display"])
+        if isinstance(child.get("identifier"), dict):
+            values.add(str(child["identifier"].get("value")))
+    if key == "subscriberId":
+        values.add(str(child))
+    return values
 
 
 # Access tokens the tests put in requests; minted JWTs are added by helpers.jwt_tokens.

@@ -1,0 +1,55 @@
+"""Small pieces the rules share: template values (primary code, evidence list, a rendered note),
+the claim line of the primary, and applying one claim edit per line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cds_service.rulepack.models import RulePack
+from cds_service.rules.claim_facts import ClaimLine, DraftClaim
+
+
+def primary_variables(pack: RulePack, code: str) -> dict[str, str]:
+    return {"primary_code": code, "primary_descriptor": pack.coding.primary_codes[code]}
+
+
+def evidence_list(pack: RulePack, kinds: Sequence[str]) -> str:
+    return "\n".join(f"- {pack.findings.evidence_labels[kind]}" for kind in kinds)
+
+
+def cpt_coding(pack: RulePack, code: str, display: str) -> dict[str, str]:
+    return {"system": pack.coding.systems["cpt"], "code": code, "display": display}
+
+
+def note_text(pack: RulePack, code: str, name: str, variables: dict[str, str]) -> str:
+    return pack.findings.findings[code].notes[name].format_map(variables).strip()
+
+
+# -- claim checks ------------------------------------------------------------------------------
+
+
+def primary_line(claim: DraftClaim, pack: RulePack) -> ClaimLine | None:
+    listed = pack.coding.primary_codes
+    return next((line for line in claim.lines if line.code in listed), None)
+
+
+def edit_each(
+    claim: dict[str, Any],
+    lines: Sequence[ClaimLine],
+    edit: Callable[[dict[str, Any], ClaimLine], dict[str, Any] | None],
+) -> dict[str, Any] | None:
+    """Apply ``edit`` to each line in turn; None as soon as one result is not valid FHIR."""
+    updated: dict[str, Any] | None = claim
+    for line in lines:
+        if updated is None:
+            return None
+        updated = edit(updated, line)
+    return updated
+
+
+def lines_by_date(lines: Sequence[ClaimLine]) -> dict[str | None, list[ClaimLine]]:
+    grouped: dict[str | None, list[ClaimLine]] = {}
+    for line in lines:
+        grouped.setdefault(line.serviced_date, []).append(line)
+    return grouped
