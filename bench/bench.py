@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import re
@@ -52,6 +51,7 @@ from cds_service.fhir.client import FetchPolicy, FhirFetcher
 from cds_service.rulepack.loading import default_cards_dir
 from cds_service.rulepack.models import RulePack
 from cds_service.rules.cards import FINDING_EXTENSION
+from cds_service.store.report import percentile as nearest_rank_percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
@@ -211,10 +211,11 @@ class InProcessResult:
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (``fraction`` in 0..1) of a non-empty sequence."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
-    return ordered[rank - 1]
+    """The audit report's nearest-rank percentile, of a sample the benchmark never leaves empty."""
+    found = nearest_rank_percentile(values, fraction)
+    if found is None:
+        raise BenchError("no samples to take a percentile of")
+    return found
 
 
 def bench_in_process(
