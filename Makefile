@@ -71,6 +71,11 @@ mutation-sample: $(TEST_STAMP)
 
 MUTATION_SAMPLE ?= 0.1
 
+## eval: score the service against the labelled corpus in eval/cases (fails below target; eval/README.md)
+.PHONY: eval
+eval: $(TEST_STAMP)
+	$(BIN)/python eval/run.py
+
 check-cards: $(RUNTIME_STAMP)
 	$(BIN)/cds-service check-cards
 

@@ -351,10 +351,13 @@ def test_add_on_card_lists_each_kind_of_evidence_on_its_own_line(pack: RulePack)
         numbered(),
     )
     labels = _yaml("findings.yaml")["evidence_labels"]
-    bullets = "\n".join(
-        f"- {labels[kind]}" for kind in ("focal-device-removal", "procedure-text-removal")
-    )
-    assert f"Evidence found in the record:\n{bullets}\n\n" in card["detail"]
+    kinds = ("focal-device-removal", "procedure-text-removal", "operative-note-removal")
+    bullets = "\n".join(f"- {labels[kind]}" for kind in kinds)
+    assert f"Evidence found in the record:\n{bullets}\n- Procedure/proc-3b90e4: " in card["detail"]
+    # Then the phrases that state the removal, quoted with their resource, at most three.
+    quoted = re.findall(r"^- (\w+/[\w-]+): \"(.+)\"$", card["detail"], re.MULTILINE)
+    assert 1 <= len(quoted) <= 3
+    assert all(len(quote) <= 100 and "rod" in quote for _, quote in quoted)
 
 
 def test_unconfirmed_items_are_one_bullet_each(pack: RulePack) -> None:

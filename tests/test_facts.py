@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from cds_service.rulepack.models import RulePack
 from cds_service.rules.facts import FactReader
 from cds_service.rules.findings import evaluate_rules, missing_documentation
 from cds_service.rules.record import canonical_url, day_of, links_diagnosis, reference_id
+from cds_service.rules.statements import read_text
 
 
 @pytest.mark.parametrize(
@@ -89,14 +91,24 @@ def test_diagnosis_linkage(pack: RulePack, code: str, links: bool) -> None:
 )
 def test_intramedullary_drug_device_text(pack: RulePack, text: str, identified: bool) -> None:
     """A drug carrier, a device form and an intramedullary site must all be stated."""
-    reader = FactReader(ResourceSet(), pack, "e1")
-    assert reader.describes_intramedullary_drug_device(text) is identified
+    statements = read_text(pack.nlp, pack.clinical_text, text, "Procedure/p1").statements
+    assert any(statement.qualifies for statement in statements) is identified
 
 
 def test_standard_fixture_facts(pack: RulePack) -> None:
     """The standard case: focal-device removal, primary 27722 on the claim, full documentation."""
     facts = facts_for(load_fixture("encounter-discharge--tibia-nonunion-removal.json"), pack)
-    assert facts.removal_evidence == ("focal-device-removal", "procedure-text-removal")
+    assert facts.removal_evidence == (
+        "focal-device-removal",
+        "procedure-text-removal",
+        "operative-note-removal",
+    )
+    # Each quote names its resource and is the phrase that states the removal.
+    sources = [source for source, _ in facts.quotes]
+    assert "DocumentReference/docref-op-77a0" in sources
+    assert sources[0].startswith("Procedure/")
+    assert all(len(quote) <= 100 for _, quote in facts.quotes)
+    assert all(re.search("remov|retriev", quote, re.IGNORECASE) for _, quote in facts.quotes)
     assert facts.session_primaries[0] == "27722"
     assert facts.claim is not None
     assert "removed-device-typed" in facts.evidence
@@ -403,6 +415,8 @@ def test_unlisted_surgery_without_a_removal_raises_nothing(pack: RulePack) -> No
     bundle = body["prefetch"]["procedures"]
     bundle["entry"] = [e for e in bundle["entry"] if "coding" in e["resource"]["code"]]
     bundle["total"] = len(bundle["entry"])
+    # The operative note states the removal, and is evidence on its own: it goes too.
+    body["prefetch"]["documents"] = {"resourceType": "Bundle", "type": "searchset", "total": 0}
     assert evaluate_rules(facts_for(body, pack), pack) == []
 
 
@@ -432,7 +446,9 @@ def test_a_tier_needs_both_a_drug_carrier_and_a_device_form(
     pack: RulePack, text: str, tier: str | None
 ) -> None:
     """A drug without a device form, or a form without a drug, is no drug-delivery device."""
-    assert FactReader(ResourceSet(), pack, "e1").tier_of(text) == tier
+    statements = read_text(pack.nlp, pack.clinical_text, text, "Procedure/p1").statements
+    devices = [statement for statement in statements if statement.drug_device]
+    assert (devices[0].tier if devices else None) == tier
 
 
 @pytest.mark.parametrize(

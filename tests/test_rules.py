@@ -198,6 +198,9 @@ def test_procedure_in_other_encounter_is_not_session_evidence(pack: RulePack) ->
     body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
     for entry in body["prefetch"]["procedures"]["entry"]:
         entry["resource"]["encounter"] = {"reference": "Encounter/some-other-visit"}
+    # The operative note is evidence on its own: it moves with the procedures.
+    for entry in body["prefetch"]["documents"]["entry"]:
+        entry["resource"]["context"]["encounter"] = [{"reference": "Encounter/some-other-visit"}]
     assert findings_for(body, pack) == []
 
 
@@ -213,13 +216,20 @@ def test_assistant_role_is_checked_only_with_an_assistant_modifier(pack: RulePac
 
 def test_text_evidence_needs_intramedullary_site(pack: RulePack) -> None:
     """Removing antibiotic beads from soft tissue is not 20703; in the canal it is."""
-    body = load_fixture("encounter-discharge--text-only-evidence.json")
+    body = without_operative_note(load_fixture("encounter-discharge--text-only-evidence.json"))
     assert "add-on-suggested" in by_code(findings_for(body, pack))
     for entry in body["prefetch"]["procedures"]["entry"]:
         code = entry["resource"].get("code", {})
         if "text" in code and "canal" in code["text"]:
             code["text"] = "Removal of antibiotic cement beads, subfascial soft tissue of thigh"
     assert "add-on-suggested" not in by_code(findings_for(body, pack))
+
+
+def without_operative_note(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with its operative note gone, so that the Procedure's own text is read alone (the
+    note states the removal too, and is evidence on its own)."""
+    body["prefetch"]["documents"] = {"resourceType": "Bundle", "type": "searchset", "total": 0}
+    return body
 
 
 def test_reminder_needs_a_device_in_place(pack: RulePack) -> None:
@@ -460,7 +470,7 @@ def test_canal_with_a_bone_name_is_intramedullary_evidence(
     pack: RulePack, text: str, identified: bool
 ) -> None:
     """A removal stated only in text: "canal" counts next to a long bone's name, not elsewhere."""
-    body = load_fixture("encounter-discharge--text-only-evidence.json")
+    body = without_operative_note(load_fixture("encounter-discharge--text-only-evidence.json"))
     removal = body["prefetch"]["procedures"]["entry"][0]["resource"]
     assert "canal" in removal["code"]["text"]
     removal["code"]["text"] = text

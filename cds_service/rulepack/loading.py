@@ -15,6 +15,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cds_service.paths import data_dir
 from cds_service.rulepack.checks import cross_checks
+from cds_service.rulepack.clinical_text import ClinicalTextFile
 from cds_service.rulepack.contract import PackContract
 from cds_service.rulepack.models import (
     BASE_URL_PLACEHOLDER,
@@ -27,11 +28,19 @@ from cds_service.rulepack.models import (
 )
 from cds_service.rulepack.problems import PackProblem, RulePackError
 
-PACK_FILES = ("sources.yaml", "coding.yaml", "findings.yaml", "services.yaml", "payers.yaml")
+PACK_FILES = (
+    "sources.yaml",
+    "coding.yaml",
+    "clinical-text.yaml",
+    "findings.yaml",
+    "services.yaml",
+    "payers.yaml",
+)
 QUESTIONNAIRE_FILE = "questionnaire-cpt20703-removal-documentation.json"
 FILE_MODELS: dict[str, type[BaseModel]] = {
     "sources.yaml": SourcesFile,
     "coding.yaml": CodingFile,
+    "clinical-text.yaml": ClinicalTextFile,
     "findings.yaml": FindingsFile,
     "services.yaml": ServicesFile,
     "payers.yaml": PayersFile,
@@ -77,6 +86,7 @@ def load_rule_pack(directory: Path, contract: PackContract) -> RulePack:
         directory=directory,
         sources=documents["sources.yaml"].sources,
         coding=documents["coding.yaml"],
+        clinical_text=documents["clinical-text.yaml"],
         findings=documents["findings.yaml"],
         services=documents["services.yaml"].services,
         payers=documents["payers.yaml"],
@@ -84,9 +94,21 @@ def load_rule_pack(directory: Path, contract: PackContract) -> RulePack:
     problems.extend(cross_checks(pack, line_maps, contract))
     questionnaire, questionnaire_problems = _load_questionnaire(directory, pack)
     problems.extend(questionnaire_problems)
+    problems.extend(_pipeline_problems(pack))
     if problems:
         raise RulePackError(problems)
     return replace(pack, questionnaire_template=questionnaire)
+
+
+def _pipeline_problems(pack: RulePack) -> list[PackProblem]:
+    """Build the clinical-text pipeline now, so that a bad rule fails the load, not a hook call."""
+    try:
+        _ = pack.nlp
+    except (ValueError, TypeError, KeyError) as exc:
+        return [
+            PackProblem("clinical-text.yaml", 1, f"the medspaCy pipeline cannot be built: {exc}")
+        ]
+    return []
 
 
 def _load_questionnaire(

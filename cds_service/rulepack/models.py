@@ -9,6 +9,7 @@ named apart from the wire ``Source`` and ``OverrideReason``, which hold other fi
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +18,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cds_service.protocol.models import Coding
+from cds_service.rulepack.clinical_text import ClinicalTextFile, build_pipeline
 from cds_service.rulepack.patterns import CompiledPatterns
+
+if typing.TYPE_CHECKING:  # spaCy is imported when the pipeline is first built
+    from spacy.language import Language
 
 Indicator = Literal["info", "warning", "critical"]
 BASE_URL_PLACEHOLDER = "{public_base_url}"
@@ -116,6 +121,7 @@ class Mue(Sourced):
 ScalarFact = Literal[
     "insertion_code",
     "sibling_insertion_codes",
+    "legacy_insertion_codes",
     "family_effective",
     "hardware_removal_code",
     "laterality_modifiers",
@@ -157,6 +163,7 @@ class CodingFile(_Strict):
     insertion_code: str = Field(pattern=CPT_CODE.pattern)
     insertion_display: str
     sibling_insertion_codes: list[Annotated[str, Field(pattern=CPT_CODE.pattern)]]
+    legacy_insertion_codes: list[Annotated[str, Field(pattern=CPT_CODE.pattern)]]
     family_effective: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
     siblings: dict[Literal["soft-tissue", "intra-articular"], SourcedConcept]
     hardware_removal_code: str = Field(pattern=CPT_CODE.pattern)
@@ -339,6 +346,7 @@ class RulePack:
     directory: Path
     sources: dict[str, Citation]
     coding: CodingFile
+    clinical_text: ClinicalTextFile
     findings: FindingsFile
     services: list[ServiceDefinition]
     payers: PayersFile
@@ -361,6 +369,12 @@ class RulePack:
     def patterns(self) -> CompiledPatterns:
         """Every text pattern of the pack, compiled."""
         return CompiledPatterns.from_pack(self.coding, self.payers)
+
+    @cached_property
+    def nlp(self) -> Language:
+        """The clinical-text pipeline (medspaCy), built on first use; the service builds it at
+        start-up, so that no hook call pays for it."""
+        return build_pipeline(self.clinical_text)
 
     def template_variables(self) -> dict[str, str]:
         """Placeholder values shared by every card."""

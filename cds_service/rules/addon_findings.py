@@ -85,7 +85,7 @@ def add_on_suggested(
         return []
     primary = facts.session_primaries[0]
     variables = pack.template_variables() | primary_variables(pack, primary)
-    variables["evidence"] = evidence_list(pack, facts.removal_evidence)
+    variables["evidence"] = evidence_list(pack, facts.removal_evidence, facts.quotes)
     updated: dict[str, Any] | None = None
     primary_lines = claim.lines_with(primary) if claim is not None else []
     if claim is None:

@@ -22,6 +22,7 @@ from cds_service.rules.record import (
     links_diagnosis,
     reference_id,
 )
+from cds_service.rules.statements import TextReading
 
 
 class DocumentationReader(RecordReader):
@@ -96,16 +97,32 @@ class DocumentationReader(RecordReader):
         """Procedure notes, notes on removed devices, and the session's operative notes."""
         texts = [note.text for procedure in session for note in procedure.note or [] if note.text]
         texts.extend(note.text for device in removed for note in device.note or [] if note.text)
+        for document in self.session_documents(session):
+            texts.extend(_attachment_texts(document))
+        return tuple(texts)
+
+    def session_documents(self, session: Sequence[Procedure]) -> list[DocumentReference]:
+        """The session's operative notes: reported by its Procedures, or typed as operative notes
+        and naming its encounter."""
         reported = {
             document_id
             for procedure in session
             for reference in procedure.report or []
             if (document_id := reference_id(reference, "DocumentReference"))
         }
-        for document in self.resources.documents:
-            if self.is_operative_note(document, reported):
-                texts.extend(_attachment_texts(document))
-        return tuple(texts)
+        return [
+            document
+            for document in self.resources.documents
+            if self.is_operative_note(document, reported)
+        ]
+
+    def operative_notes(self, session: Sequence[Procedure]) -> list[TextReading]:
+        """The session's operative notes read into device statements."""
+        return [
+            self.read(text, f"DocumentReference/{document.id}")
+            for document in self.session_documents(session)
+            for text in _attachment_texts(document)
+        ]
 
     def is_operative_note(self, document: DocumentReference, reported: set[str]) -> bool:
         if document.status not in (None, "current"):

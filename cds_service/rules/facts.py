@@ -21,17 +21,22 @@ from cds_service.fhir.resources import ResourceSet
 from cds_service.rulepack.models import RulePack
 from cds_service.rules.claim_facts import ClaimReader, DraftClaim
 from cds_service.rules.documentation_facts import DocumentationReader
+from cds_service.rules.history_facts import DeviceHistoryReader
 from cds_service.rules.payer_facts import PayerReader
 from cds_service.rules.record import (
     PERFORMED_STATUSES,
     QUESTIONNAIRE_PATH,
 )
-from cds_service.rules.removal_facts import RemovalEvidenceReader
 
 # Kinds of removal evidence (ClinicalFacts.removal_evidence) and of a device still in place
 # (planned removal); each needs a label in findings.yaml.
 REMOVAL_EVIDENCE_KINDS = frozenset(
-    {"procedure-coded-20703", "focal-device-removal", "procedure-text-removal"}
+    {
+        "procedure-coded-20703",
+        "focal-device-removal",
+        "procedure-text-removal",
+        "operative-note-removal",
+    }
 )
 DEVICE_IN_PLACE_KINDS = frozenset({"active-device", "prior-insertion"})
 # Structured documentation checks this reader computes; coding.yaml's documentation elements
@@ -75,6 +80,8 @@ class ClinicalFacts:
     surgeon: str | None = None  # reference to its performer (Task owner)
     patient_id: str | None = None
     questionnaire_url: str | None = None  # canonical of the documentation Questionnaire
+    quotes: tuple[tuple[str, str], ...] = ()  # (resource, phrase) stating the removal
+    sections: frozenset[str] = frozenset()  # operative-note sections present (their categories)
 
 
 def derive_facts(
@@ -91,7 +98,7 @@ def derive_facts(
     return replace(reader.facts(hook), patient_id=patient_id, questionnaire_url=questionnaire_url)
 
 
-class FactReader(RemovalEvidenceReader, ClaimReader, DocumentationReader, PayerReader):
+class FactReader(DeviceHistoryReader, ClaimReader, DocumentationReader, PayerReader):
     """Derives the facts of one call, reading each concern with its reader."""
 
     # -- the facts -------------------------------------------------------------------------
@@ -110,7 +117,9 @@ class FactReader(RemovalEvidenceReader, ClaimReader, DocumentationReader, PayerR
             for procedure in self.resources.procedures
             if procedure.status in PERFORMED_STATUSES and self.in_session(procedure.encounter)
         ]
-        evidence, removal_procedures, removed_devices = self.removal(session)
+        notes = self.operative_notes(session)
+        removal = self.removal(session, notes)
+        removal_procedures, removed_devices = removal.procedures, removal.devices
         claims = self.draft_claims(session)
         claim = claims[0] if claims else None
         days = self.session_days(session, claim)
@@ -128,7 +137,7 @@ class FactReader(RemovalEvidenceReader, ClaimReader, DocumentationReader, PayerR
         return ClinicalFacts(
             hook=hook,
             encounter_id=self.encounter_id,
-            removal_evidence=evidence,
+            removal_evidence=removal.kinds,
             session_primaries=primaries,
             other_session_procedures=others,
             claim=claim,
@@ -140,12 +149,14 @@ class FactReader(RemovalEvidenceReader, ClaimReader, DocumentationReader, PayerR
             device_in_place=in_place,
             session_date=self.session_date(session, claim),
             other_claims=tuple(claims[1:]),
-            other_tiers=self.other_tiers(session),
-            insertion_evidence=self.insertion(session),
-            prefabricated=self.prefabricated(session, removed_devices, texts),
+            other_tiers=self.other_tiers(session, notes),
+            insertion_evidence=self.insertion(session, notes),
+            prefabricated=self.prefabricated(session, removed_devices, notes),
             other_surgery=self.other_surgery(session, claim),
             payer=self.payer(claim),
             answered=self.answered(),
             removal_procedure=removal_procedures[0].id if removal_procedures else None,
             surgeon=self.surgeon(removal_procedures),
+            quotes=tuple(dict.fromkeys((s.source, s.quote) for s in removal.statements)),
+            sections=frozenset(c for note in notes for c in note.sections),
         )

@@ -14,8 +14,16 @@ def primary_variables(pack: RulePack, code: str) -> dict[str, str]:
     return {"primary_code": code, "primary_descriptor": pack.coding.primary_codes[code]}
 
 
-def evidence_list(pack: RulePack, kinds: Sequence[str]) -> str:
-    return "\n".join(f"- {pack.findings.evidence_labels[kind]}" for kind in kinds)
+def evidence_list(
+    pack: RulePack, kinds: Sequence[str], quotes: Sequence[tuple[str, str]] = ()
+) -> str:
+    """The kinds of evidence, then the phrases that state the removal, each with its resource."""
+    lines = [f"- {pack.findings.evidence_labels[kind]}" for kind in kinds]
+    lines.extend(f'- {source}: "{quote}"' for source, quote in quotes[:QUOTES_SHOWN])
+    return "\n".join(lines)
+
+
+QUOTES_SHOWN = 3  # enough to check the evidence in seconds
 
 
 def cpt_coding(pack: RulePack, code: str, display: str) -> dict[str, str]:

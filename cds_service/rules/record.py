@@ -20,6 +20,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from cds_service.fhir.resources import ResourceSet
 from cds_service.rulepack.models import ICD10CM_CODE, DiagnosisLinkage, RulePack
 from cds_service.rulepack.patterns import CompiledPatterns
+from cds_service.rules.statements import DeviceProfile, DeviceStatement, TextReading, read_text
 
 PERFORMED_STATUSES = frozenset({"completed", "in-progress"})
 ORDER_STATUSES = frozenset({"draft", "active", "on-hold", "completed"})
@@ -140,6 +141,7 @@ class RecordReader:
         self.encounter_id = encounter_id
         self.cpt = self.coding.systems["cpt"]
         self.devices = {device.id: device for device in resources.devices if device.id}
+        self._readings: dict[tuple[str, str], TextReading] = {}
         self.coded_intramedullary = self._devices_inserted_by(self.coding.insertion_code)
 
     # -- generic helpers -------------------------------------------------------------------
@@ -178,29 +180,49 @@ class RecordReader:
             implantation in codes_in(focal.action, snomed) for focal in procedure.focalDevice or []
         )
 
-    def describes_intramedullary_drug_device(self, text: str) -> bool:
-        patterns = self.patterns
-        return bool(
-            patterns.drug_carrier.search(text)
-            and patterns.device_form.search(text)
-            and patterns.intramedullary_site.search(text)
-        )
+    def read(self, text: str, source: str) -> TextReading:
+        """``text`` read into device statements (once per call)."""
+        key = (text, source)
+        if key not in self._readings:
+            self._readings[key] = read_text(self.pack.nlp, self.pack.clinical_text, text, source)
+        return self._readings[key]
 
     def device_text(self, device: Device) -> str:
         parts = [concept_text([device.type])]
         parts.extend(name.name for name in device.deviceName or [] if name.name)
         parts.extend(note.text for note in device.note or [] if note.text)
-        return " ".join(parts)
+        if device.manufacturer:
+            parts.append(f"Manufacturer: {device.manufacturer}.")
+        return ". ".join(part for part in parts if part)
 
     def procedure_text(self, procedure: Procedure) -> str:
         parts = [concept_text([procedure.code, *(procedure.bodySite or [])])]
         parts.extend(note.text for note in procedure.note or [] if note.text)
-        return " ".join(parts)
+        return ". ".join(part for part in parts if part)
+
+    def procedure_statements(self, procedure: Procedure) -> tuple[DeviceStatement, ...]:
+        return self.read(self.procedure_text(procedure), f"Procedure/{procedure.id}").statements
+
+    def device_profile(self, device: Device) -> DeviceProfile:
+        """What the Device resource says the device is."""
+        reading = self.read(self.device_text(device), f"Device/{device.id}")
+        return DeviceProfile.of(
+            reading,
+            fields_say_manufactured=bool(
+                device.manufacturer
+                or device.modelNumber
+                or device.lotNumber
+                or device.udiCarrier
+                or device.serialNumber
+            ),
+            inserted_by_code=device.id in self.coded_intramedullary,
+        )
 
     def is_intramedullary_drug_device(self, device: Device) -> bool:
-        return device.id in self.coded_intramedullary or (
-            self.describes_intramedullary_drug_device(self.device_text(device))
-        )
+        """A Device that 20703 covers: intramedullary, a drug device, not manufactured."""
+        if device.status == "entered-in-error":
+            return False
+        return self.device_profile(device).qualifies
 
     def _devices_inserted_by(self, code: str) -> frozenset[str]:
         """Devices placed by a completed Procedure coded ``code`` (e.g. 20702)."""
@@ -212,16 +234,3 @@ class RecordReader:
                     if device_id:
                         inserted.add(device_id)
         return frozenset(inserted)
-
-    def tier_of(self, text: str) -> str | None:
-        """The anatomic tier a drug-device text names: intramedullary first, then the others."""
-        patterns = self.patterns
-        if not (patterns.drug_carrier.search(text) and patterns.device_form.search(text)):
-            return None
-        if patterns.intramedullary_site.search(text):
-            return "intramedullary"
-        if patterns.intra_articular_site.search(text):
-            return "intra-articular"
-        if patterns.soft_tissue_site.search(text):
-            return "soft-tissue"
-        return None
