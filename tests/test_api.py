@@ -223,9 +223,22 @@ def test_null_prefetch_for_a_required_key_means_no_data(client: FlaskClient) -> 
     """A required key sent as null is "no data": 200 without cards, not 412."""
     body = load_fixture(STANDARD)
     body["prefetch"]["procedures"] = None
+    body["prefetch"]["documents"] = None  # the operative note alone would state the removal
     response = post(client, body)
     assert response.status_code == 200
     assert response.get_json() == {"cards": []}
+
+
+def test_the_operative_note_supports_the_card_when_procedures_are_null(
+    client: FlaskClient,
+) -> None:
+    """With the Procedures null, the session's operative note still states the removal."""
+    body = load_fixture(STANDARD)
+    body["prefetch"]["procedures"] = None
+    response = post(client, body)
+    assert response.status_code == 200
+    details = [card["detail"] for card in response.get_json()["cards"]]
+    assert any("the operative note states removal" in detail for detail in details)
 
 
 def test_fhir_json_content_type_is_accepted(client: FlaskClient) -> None:

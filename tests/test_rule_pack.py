@@ -119,7 +119,7 @@ def line_of(path: Path, needle: str) -> int:
         ("findings.yaml", "{code: \"hand-made\", display: \"The device was prepared by hand\"}", "{code: \"hand-made\", display: \"The device was prepared by hand ({note})\"}", "{note} is shown as written"),
         ("findings.yaml", "label: \"Ohio HIMA (2020): prefabricated devices do not qualify\"", "label: \"Ohio HIMA ({aoc_file}): prefabricated devices do not qualify\"", "{aoc_file} is shown as written"),
         ("findings.yaml", "      - \"NCCI procedure-to-procedure edits for the pair 20703/20680 were not retrieved.\"", "      - \"NCCI edits for the pair 20703/{add_on_code} were not retrieved.\"", "{add_on_code} is shown as written"),
-        ("coding.yaml", "- structured: [removed-device-typed]", "- structured: [removed-device-typo]", "no structured check named 'removed-device-typo'"),
+        ("coding.yaml", "- structured: [removed-device-typed, removed-device-described]", "- structured: [removed-device-typo, removed-device-described]", "no structured check named 'removed-device-typo'"),
     ],
 )  # fmt: skip
 def test_problem_is_reported_with_file_and_line(

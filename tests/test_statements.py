@@ -15,7 +15,7 @@ from helpers.corpus import load_fixture
 from helpers.engine import by_code, facts_for, findings_for
 
 from cds_service.rulepack.models import RulePack
-from cds_service.rules.statements import QUOTE_LIMIT, DeviceStatement, read_text
+from cds_service.rules.statements import QUOTE_LIMIT, TEXT_LIMIT, DeviceStatement, read_text
 
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
 
@@ -193,3 +193,11 @@ def test_the_card_quotes_the_operative_note_over_http(client: FlaskClient) -> No
         if "the operative note states removal" in card["detail"]
     ]
     assert "rod was withdrawn from the left tibia" in card["detail"]
+
+
+def test_a_text_is_read_up_to_its_limit(pack: RulePack) -> None:
+    """A client's megabyte of text costs a bounded read: what lies past the limit is not read."""
+    removal = " The hand-made antibiotic cement rod was removed from the left tibia."
+    assert counts_as_removal(pack, "Note." + removal)
+    assert not counts_as_removal(pack, "x" * TEXT_LIMIT + removal)
+    assert statements(pack, "word " * 300_000) == ()

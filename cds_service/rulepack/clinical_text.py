@@ -30,6 +30,8 @@ TargetLabel = Literal[
     "BONE",
     "SIDE",
     "ACTION",
+    "INSTRUMENT",
+    "CONFIRMED",
 ]
 ModifierCategory = Literal[
     "NEGATED_EXISTENCE",

@@ -22,7 +22,15 @@ from cds_service.rules.record import (
     links_diagnosis,
     reference_id,
 )
-from cds_service.rules.statements import TextReading
+from cds_service.rules.statements import DeviceStatement, TextReading
+
+# Operative-note sections (cards/clinical-text.yaml categories) that document an element.
+SECTION_CHECKS = {
+    "removal-reason": "removal-reason-stated",
+    "implants-removed": "implants-listed",
+    "blood-loss": "blood-loss-stated",
+    "complications": "complications-stated",
+}
 
 
 class DocumentationReader(RecordReader):
@@ -36,13 +44,17 @@ class DocumentationReader(RecordReader):
         claim: DraftClaim | None,
         primaries: Sequence[str],
         same_day: Sequence[Procedure] = (),
+        readings: Sequence[TextReading] = (),
+        removals: Sequence[DeviceStatement] = (),
     ) -> frozenset[str]:
         """Names of the structured documentation evidence that holds (see coding.yaml).
 
         A listed primary documented by a Procedure dated on a session day without an encounter
-        (``same_day``) counts as documented, like one of the session.
+        (``same_day``) counts as documented, like one of the session. ``readings`` are the
+        session's texts read into statements (operative notes, its Procedures, the removed
+        Devices) and ``removals`` the statements of the removal.
         """
-        holds: set[str] = set()
+        holds = set(self.text_evidence(readings, removals))
         if any(device.type is not None for device in removed_devices):
             holds.add("removed-device-typed")
         site_text = concept_text(
@@ -77,6 +89,35 @@ class DocumentationReader(RecordReader):
         if any(p.complication or p.complicationDetail for p in session):
             holds.add("procedure-complication")
         return frozenset(holds)
+
+    def text_evidence(
+        self, readings: Sequence[TextReading], removals: Sequence[DeviceStatement]
+    ) -> set[str]:
+        """Documentation the session's texts state, read through the statement model."""
+        holds: set[str] = set()
+        if removals:
+            holds.add("removed-device-described")
+        if any(statement.bone for statement in removals):
+            holds.add("removal-site-bone")
+        if any(statement.side for statement in removals):
+            holds.add("removal-site-laterality")
+        sections = {section for reading in readings for section in reading.sections}
+        for section, check in SECTION_CHECKS.items():
+            if section in sections:
+                holds.add(check)
+        for label, check in (
+            ("MANUAL", "manual-preparation-stated"),
+            ("CONFIRMED", "removal-confirmed"),
+        ):
+            if any(reading.says(label) for reading in readings):
+                holds.add(check)
+        if any(
+            reading.says_together("INSTRUMENT", "ACTION")
+            or reading.says_together("INSTRUMENT", "DEVICE")
+            for reading in readings
+        ):
+            holds.add("extraction-method-stated")
+        return holds
 
     def diagnosis_codes(self, session: Sequence[Procedure], claim: DraftClaim | None) -> set[str]:
         icd = self.coding.systems["icd10cm"]

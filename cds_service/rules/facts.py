@@ -51,6 +51,15 @@ STRUCTURED_CHECKS = (
     "focal-device-removal",
     "diagnosis-linkage-code",
     "procedure-complication",
+    # Read from the session's texts with the statement model (rules/statements.py).
+    "removed-device-described",
+    "manual-preparation-stated",
+    "removal-reason-stated",
+    "extraction-method-stated",
+    "removal-confirmed",
+    "implants-listed",
+    "blood-loss-stated",
+    "complications-stated",
 )
 
 
@@ -142,7 +151,14 @@ class FactReader(DeviceHistoryReader, ClaimReader, DocumentationReader, PayerRea
             other_session_procedures=others,
             claim=claim,
             evidence=self.structured_evidence(
-                session, removal_procedures, removed_devices, claim, primaries, same_day
+                session,
+                removal_procedures,
+                removed_devices,
+                claim,
+                primaries,
+                same_day,
+                readings=[*notes, *self.session_readings(session, removed_devices)],
+                removals=removal.statements,
             ),
             texts=texts,
             draft_order_primaries=draft_primaries,

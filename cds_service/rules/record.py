@@ -20,7 +20,8 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from cds_service.fhir.resources import ResourceSet
 from cds_service.rulepack.models import ICD10CM_CODE, DiagnosisLinkage, RulePack
 from cds_service.rulepack.patterns import CompiledPatterns
-from cds_service.rules.statements import DeviceProfile, DeviceStatement, TextReading, read_text
+from cds_service.rules.device_profile import DeviceProfile
+from cds_service.rules.statements import DeviceStatement, TextReading, read_text
 
 PERFORMED_STATUSES = frozenset({"completed", "in-progress"})
 ORDER_STATUSES = frozenset({"draft", "active", "on-hold", "completed"})
@@ -202,6 +203,16 @@ class RecordReader:
 
     def procedure_statements(self, procedure: Procedure) -> tuple[DeviceStatement, ...]:
         return self.read(self.procedure_text(procedure), f"Procedure/{procedure.id}").statements
+
+    def session_readings(
+        self, session: Sequence[Procedure], devices: Sequence[Device]
+    ) -> list[TextReading]:
+        """The session's Procedure texts and the removed Devices' texts, read."""
+        readings = [self.read(self.procedure_text(p), f"Procedure/{p.id}") for p in session]
+        # A Device documents through its notes; its type, names and maker fields qualify it.
+        notes = [(d, ". ".join(n.text for n in d.note or [] if n.text)) for d in devices]
+        readings += [self.read(text, f"Device/{d.id}") for d, text in notes if text]
+        return readings
 
     def device_profile(self, device: Device) -> DeviceProfile:
         """What the Device resource says the device is."""

@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from cds_service.rulepack.clinical_text import ClinicalTextFile
 
 QUOTE_LIMIT = 100
+# A text is read up to this many characters (an operative note is a few thousand): the cost of
+# reading stays bounded whatever a client sends, and spaCy refuses texts over a million.
+TEXT_LIMIT = 100_000
 REMOVAL_ACTIONS = frozenset({"remove", "exchange"})
 INSERTION_ACTIONS = frozenset({"insert", "exchange"})
 # The tier a device's form implies when nothing in its sentence names the site (facts file §1.2:
 # nails and rods are intramedullary, spacers intra-articular; beads are placed in either).
 FORM_TIERS = {"rod": "intramedullary", "nail": "intramedullary", "spacer": "intra-articular"}
-DESCRIPTOR_LABELS = frozenset({"DRUG", "CARRIER", "METAL", "MANUAL", "MANUFACTURED"})
 
 
 @dataclass(frozen=True)
@@ -84,70 +86,36 @@ class TextReading:
     statements: tuple[DeviceStatement, ...]
     labels: frozenset[tuple[str, str]] = frozenset()
     sections: frozenset[str] = frozenset()
+    sentences: tuple[frozenset[str], ...] = ()  # the labels each sentence marks
 
     def says(self, label: str) -> bool:
         return any(name == label for name, _ in self.labels)
 
-
-@dataclass(frozen=True)
-class DeviceProfile:
-    """What a Device resource's own text and fields say the device is."""
-
-    drug: bool
-    metal: bool
-    preparation: str | None
-    tier: str | None
-
-    @classmethod
-    def of(
-        cls, reading: TextReading, *, fields_say_manufactured: bool, inserted_by_code: bool
-    ) -> DeviceProfile:
-        """``fields_say_manufactured``: a manufacturer, model, lot, serial or UDI is recorded (a
-        hand-made device's text saying so wins over the fields: its cement has a maker and a lot
-        too; text saying it is manufactured wins over all);
-        ``inserted_by_code``: a 20702 placed it, so it is an intramedullary drug device."""
-        manual = reading.says("MANUAL")
-        manufactured = reading.says("MANUFACTURED") or (fields_say_manufactured and not manual)
-        carrier = reading.says("CARRIER")
-        # One device per text: a named site wins (the canal first), then what its form implies.
-        sites = {value for label, value in reading.labels if label == "SITE"}
-        forms = [statement.tier for statement in reading.statements if statement.tier]
-        tier = next(
-            (
-                site
-                for site in ("intramedullary", "intra-articular", "soft-tissue")
-                if site in sites
-            ),
-            forms[0] if forms else None,
-        )
-        if tier is None and inserted_by_code:
-            tier = "intramedullary"
-        return cls(
-            drug=inserted_by_code or reading.says("DRUG") or carrier,
-            metal=reading.says("METAL") and not (carrier or manual or reading.says("DRUG")),
-            preparation="manufactured" if manufactured else "manual" if manual else None,
-            tier=tier,
-        )
-
-    @property
-    def qualifies(self) -> bool:
-        return (
-            self.drug
-            and not self.metal
-            and self.tier == "intramedullary"
-            and self.preparation != "manufactured"
-        )
+    def says_together(self, *labels: str) -> bool:
+        """One sentence marks every one of ``labels`` ("the rod was drawn out with a hook")."""
+        return any(set(labels) <= sentence for sentence in self.sentences)
 
 
 def read_text(nlp: Language, rules: ClinicalTextFile, text: str, source: str) -> TextReading:
-    """Read ``text`` (from the resource ``source``) into device statements."""
-    doc = nlp(text)
+    """Read ``text`` (from the resource ``source``, its first TEXT_LIMIT characters) into device
+    statements."""
+    doc = nlp(text[:TEXT_LIMIT])
+    doc.ents = _device_phrases(doc)
     times = rules.section_times()
     boundaries = {word.lower() for word in rules.boundaries}
+    words = {
+        (target.label, phrase.lower()): target.value
+        for target in rules.targets
+        if target.label in ("BONE", "SIDE")
+        for phrase in target.phrases
+    }
+    bones = {word: value for (label, word), value in words.items() if label == "BONE"}
+    sides = {word: value for (label, word), value in words.items() if label == "SIDE"}
     statements: list[DeviceStatement] = []
     earlier: dict[str, DeviceStatement] = {}
     for sentence in doc.sents:
-        for statement in _sentence_statements(doc, sentence, source, times, boundaries):
+        lexicon = _Lexicon(times, boundaries, bones, sides)
+        for statement in _sentence_statements(doc, sentence, source, lexicon):
             statement = _inherit(statement, earlier.get(statement.form))
             if statement.drug or statement.metal:
                 earlier[statement.form] = statement
@@ -158,11 +126,39 @@ def read_text(nlp: Language, rules: ClinicalTextFile, text: str, source: str) ->
         if (category := span.category) is not None
     )
     labels = frozenset((ent.label_, _value(ent)) for ent in doc.ents)
-    return TextReading(tuple(statements), labels, sections)
+    sentences = tuple(
+        frozenset(ent.label_ for ent in doc.ents if sentence.start <= ent.start < sentence.end)
+        for sentence in doc.sents
+    )
+    return TextReading(tuple(statements), labels, sections, sentences)
+
+
+def _device_phrases(doc: Doc) -> tuple[Span, ...]:
+    """The marked phrases, less a manufacture word that describes the cement rather than the
+    device ("hand-made from commercially available gentamicin-premixed cement")."""
+    ents = list(doc.ents)
+    cements = [ent.start for ent in ents if ent.label_ == "CARRIER"]
+    return tuple(
+        ent
+        for ent in ents
+        if ent.label_ != "MANUFACTURED"
+        or not any(ent.end <= start <= ent.end + 3 for start in cements)
+    )
+
+
+@dataclass(frozen=True)
+class _Lexicon:
+    """What the pack says about reading a sentence: section times, phrase boundaries, and the
+    words for bones and sides (to find them inside a site phrase)."""
+
+    times: Mapping[str, str]
+    boundaries: set[str]
+    bones: Mapping[str, str]
+    sides: Mapping[str, str]
 
 
 def _sentence_statements(
-    doc: Doc, sentence: Span, source: str, times: Mapping[str, str], boundaries: set[str]
+    doc: Doc, sentence: Span, source: str, lexicon: _Lexicon
 ) -> list[DeviceStatement]:
     entities = [ent for ent in doc.ents if sentence.start <= ent.start < sentence.end]
     anchors = [ent for ent in entities if ent.label_ == "DEVICE"]
@@ -174,13 +170,13 @@ def _sentence_statements(
     for action in actions:
         attached[id(_nearest(action, anchors))].append(action)
     for anchor in anchors:
-        segment = _segment(doc, sentence, anchor, boundaries, entities)
-        mention = _describe(anchor, segment, entities, sentence, source)
+        segment = _segment(doc, sentence, anchor, lexicon.boundaries, entities)
+        mention = _describe(anchor, segment, entities, sentence, source, lexicon)
         own = attached[id(anchor)] or ([_nearest(anchor, actions)] if actions else [])
         if not own:
             statements.append(mention)
         for action in own:
-            statements.append(_with_action(mention, anchor, action, times, sentence))
+            statements.append(_with_action(mention, anchor, action, lexicon.times, sentence))
     return statements
 
 
@@ -227,6 +223,7 @@ def _describe(
     entities: Sequence[Span],
     sentence: Span,
     source: str,
+    lexicon: _Lexicon,
 ) -> DeviceStatement:
     inside = [ent for ent in entities if segment[0] <= ent.start and ent.end <= segment[1]]
     labels = {(ent.label_, _value(ent)) for ent in inside}
@@ -237,7 +234,9 @@ def _describe(
     if any(label == "MANUFACTURED" for label, _ in whole):
         preparation = "manufactured"  # a record that says both does not support the code
     form = _value(anchor)
-    bone = _nearest_value(anchor, inside, entities, "BONE")
+    bone = _nearest_value(anchor, inside, entities, "BONE") or _word_in_site(
+        anchor, inside, entities, lexicon.bones
+    )
     site = _nearest_value(anchor, inside, entities, "SITE")
     # A rod or nail in a named bone is in its canal; beads name no tier of their own.
     implied = FORM_TIERS.get(form) if bone is not None or form == "spacer" else None
@@ -251,8 +250,23 @@ def _describe(
         preparation=preparation,
         tier=tier,
         bone=bone,
-        side=_nearest_value(anchor, inside, entities, "SIDE"),
+        side=_nearest_value(anchor, inside, entities, "SIDE")
+        or _word_in_site(anchor, inside, entities, lexicon.sides),
     )
+
+
+def _word_in_site(
+    anchor: Span, inside: Sequence[Span], entities: Sequence[Span], words: Mapping[str, str]
+) -> str | None:
+    """The bone or side a site phrase names inside itself ("tibial canal", "canal of the left
+    femur"): the site's pattern holds those words, so they are not marked on their own."""
+    for pool in (inside, entities):
+        sites = [ent for ent in pool if ent.label_ == "SITE" and _value(ent) == "intramedullary"]
+        for site in sorted(sites, key=lambda span: _distance(anchor, span)):
+            for token in site:
+                if token.lower_ in words:
+                    return words[token.lower_]
+    return None
 
 
 def _nearest_value(
