@@ -94,9 +94,17 @@ def build_pipeline(rules: ClinicalTextFile) -> Language:
     warnings.filterwarnings("ignore", message=r"\[W036\]", category=UserWarning)
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
-    matcher: Any = nlp.add_pipe("medspacy_target_matcher")
+    # Targets go to a span group, not doc.ents: the TargetMatcher adds ents one at a time, which
+    # cost more than half of reading an operative note (measured: 5.5 of 9.7 ms for 312 words).
+    matcher: Any = nlp.add_pipe("medspacy_target_matcher", config={"result_type": "group"})
     context: Any = nlp.add_pipe(
-        "medspacy_context", config={"rules": None, "span_attrs": "default", "max_scope": None}
+        "medspacy_context",
+        config={
+            "rules": None,
+            "span_attrs": "default",
+            "max_scope": None,
+            "input_span_type": "group",
+        },
     )
     sectionizer: Any = nlp.add_pipe("medspacy_sectionizer", config={"rules": None})
     matcher.add(

@@ -26,6 +26,8 @@ QUOTE_LIMIT = 100
 # A text is read up to this many characters (an operative note is a few thousand): the cost of
 # reading stays bounded whatever a client sends, and spaCy refuses texts over a million.
 TEXT_LIMIT = 100_000
+# The span group the pipeline's TargetMatcher writes and its ConText reads (rulepack/clinical_text).
+SPAN_GROUP = "medspacy_spans"
 REMOVAL_ACTIONS = frozenset({"remove", "exchange"})
 INSERTION_ACTIONS = frozenset({"insert", "exchange"})
 # The tier a device's form implies when nothing in its sentence names the site (facts file §1.2:
@@ -100,7 +102,7 @@ def read_text(nlp: Language, rules: ClinicalTextFile, text: str, source: str) ->
     """Read ``text`` (from the resource ``source``, its first TEXT_LIMIT characters) into device
     statements."""
     doc = nlp(text[:TEXT_LIMIT])
-    doc.ents = _device_phrases(doc)
+    marked = _device_phrases(doc)
     times = rules.section_times()
     boundaries = {word.lower() for word in rules.boundaries}
     words = {
@@ -115,7 +117,8 @@ def read_text(nlp: Language, rules: ClinicalTextFile, text: str, source: str) ->
     earlier: dict[str, DeviceStatement] = {}
     for sentence in doc.sents:
         lexicon = _Lexicon(times, boundaries, bones, sides)
-        for statement in _sentence_statements(doc, sentence, source, lexicon):
+        entities = [ent for ent in marked if sentence.start <= ent.start < sentence.end]
+        for statement in _sentence_statements(doc, sentence, entities, source, lexicon):
             statement = _inherit(statement, earlier.get(statement.form))
             if statement.drug or statement.metal:
                 earlier[statement.form] = statement
@@ -125,9 +128,9 @@ def read_text(nlp: Language, rules: ClinicalTextFile, text: str, source: str) ->
         for span in getattr(doc._, "sections", [])
         if (category := span.category) is not None
     )
-    labels = frozenset((ent.label_, _value(ent)) for ent in doc.ents)
+    labels = frozenset((ent.label_, _value(ent)) for ent in marked)
     sentences = tuple(
-        frozenset(ent.label_ for ent in doc.ents if sentence.start <= ent.start < sentence.end)
+        frozenset(ent.label_ for ent in marked if sentence.start <= ent.start < sentence.end)
         for sentence in doc.sents
     )
     return TextReading(tuple(statements), labels, sections, sentences)
@@ -136,7 +139,7 @@ def read_text(nlp: Language, rules: ClinicalTextFile, text: str, source: str) ->
 def _device_phrases(doc: Doc) -> tuple[Span, ...]:
     """The marked phrases, less a manufacture word that describes the cement rather than the
     device ("hand-made from commercially available gentamicin-premixed cement")."""
-    ents = list(doc.ents)
+    ents = sorted(doc.spans.get(SPAN_GROUP, []), key=lambda span: span.start)
     cements = [ent.start for ent in ents if ent.label_ == "CARRIER"]
     return tuple(
         ent
@@ -158,9 +161,8 @@ class _Lexicon:
 
 
 def _sentence_statements(
-    doc: Doc, sentence: Span, source: str, lexicon: _Lexicon
+    doc: Doc, sentence: Span, entities: list[Span], source: str, lexicon: _Lexicon
 ) -> list[DeviceStatement]:
-    entities = [ent for ent in doc.ents if sentence.start <= ent.start < sentence.end]
     anchors = [ent for ent in entities if ent.label_ == "DEVICE"]
     if not anchors:  # cement alone may be an arthroplasty's cement mantle: not a device
         return []
