@@ -112,6 +112,21 @@ class Mue(Sourced):
     file: str
 
 
+class DocumentedSite(Sourced):
+    """How a Procedure's bodySite names its side (RT/LT, the laterality modifier it supports)
+    and its bone (to tell one site from another): patterns per side and per bone."""
+
+    sides: dict[Literal["RT", "LT"], list[str]] = Field(min_length=1)
+    bones: dict[str, list[str]] = Field(min_length=1)
+
+
+class SameDeviceRemovalCodes(Sourced):
+    """Hardware removal codes (20670, 20680) that duplicate 20703 when they report the same
+    device."""
+
+    codes: list[Annotated[str, Field(pattern=CPT_CODE.pattern)]] = Field(min_length=1)
+
+
 # Single-value coding facts of coding.yaml; each needs an entry in its ``fact_sources``.
 ScalarFact = Literal[
     "insertion_code",
@@ -178,6 +193,8 @@ class CodingFile(_Strict):
     documentation: list[DocumentationElement] = Field(min_length=1)
     documentation_task: DocumentationTask
     fact_sources: dict[ScalarFact, Sourced]
+    documented_site: DocumentedSite
+    hardware_removal_codes: SameDeviceRemovalCodes
 
     @cached_property
     def primary_codes(self) -> dict[str, str]:
