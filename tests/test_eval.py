@@ -125,3 +125,16 @@ def test_scoring_perfect_answers_meet_every_target() -> None:
         _result("c", set(), set()),
     ]
     assert all(target.met for target in eval_run.check_targets(eval_run.score(results)))
+
+
+def test_corpus_add_on_suggested_precision() -> None:
+    """The service never suggests +20703 where the corpus says it should not."""
+    results, codes = eval_run.run_corpus(CASES)
+    scores = eval_run.score(results, codes)
+    add_on = scores.findings["add-on-suggested"]
+    wrong = [
+        row["id"] for row in scores.misclassified if "add-on-suggested" in row["extra_findings"]
+    ]
+    assert add_on.precision == 1.0, f"add-on-suggested raised wrongly in {wrong}"
+    assert add_on.recall is not None
+    assert add_on.recall >= eval_run.ADD_ON_RECALL

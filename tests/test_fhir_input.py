@@ -87,3 +87,28 @@ def test_draft_orders_are_kept_apart() -> None:
     result = read_resources({}, bundle(order, with_type=False))
     assert len(result.draft_orders) == 1
     assert result.service_requests == []
+
+
+def test_draft_orders_procedures_and_claims_are_the_sessions_own() -> None:
+    """A Procedure or Claim sent in draftOrders is read (as the session's own), and the same
+    resource prefetched again is not read twice."""
+    claim = {
+        "resourceType": "Claim",
+        "id": "claim-own",
+        "status": "draft",
+        "type": {"coding": [{"code": "professional"}]},
+        "use": "claim",
+        "patient": {"reference": "Patient/x"},
+        "created": "2026-02-10",
+        "provider": {"reference": "Organization/o"},
+        "priority": {"coding": [{"code": "normal"}]},
+        "insurance": [{"sequence": 1, "focal": True, "coverage": {"reference": "Coverage/c"}}],
+    }
+    result = read_resources(
+        {"procedures": bundle(PROCEDURE), "claims": bundle(claim)}, bundle(PROCEDURE, claim)
+    )
+    assert result.procedures == result.own_procedures
+    assert len(result.procedures) == 1
+    assert [c.model for c in result.claims] == [c.model for c in result.own_claims]
+    assert len(result.claims) == 1
+    assert result.draft_orders == []

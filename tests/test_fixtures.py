@@ -239,6 +239,10 @@ PROMISES: dict[str, tuple[str, Any]] = {
         "point the line to the claim's supporting diagnoses",
         lambda r: _only_changed(r, "diagnosisSequence"),
     ),
+    "laterality-conflict": (
+        "the 20703 line's RT/LT replaced by the documented side",
+        lambda r: _only_changed(r, "modifiers"),
+    ),
     "provider-mismatch": (
         "the primary line's care team",
         lambda r: _only_changed(r, "careTeamSequence"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from typing import Any
 
 import pytest
@@ -676,3 +677,392 @@ def test_assistant_documentation_with_a_pack_that_asks_no_assistant_role(pack: R
     body = load_fixture("encounter-discharge--assistant-documentation.json")
     finding = by_code(findings_for(body, without_role))["assistant-documentation"]
     assert finding.note == "role-missing"
+
+
+# -- one session: add-on and primary matched by date, provider and claim (issue 13, part 3) ----
+
+OTHER_DATE = "encounter-discharge--primary-other-date.json"
+OTHER_SURGEON = "encounter-discharge--add-on-other-surgeon-claim.json"
+
+
+def claims_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        entry["resource"]
+        for entry in body["prefetch"]["claims"]["entry"]
+        if entry["resource"]["resourceType"] == "Claim"
+    ]
+
+
+def test_primary_on_another_date_of_service_is_an_orphan(pack: RulePack) -> None:
+    """A 20703 line whose only listed primary is dated another day is an orphan; dated with its
+    primary it is not."""
+    body = load_fixture(OTHER_DATE)
+    finding = by_code(findings_for(body, pack))["orphan-add-on"]
+    assert finding.note == "primary-other-date"
+    assert "dated 2025-11-18 and the 20703 line 2025-11-19" in finding.variables["note"]
+    for item in claim_of(body)["item"]:
+        item["servicedDate"] = "2025-11-18"
+    assert findings_for(body, pack) == []
+
+
+def test_an_undated_line_is_not_held_against_its_primary(pack: RulePack) -> None:
+    """A 20703 line without a date of service is not called an orphan for its date."""
+    body = load_fixture(OTHER_DATE)
+    for item in claim_of(body)["item"]:
+        if cpt(item) == "20703":
+            del item["servicedDate"]
+    assert "orphan-add-on" not in by_code(findings_for(body, pack))
+
+
+def test_no_second_20703_for_a_removal_billed_on_another_claim(pack: RulePack) -> None:
+    """The claim that reports 20703 is the session's claim, and no 20703 is proposed for the
+    primary's claim; without the 20703 claim, +20703 is suggested on the primary's claim."""
+    body = load_fixture(OTHER_SURGEON)
+    facts = facts_for(body, pack)
+    assert facts.claim is not None
+    assert [line.code for line in facts.claim.lines] == ["20703"]
+    assert [line.code for line in facts.other_claims[0].lines] == ["27470", "99024"]
+    assert "add-on-suggested" not in by_code(evaluate_rules(facts, pack))
+    bundle = body["prefetch"]["claims"]
+    bundle["entry"] = [
+        entry
+        for entry in bundle["entry"]
+        if not any(cpt(item) == "20703" for item in entry["resource"]["item"])
+    ]
+    bundle["total"] = len(bundle["entry"])
+    finding = by_code(findings_for(body, pack))["add-on-suggested"]
+    assert finding.note == "claim-updated"
+
+
+@pytest.mark.parametrize(
+    ("payer", "note"),
+    [
+        ("Blue Cross and Blue Shield of North Carolina", "other-provider-group-tin"),
+        ("UnitedHealthcare", "other-provider"),
+        ("Centers for Medicare & Medicaid Services", "other-provider"),
+    ],
+)
+def test_primary_on_another_surgeons_claim_depends_on_the_payer(
+    pack: RulePack, payer: str, note: str
+) -> None:
+    """The primary on another provider's claim: a warning, except where the payer accepts a
+    same-specialty group under one TIN; with the same provider it is the other-claim note."""
+    body = load_fixture(OTHER_SURGEON)
+    coverage = body["prefetch"]["coverage"]["entry"][0]["resource"]
+    coverage["payor"] = [{"display": payer}]
+    finding = by_code(findings_for(body, pack))["provider-mismatch"]
+    assert finding.note == note
+    assert finding.updated_claim is None
+    primary_claim = next(c for c in claims_of(body) if cpt(c["item"][0]) == "27470")
+    adding = next(c for c in claims_of(body) if cpt(c["item"][0]) == "20703")
+    primary_claim["careTeam"] = copy.deepcopy(adding["careTeam"])
+    finding = by_code(findings_for(body, pack))["provider-mismatch"]
+    assert finding.note in ("other-claim", "other-claim-required")
+
+
+def test_care_team_is_compared_with_the_primary_of_the_same_date(pack: RulePack) -> None:
+    """Two dates, each with its primary: the care team of a 20703 line is compared with the
+    primary of its own date, not with the first primary of the claim."""
+    body = load_fixture("encounter-discharge--units-two-dates.json")
+    claim = claim_of(body)
+    claim["careTeam"].append(copy.deepcopy(claim["careTeam"][0]) | {"sequence": 2})
+    dates = sorted({item["servicedDate"] for item in claim["item"]})
+    for item in claim["item"]:
+        if item["servicedDate"] == dates[1]:
+            item["careTeamSequence"] = [2]
+    assert "provider-mismatch" not in by_code(findings_for(body, pack))
+    for item in claim["item"]:
+        if item["servicedDate"] == dates[1] and cpt(item) != "20703":
+            item["careTeamSequence"] = [1]
+    assert by_code(findings_for(body, pack))["provider-mismatch"].note == "care-team"
+
+
+# -- laterality from the documented site --------------------------------------------------------
+
+
+def removal_procedure(body: dict[str, Any]) -> dict[str, Any]:
+    return next(
+        entry["resource"]
+        for entry in body["prefetch"]["procedures"]["entry"]
+        if "Removal" in entry["resource"]["code"].get("text", "")
+    )
+
+
+def new_line_sides(finding: Finding) -> set[str]:
+    line = claim_items(finding)[-1]
+    return {c["code"] for m in line.get("modifier", []) for c in m["coding"]}
+
+
+def without_sides_in_text(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with no side named in the removal's texts or an operative note, so that only its
+    bodySite can document a side (the sentences stating the removal count when it names none)."""
+    removal = removal_procedure(body)
+    removal["code"]["text"] = re.sub(r"(?i)\b(left|right) ", "", removal["code"].get("text", ""))
+    for note in removal.get("note", []):
+        note["text"] = re.sub(r"(?i)\b(left|right) ", "", note["text"])
+    body["prefetch"]["documents"] = {"resourceType": "Bundle", "type": "searchset", "total": 0}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("site", "sides", "conflict"),
+    [
+        ("Left tibia, medullary canal", {"LT"}, False),
+        ("Right tibia, medullary canal", {"RT"}, True),
+        ("Tibia, medullary canal", set(), False),
+        ("Left and right tibiae", set(), False),
+    ],
+)
+def test_suggested_line_takes_the_side_of_the_documented_site(
+    pack: RulePack, site: str, sides: set[str], conflict: bool
+) -> None:
+    """The new 20703 line takes RT/LT from the removal's bodySite, none when it names no side
+    (or both); a primary line on another side than the site is reported."""
+    body = without_sides_in_text(load_fixture("encounter-discharge--tibia-nonunion-removal.json"))
+    removal_procedure(body)["bodySite"] = [{"text": site}]
+    findings = by_code(findings_for(body, pack))
+    assert new_line_sides(findings["add-on-suggested"]) == sides
+    assert ("laterality-conflict" in findings) is conflict
+    if sides:
+        assert f"modifier {min(sides)}" in findings["add-on-suggested"].variables["note"]
+    else:
+        assert "no RT/LT modifier" in findings["add-on-suggested"].variables["note"]
+
+
+def test_side_is_read_from_the_body_site_coding_display(pack: RulePack) -> None:
+    """A bodySite coded with a display that names the side documents it."""
+    body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
+    removal_procedure(body)["bodySite"] = [
+        {"coding": [{"system": "http://snomed.info/sct", "code": "12611008", "display": "Right"}]}
+    ]
+    findings = by_code(findings_for(body, pack))
+    assert new_line_sides(findings["add-on-suggested"]) == {"RT"}
+    assert findings["laterality-conflict"].note == "primary-line"
+
+
+@pytest.mark.parametrize(
+    ("modifiers", "fires", "after"),
+    [
+        (["LT"], True, ["RT"]),
+        (["LT", "51"], True, ["51", "RT"]),
+        (["RT"], False, None),
+        ([], False, None),
+        (["RT", "LT"], True, ["RT"]),
+    ],
+)
+def test_laterality_conflict_on_the_add_on_line(
+    pack: RulePack, modifiers: list[str], fires: bool, after: list[str] | None
+) -> None:
+    """A 20703 line with a side the record does not document is reported, and the suggestion
+    keeps its other modifiers and gives it the documented side."""
+    body = load_fixture("encounter-discharge--laterality-conflict.json")
+    with_laterality(body, "20703", modifiers)
+    findings = by_code(findings_for(body, pack))
+    assert ("laterality-conflict" in findings) is fires
+    if after is not None:
+        finding = findings["laterality-conflict"]
+        assert finding.note == "add-on"
+        (line,) = [item for item in claim_items(finding) if cpt(item) == "20703"]
+        assert sorted(c["code"] for m in line["modifier"] for c in m["coding"]) == after
+
+
+def test_no_laterality_conflict_without_a_documented_side(pack: RulePack) -> None:
+    """When the removal's site names no side, the claim's side cannot conflict with it."""
+    body = without_sides_in_text(load_fixture("encounter-discharge--laterality-conflict.json"))
+    removal_procedure(body)["bodySite"] = [{"text": "Tibia, medullary canal"}]
+    assert "laterality-conflict" not in by_code(findings_for(body, pack))
+
+
+def test_the_sentence_stating_the_removal_documents_a_side_the_site_does_not_name(
+    pack: RulePack,
+) -> None:
+    """With no side in the bodySite, the removal's own text ("… left tibia") gives the side."""
+    body = load_fixture("encounter-discharge--tibia-nonunion-removal.json")
+    removal_procedure(body)["bodySite"] = [{"text": "Tibia, medullary canal"}]
+    findings = by_code(findings_for(body, pack))
+    assert new_line_sides(findings["add-on-suggested"]) == {"LT"}
+
+
+def test_two_documented_sides_give_a_conflict_without_a_fix(pack: RulePack) -> None:
+    """Removals documented on both sides: a 20703 line naming either side agrees with the
+    record, so nothing is reported."""
+    body = load_fixture("encounter-discharge--laterality-conflict.json")
+    removal_procedure(body)["bodySite"] = [{"text": "Right and left tibia"}]
+    assert "laterality-conflict" not in by_code(findings_for(body, pack))
+
+
+# -- code effective dates ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("day", "fires"), [("2019-12-31", True), ("2020-01-01", False)])
+def test_a_20703_before_the_code_existed_is_a_warning(
+    pack: RulePack, day: str, fires: bool
+) -> None:
+    """A 20703 line dated before 2020-01-01 raises code-not-effective (the only advice then)."""
+    body = redated("encounter-discharge--already-billed.json", day)
+    findings = by_code(findings_for(body, pack))
+    assert ("code-not-effective" in findings) is fires
+    if fires:
+        assert list(findings) == ["code-not-effective"]
+        assert findings["code-not-effective"].variables["service_date"] == day
+        assert pack.findings.findings["code-not-effective"].indicator == "warning"
+
+
+def test_code_not_effective_reads_the_20703_line_not_the_session(pack: RulePack) -> None:
+    """Only a 20703 line dated before the family counts: a 2019 primary line alone does not."""
+    body = load_fixture("encounter-discharge--before-2020.json")
+    for item in claim_of(body)["item"]:
+        if cpt(item) == "20703":
+            item["productOrService"]["coding"][0]["code"] = "27722"
+    assert "code-not-effective" not in by_code(findings_for(body, pack))
+
+
+# -- 20670/20680 for the same device ---------------------------------------------------------
+
+SAME_DEVICE = "encounter-discharge--hardware-removal-same-device.json"
+OTHER_SITE = "encounter-discharge--hardware-removal-other-site.json"
+
+
+def recode(body: dict[str, Any], old: str, new: str) -> None:
+    """Every claim line and Procedure coded ``old`` coded ``new`` instead."""
+    for item in claim_of(body)["item"]:
+        if cpt(item) == old:
+            item["productOrService"]["coding"][0]["code"] = new
+    for entry in body["prefetch"]["procedures"]["entry"]:
+        for coding in entry["resource"]["code"].get("coding", []):
+            if coding.get("code") == old:
+                coding["code"] = new
+
+
+def test_20670_for_the_same_device_is_duplicate_reporting(pack: RulePack) -> None:
+    """20670 (superficial) for the drug device itself is judged like 20680."""
+    body = load_fixture(SAME_DEVICE)
+    recode(body, "20680", "20670")
+    finding = by_code(findings_for(body, pack))["duplicate-hardware-removal"]
+    assert finding.note == "same-device"
+    assert finding.variables["hardware_code"] == "20670"
+    assert [cpt(item) for item in claim_items(finding)] == ["27722", "20703"]
+
+
+def test_hardware_removal_of_the_drug_device_by_its_text(pack: RulePack) -> None:
+    """Without a focalDevice, a 20680 whose text names the drug device is the same device."""
+    body = load_fixture(SAME_DEVICE)
+    hardware = procedure_coded(body, "20680")
+    del hardware["focalDevice"]
+    assert by_code(findings_for(body, pack))["duplicate-hardware-removal"].note == "same-device"
+    hardware["note"] = [{"text": "Guide wire removed from the left tibia."}]
+    hardware["code"]["text"] = "Removal of implant, deep: guide wire, left tibia"
+    assert "duplicate-hardware-removal" not in by_code(findings_for(body, pack))
+
+
+@pytest.mark.parametrize(
+    ("site", "fires"),
+    [
+        ("Left distal femur", False),
+        ("Right tibia", False),
+        ("Left tibia, proximal", True),
+        ("Distal femur", False),
+        ("Left side", True),
+    ],
+)
+def test_other_hardware_at_another_documented_site(pack: RulePack, site: str, fires: bool) -> None:
+    """A 20680 whose Procedure documents another bone or side than the removal is other
+    hardware; at the same site (or a site that cannot be told apart) it is a duplicate."""
+    body = load_fixture(OTHER_SITE)
+    procedure_coded(body, "20680")["bodySite"] = [{"text": site}]
+    assert ("duplicate-hardware-removal" in by_code(findings_for(body, pack))) is fires
+
+
+def test_hardware_removal_on_another_date_is_not_compared(pack: RulePack) -> None:
+    """A same-device 20680 on a date without 20703 is not duplicate reporting of it."""
+    body = load_fixture(SAME_DEVICE)
+    for item in claim_of(body)["item"]:
+        if cpt(item) == "20680":
+            item["servicedDate"] = "2026-10-09"
+    assert "duplicate-hardware-removal" not in by_code(findings_for(body, pack))
+
+
+# -- order-sign with what the EHR sends (issue 13, part 5) ------------------------------------
+
+NO_ENCOUNTER = "order-sign--draft-claim-no-encounter.json"
+CLAIM_OTHER_DAY = "order-sign--draft-claim-other-day.json"
+
+
+def draft_orders(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [entry["resource"] for entry in body["context"]["draftOrders"]["entry"]]
+
+
+def without_draft_claim(body: dict[str, Any]) -> None:
+    bundle = body["context"]["draftOrders"]
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "Claim"]
+
+
+def test_draft_orders_procedures_and_claim_are_the_sessions(pack: RulePack) -> None:
+    """Without encounterId the session is the draftOrders Claim's date: its Procedures are the
+    session's, the Claim is its claim, and the suggestion updates that Claim."""
+    body = load_fixture(NO_ENCOUNTER)
+    assert "encounterId" not in body["context"]
+    facts = facts_for(body, pack, today="2030-01-01")
+    assert facts.claim is not None
+    assert facts.claim.own
+    assert facts.session_date == "2026-02-10"
+    finding = by_code(evaluate_rules(facts, pack))["add-on-suggested"]
+    assert finding.updated_claim is not None
+    assert finding.updated_claim["id"] == next(
+        r["id"] for r in draft_orders(body) if r["resourceType"] == "Claim"
+    )
+
+
+def test_without_a_claim_the_session_is_the_signing_day(pack: RulePack) -> None:
+    """No Claim in draftOrders: the session is the day the hook fires; a removal in prefetch
+    counts on that day only."""
+    body = load_fixture(CLAIM_OTHER_DAY)
+    without_draft_claim(body)
+    on_removal_day = by_code(findings_for(body, pack, today="2026-02-18"))
+    assert on_removal_day["add-on-suggested"].note == "no-claim"
+    assert findings_for(body, pack, today="2026-03-04") == []
+
+
+def test_draft_claim_other_day_fires_once_the_removal_is_on_its_day(pack: RulePack) -> None:
+    """The near miss differs from a firing case only by the removal's date."""
+    body = load_fixture(CLAIM_OTHER_DAY)
+    assert findings_for(body, pack) == []
+    (removal,) = [entry["resource"] for entry in body["prefetch"]["procedures"]["entry"]]
+    removal["performedDateTime"] = "2026-03-04" + removal["performedDateTime"][10:]
+    assert "add-on-suggested" in by_code(findings_for(body, pack))
+
+
+def test_claim_checks_run_at_order_sign_on_the_draft_claim(pack: RulePack) -> None:
+    """The claim checks run at order-sign as at discharge: a 20703 already on the draftOrders
+    Claim with modifier 51 is caught, and no second 20703 is proposed."""
+    body = load_fixture(NO_ENCOUNTER)
+    claim = next(r for r in draft_orders(body) if r["resourceType"] == "Claim")
+    add_on = copy.deepcopy(claim["item"][0]) | {"sequence": 2}
+    add_on["productOrService"] = {"coding": [{"system": CPT, "code": "20703"}]}
+    add_on["modifier"] = [{"coding": [{"system": CPT, "code": "51"}]}]
+    claim["item"].append(add_on)
+    findings = by_code(findings_for(body, pack))
+    assert "modifier-51-on-add-on" in findings
+    assert "add-on-suggested" not in findings
+
+
+def test_a_draft_order_procedure_of_another_encounter_is_still_the_sessions(
+    pack: RulePack,
+) -> None:
+    """With an encounterId, a Procedure sent in draftOrders is the session's whatever encounter
+    it names; in prefetch only, it would not be."""
+    body = load_fixture(NO_ENCOUNTER)
+    body["context"]["encounterId"] = "enc-signing-visit"
+    assert "add-on-suggested" in by_code(findings_for(body, pack))
+    moved = body["context"]["draftOrders"]["entry"]
+    body["context"]["draftOrders"]["entry"] = [
+        e for e in moved if e["resource"]["resourceType"] == "ServiceRequest"
+    ]
+    procedures = body["prefetch"]["procedures"]
+    procedures["entry"] = [
+        {"fullUrl": f"urn:uuid:{e['resource']['id']}", "resource": e["resource"]}
+        for e in moved
+        if e["resource"]["resourceType"] == "Procedure"
+    ]
+    procedures["total"] = len(procedures["entry"])
+    assert findings_for(body, pack) == []

@@ -50,8 +50,13 @@ def evaluate(
     data: HookData,
     uuid_factory: Callable[[], str] = new_uuid,
     public_base_url: str = DEFAULT_PUBLIC_BASE_URL,
+    today: str | None = None,
 ) -> Evaluation:
-    """Read the facts from ``data``, run the rules, and build the cards."""
+    """Read the facts from ``data``, run the rules, and build the cards.
+
+    ``today`` (YYYY-MM-DD) is the day the hook fires: without an ``encounterId`` and without a
+    draft Claim in ``draftOrders``, the session is that day's (the caller reads the clock).
+    """
     resources = read_resources(data.values, request.context.get("draftOrders"))
     encounter_id = request.context.get("encounterId")
     patient_id = request.context.get("patientId")
@@ -62,6 +67,7 @@ def evaluate(
         encounter_id if isinstance(encounter_id, str) else None,
         patient_id if isinstance(patient_id, str) else None,
         public_base_url,
+        today,
     )
     findings = evaluate_rules(facts, pack)
     cards = build_cards(findings, pack, uuid_factory, data_caveats(data), facts.payer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -69,12 +70,14 @@ def handle_hook_call(
     client_fhir_servers: Sequence[str] = (),
     public_base_url: str = DEFAULT_PUBLIC_BASE_URL,
     fetch_stats: FetchStats | None = None,
+    today: str | None = None,
 ) -> HookResult:
     """Validate a hook request, complete its data, and answer it with cards.
 
     ``client_fhir_servers`` are FHIR base URLs the authenticated client's trust entry allows,
     on top of the configured outbound allowlist. ``fetch_stats``, when given, is filled in even
-    when the call ends in an error (the audit trail records it).
+    when the call ends in an error (the audit trail records it). ``today`` (YYYY-MM-DD), the day
+    the hook fires, defaults to the server's local date: the only clock read of a hook call.
     """
     service = find_service(pack, service_id)
     request = parse_hook_request(body)
@@ -89,7 +92,8 @@ def handle_hook_call(
     if max_bundle_entries is not None:
         _check_size(request, max_bundle_entries)
     data = gather(service, request, fetcher, client_fhir_servers, fetch_stats)
-    evaluation = evaluate(pack, service, request, data, uuid_factory, public_base_url)
+    signing_day = today if today is not None else date.today().isoformat()
+    evaluation = evaluate(pack, service, request, data, uuid_factory, public_base_url, signing_day)
     return HookResult(evaluation, data.fetch_stats)
 
 

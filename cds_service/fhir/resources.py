@@ -59,6 +59,10 @@ class ResourceSet:
     procedures: list[Procedure] = field(default_factory=list)
     service_requests: list[ServiceRequest] = field(default_factory=list)
     draft_orders: list[ServiceRequest] = field(default_factory=list)
+    # Procedures and Claims sent in context.draftOrders: the session's own (they are also in
+    # ``procedures`` and ``claims``, and a prefetched copy with the same id is left out).
+    own_procedures: list[Procedure] = field(default_factory=list)
+    own_claims: list[ClaimInput] = field(default_factory=list)
     claims: list[ClaimInput] = field(default_factory=list)
     devices: list[Device] = field(default_factory=list)
     conditions: list[Condition] = field(default_factory=list)
@@ -90,8 +94,17 @@ def read_resources(prefetch: Mapping[str, Any], draft_orders: Any = None) -> Res
     seen: set[tuple[str, str]] = set()
     for resource in iter_resources(draft_orders):
         parsed = _parse(resource, "context.draftOrders", result)
-        if parsed is not None and isinstance(parsed[0], ServiceRequest):
+        if parsed is None:
+            continue
+        if isinstance(parsed[0], ServiceRequest):
             result.draft_orders.append(parsed[0])
+        elif isinstance(parsed[0], Procedure | Claim):
+            seen.add((str(resource.get("resourceType")), str(resource.get("id", ""))))
+            _file(*parsed, result)
+            if isinstance(parsed[0], Procedure):
+                result.own_procedures.append(parsed[0])
+            else:
+                result.own_claims.append(result.claims[-1])
     for key, value in prefetch.items():
         for resource in iter_resources(value):
             identity = (str(resource.get("resourceType")), str(resource.get("id", "")))

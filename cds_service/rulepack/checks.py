@@ -106,6 +106,8 @@ def _check_fact_sources(report: _Report, coding: CodingFile) -> None:
         ("device_actions",): coding.device_actions,
         ("diagnosis_linkage",): coding.diagnosis_linkage,
         ("mue",): coding.mue,
+        ("documented_site",): coding.documented_site,
+        ("hardware_removal_codes",): coding.hardware_removal_codes,
     }
     sourced |= {("siblings", name): sibling for name, sibling in coding.siblings.items()}
     sourced |= {("fact_sources", name): fact for name, fact in coding.fact_sources.items()}
@@ -120,6 +122,11 @@ def _check_text_patterns(report: _Report, coding: CodingFile) -> None:
     for field_name in TextPatterns.model_fields:
         for index, pattern in enumerate(getattr(coding.text_patterns, field_name)):
             report.check_regex("coding.yaml", ("text_patterns", field_name, index), pattern)
+    site = coding.documented_site
+    for kind, groups in (("sides", site.sides), ("bones", site.bones)):
+        for name, patterns in groups.items():
+            for index, pattern in enumerate(patterns):
+                report.check_regex("coding.yaml", ("documented_site", kind, name, index), pattern)
 
 
 def _check_documentation(report: _Report, coding: CodingFile, contract: PackContract) -> None:

@@ -72,6 +72,19 @@ def _coding_facts(pack: RulePack) -> list[tuple[str, str, Sourced]]:
             coding.diagnosis_linkage,
         ),
     ]
+    site = coding.documented_site
+    facts += [
+        (
+            "documented_site",
+            f"sides {', '.join(site.sides)} and bones {', '.join(site.bones)} from the bodySite",
+            site,
+        ),
+        (
+            "hardware_removal_codes",
+            ", ".join(coding.hardware_removal_codes.codes),
+            coding.hardware_removal_codes,
+        ),
+    ]
     for name, fact in coding.fact_sources.items():
         value = getattr(coding, name)
         shown = ", ".join(value) if isinstance(value, list) else str(value)

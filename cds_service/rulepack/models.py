@@ -117,6 +117,19 @@ class Mue(Sourced):
     file: str
 
 
+class DocumentedSite(Sourced):
+    """Patterns per side (RT/LT) and per bone that a removal's bodySite may name."""
+
+    sides: dict[Literal["RT", "LT"], list[str]] = Field(min_length=1)
+    bones: dict[str, list[str]] = Field(min_length=1)
+
+
+class SameDeviceRemovalCodes(Sourced):
+    """Hardware removal codes (20670, 20680): duplicates of 20703 for the same device."""
+
+    codes: list[Annotated[str, Field(pattern=CPT_CODE.pattern)]] = Field(min_length=1)
+
+
 # Single-value coding facts of coding.yaml; each needs an entry in its ``fact_sources``.
 ScalarFact = Literal[
     "insertion_code",
@@ -149,8 +162,7 @@ class DocumentationElement(_Strict):
 
 
 class DocumentationTask(_Strict):
-    """The FHIR Task that asks for missing documentation: SDC's codes for "complete this
-    Questionnaire", and the start of its description (the missing elements follow)."""
+    """The Task asking for missing documentation: SDC codes, then its description's start."""
 
     code: Coding
     input_type: Coding
@@ -185,6 +197,8 @@ class CodingFile(_Strict):
     documentation: list[DocumentationElement] = Field(min_length=1)
     documentation_task: DocumentationTask
     fact_sources: dict[ScalarFact, Sourced]
+    documented_site: DocumentedSite
+    hardware_removal_codes: SameDeviceRemovalCodes
 
     @cached_property
     def primary_codes(self) -> dict[str, str]:
@@ -372,8 +386,7 @@ class RulePack:
 
     @cached_property
     def nlp(self) -> Language:
-        """The clinical-text pipeline (medspaCy), built on first use; the service builds it at
-        start-up, so that no hook call pays for it."""
+        """The clinical-text pipeline (medspaCy), built once, when the pack loads."""
         return build_pipeline(self.clinical_text)
 
     def template_variables(self) -> dict[str, str]:

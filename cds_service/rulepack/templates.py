@@ -39,6 +39,12 @@ _WORST_CASE_VALUES = {
     "tier_label": max(TIER_LABELS.values(), key=len),
     # The longest ICD-10-CM code has 8 characters with its dot; a claim can list many.
     "conflicting": capped_list(["T84.610A"] * 100_000),
+    "hardware_code": "99999",
+    "line_code": "99999",
+    "claim_side": "LT, RT",
+    "documented_side": "LT, RT",
+    "service_date": "2019-12-31",
+    "family_effective": "2020-01-01",
 }
 
 

@@ -13,13 +13,14 @@ from typing import Any
 
 from cds_service.rulepack.models import DocumentationElement, RulePack
 from cds_service.rules import claim_edit
-from cds_service.rules.claim_facts import DraftClaim
 from cds_service.rules.contract import Finding, declare
 from cds_service.rules.facts import DEVICE_IN_PLACE_KINDS, REMOVAL_EVIDENCE_KINDS, ClinicalFacts
 from cds_service.rules.finding_values import (
     cpt_coding,
+    dated_primaries,
     evidence_list,
     note_text,
+    primary_line,
     primary_variables,
 )
 
@@ -27,15 +28,29 @@ from cds_service.rules.finding_values import (
 def orphan_add_on(
     facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
 ) -> list[Finding]:
-    """20703 on the draft claim with no line for a listed primary."""
+    """20703 on the draft claim with no line for a listed primary on its date of service."""
     claim = facts.claim
-    if claim is None or not _is_orphan(claim, pack):
+    if claim is None:
+        return []
+    unmatched = [
+        line
+        for line in claim.lines_with(pack.coding.add_on.code)
+        if not dated_primaries(claim, line, pack)
+    ]
+    if not unmatched:
         return []
     variables = dict(pack.template_variables())
-    add_on_line = claim.lines_with(pack.coding.add_on.code)[0]
+    add_on_line = unmatched[0]
     other_lines = [line for line in claim.lines if line.code and line is not add_on_line]
+    other_date = primary_line(claim, pack)
     updated: dict[str, Any] | None = None
-    if facts.session_primaries:
+    if other_date is not None:
+        variables |= primary_variables(pack, other_date.code or "") | {
+            "primary_date": other_date.serviced_date or "",
+            "add_on_date": add_on_line.serviced_date or "",
+        }
+        note = "primary-other-date"
+    elif facts.session_primaries:
         variables |= primary_variables(pack, facts.session_primaries[0])
         note = "primary-not-on-claim"
     elif not other_lines and facts.other_session_procedures == 0:
@@ -55,22 +70,23 @@ def orphan_add_on(
 ORPHAN_ADD_ON = declare(
     orphan_add_on,
     "orphan-add-on",
-    variables={"note", "payer_label", "primary_code", "primary_descriptor"},
+    variables={
+        "add_on_date",
+        "note",
+        "payer_label",
+        "primary_code",
+        "primary_date",
+        "primary_descriptor",
+    },
     notes={
         "other-procedures-commercial",
         "other-procedures-medicare",
         "primary-not-on-claim",
+        "primary-other-date",
         "removal-only",
     },
     suggestion=True,
 )
-
-
-def _is_orphan(claim: DraftClaim, pack: RulePack) -> bool:
-    listed = pack.coding.primary_codes
-    return bool(claim.lines_with(pack.coding.add_on.code)) and not any(
-        line.code in listed for line in claim.lines
-    )
 
 
 def add_on_suggested(
@@ -81,11 +97,19 @@ def add_on_suggested(
         return []
     claim = facts.claim
     add_on = pack.coding.add_on
-    if claim is not None and claim.lines_with(add_on.code):
-        return []
+    claims = [claim, *facts.other_claims] if claim is not None else []
+    if any(draft.lines_with(add_on.code) for draft in claims):
+        return []  # the removal is already billed: never a second 20703
     primary = facts.session_primaries[0]
     variables = pack.template_variables() | primary_variables(pack, primary)
     variables["evidence"] = evidence_list(pack, facts.removal_evidence, facts.quotes)
+    side = next(iter(facts.documented_sides)) if len(facts.documented_sides) == 1 else None
+    variables["laterality"] = (
+        f"modifier {side}, the side of the removal's documented site"
+        if side
+        else "no RT/LT modifier: the removal's documented site names no side (add the modifier "
+        "once the operative note states the side)"
+    )
     updated: dict[str, Any] | None = None
     primary_lines = claim.lines_with(primary) if claim is not None else []
     if claim is None:
@@ -97,11 +121,12 @@ def add_on_suggested(
             claim.source.raw,
             primary_lines[0],
             cpt_coding(pack, add_on.code, add_on.display),
-            frozenset(pack.coding.laterality_modifiers),
+            frozenset(),  # the side comes from the documented site, not the primary line
         )
         note = "no-claim" if result is None else "claim-updated"
         if result is not None:
             updated, sequence = result
+            updated = _with_side(updated, side, pack.coding.systems["hcpcs"])
             variables["line_sequence"] = str(sequence)
     variables["note"] = note_text(pack, "add-on-suggested", note, variables)
     return [Finding("add-on-suggested", variables, updated_claim=updated, note=note)]
@@ -110,11 +135,27 @@ def add_on_suggested(
 ADD_ON_SUGGESTED = declare(
     add_on_suggested,
     "add-on-suggested",
-    variables={"evidence", "line_sequence", "note", "primary_code", "primary_descriptor"},
+    variables={
+        "evidence",
+        "laterality",
+        "line_sequence",
+        "note",
+        "primary_code",
+        "primary_descriptor",
+    },
     notes={"claim-updated", "no-claim", "primary-not-on-claim"},
     suggestion=True,
     evidence_kinds=REMOVAL_EVIDENCE_KINDS,
 )
+
+
+def _with_side(claim: dict[str, Any], side: str | None, system: str) -> dict[str, Any]:
+    """The claim with its last (new) line carrying the documented side, when there is one."""
+    if side is None:
+        return claim
+    items = list(claim["item"])
+    items[-1] = items[-1] | {"modifier": [{"coding": [{"system": system, "code": side}]}]}
+    return claim | {"item": items}
 
 
 def documentation_missing(

@@ -10,12 +10,13 @@ from __future__ import annotations
 from cds_service.rulepack.models import RulePack
 from cds_service.rulepack.templates import capped_list
 from cds_service.rules import claim_edit
+from cds_service.rules.claim_facts import ClaimLine
 from cds_service.rules.contract import Finding, declare
 from cds_service.rules.facts import ClinicalFacts
 from cds_service.rules.finding_values import (
+    dated_primaries,
     edit_each,
     note_text,
-    primary_line,
 )
 from cds_service.rules.record import has_icd10cm_prefix, icd10cm_compact, links_diagnosis
 
@@ -148,7 +149,8 @@ DIAGNOSIS_UNSUPPORTED = declare(
 def provider_mismatch(
     facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
 ) -> list[Finding]:
-    """20703 and its primary under different rendering providers, or on different claims.
+    """20703 and its primary (a listed primary on its date of service) under different
+    rendering providers, or on different claims.
 
     How serious that is depends on the payer's checked policy (``add_on_billing`` in
     payers.yaml): the note, and with it the card's indicator, says what applies.
@@ -157,38 +159,46 @@ def provider_mismatch(
     if claim is None:
         return []
     add_on_lines = claim.lines_with(pack.coding.add_on.code)
-    if not add_on_lines:
-        return []
-    primary = primary_line(claim, pack)
     profile = pack.payers.profile(facts.payer)
     billing = profile.add_on_billing
+    group = billing is not None and billing.rendering_provider == "same-provider-or-group-tin"
     variables = pack.template_variables() | {"payer_label": profile.label}
-    if primary is not None:
-        mismatched = [
-            line
-            for line in add_on_lines
-            if primary.care_team_sequence and line.care_team_sequence != primary.care_team_sequence
-        ]
-        if not mismatched:
-            return []
-        care_team = {"careTeamSequence": list(primary.care_team_sequence)}
+    mismatched: list[tuple[ClaimLine, ClaimLine]] = []
+    for line in add_on_lines:
+        primaries = dated_primaries(claim, line, pack)
+        if primaries and not any(_same_team(line, primary) for primary in primaries):
+            mismatched.append((line, primaries[0]))
+    if mismatched:
+        primary = mismatched[0][1]
         updated = edit_each(
             claim.source.raw,
-            mismatched,
-            lambda raw, line: claim_edit.update_line(raw, line, care_team),
+            [line for line, _ in mismatched],
+            lambda raw, line: claim_edit.update_line(
+                raw, line, {"careTeamSequence": list(primary.care_team_sequence)}
+            ),
         )
         variables["primary_code"] = primary.code or ""
-        group = billing is not None and billing.rendering_provider == "same-provider-or-group-tin"
         note = "care-team-group-tin" if group else "care-team"
         variables["note"] = note_text(pack, "provider-mismatch", note, variables)
         return [Finding("provider-mismatch", variables, updated_claim=updated, note=note)]
-    dates = {line.serviced_date for line in add_on_lines}
-    for other in facts.other_claims:
-        elsewhere = primary_line(other, pack)
-        if elsewhere is not None and elsewhere.serviced_date in dates:
-            variables["primary_code"] = elsewhere.code or ""
-            required = billing is not None and billing.same_claim == "required"
-            note = "other-claim-required" if required else "other-claim"
+    for line in add_on_lines:
+        if dated_primaries(claim, line, pack):
+            continue
+        for other in facts.other_claims:
+            elsewhere = dated_primaries(other, line, pack)
+            if not elsewhere:
+                continue
+            variables["primary_code"] = elsewhere[0].code or ""
+            if (
+                line.rendering
+                and elsewhere[0].rendering
+                and line.rendering != elsewhere[0].rendering
+            ):
+                note = "other-provider-group-tin" if group else "other-provider"
+            elif billing is not None and billing.same_claim == "required":
+                note = "other-claim-required"
+            else:
+                note = "other-claim"
             variables["note"] = note_text(pack, "provider-mismatch", note, variables)
             return [Finding("provider-mismatch", variables, note=note)]
     return []
@@ -198,6 +208,18 @@ PROVIDER_MISMATCH = declare(
     provider_mismatch,
     "provider-mismatch",
     variables={"note", "payer_label", "primary_code"},
-    notes={"care-team", "care-team-group-tin", "other-claim", "other-claim-required"},
+    notes={
+        "care-team",
+        "care-team-group-tin",
+        "other-claim",
+        "other-claim-required",
+        "other-provider",
+        "other-provider-group-tin",
+    },
     suggestion=True,
 )
+
+
+def _same_team(line: ClaimLine, primary: ClaimLine) -> bool:
+    """The add-on line names the primary line's care team (or the primary names none)."""
+    return not primary.care_team_sequence or line.care_team_sequence == primary.care_team_sequence

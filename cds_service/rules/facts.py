@@ -11,6 +11,12 @@ days are the dates of its procedures and of the claim items that name the encoun
 primary may also be a Procedure or ServiceRequest that names no encounter at all, when its date of
 service is one of those days (the issue's "same encounter or date of service"); one that names
 another encounter belongs to that other session.
+
+Procedures and draft Claims sent in ``context.draftOrders`` (order-sign) are the session's own,
+whatever encounter they name. Without an ``encounterId`` the session is the dates of service of
+the draft Claims sent in draftOrders or, when none was sent, the day the hook fires (``today``,
+passed in by the engine: the rules read no clock): the performed Procedures dated on those days,
+and the draft Claims with an item on them.
 """
 
 from __future__ import annotations
@@ -19,12 +25,11 @@ from dataclasses import dataclass, replace
 
 from cds_service.fhir.resources import ResourceSet
 from cds_service.rulepack.models import RulePack
-from cds_service.rules.claim_facts import ClaimReader, DraftClaim
+from cds_service.rules.claim_facts import ClaimReader, DraftClaim, HardwareRemoval, SessionReader
 from cds_service.rules.documentation_facts import DocumentationReader
 from cds_service.rules.history_facts import DeviceHistoryReader
 from cds_service.rules.payer_facts import PayerReader
 from cds_service.rules.record import (
-    PERFORMED_STATUSES,
     QUESTIONNAIRE_PATH,
 )
 
@@ -91,6 +96,9 @@ class ClinicalFacts:
     questionnaire_url: str | None = None  # canonical of the documentation Questionnaire
     quotes: tuple[tuple[str, str], ...] = ()  # (resource, phrase) stating the removal
     sections: frozenset[str] = frozenset()  # operative-note sections present (their categories)
+    documented_sides: frozenset[str] = frozenset()  # RT/LT the removal's bodySite names
+    documented_bones: frozenset[str] = frozenset()  # bones the removal's bodySite names
+    hardware_removals: tuple[HardwareRemoval, ...] = ()  # the session's 20670/20680 Procedures
 
 
 def derive_facts(
@@ -100,20 +108,23 @@ def derive_facts(
     encounter_id: str | None,
     patient_id: str | None = None,
     public_base_url: str = "http://127.0.0.1:8080",
+    today: str | None = None,
 ) -> ClinicalFacts:
-    """Build the facts of one hook call from its resources."""
+    """Build the facts of one hook call from its resources (``today``: the day it fires)."""
     questionnaire_url = public_base_url.rstrip("/") + QUESTIONNAIRE_PATH
     reader = FactReader(resources, pack, encounter_id, questionnaire_url)
-    return replace(reader.facts(hook), patient_id=patient_id, questionnaire_url=questionnaire_url)
+    facts = reader.facts(hook, today)
+    return replace(facts, patient_id=patient_id, questionnaire_url=questionnaire_url)
 
 
-class FactReader(DeviceHistoryReader, ClaimReader, DocumentationReader, PayerReader):
+class FactReader(DeviceHistoryReader, ClaimReader, SessionReader, DocumentationReader, PayerReader):
     """Derives the facts of one call, reading each concern with its reader."""
 
     # -- the facts -------------------------------------------------------------------------
-    def facts(self, hook: str) -> ClinicalFacts:
+    def facts(self, hook: str, today: str | None = None) -> ClinicalFacts:
         draft_primaries, in_place = self.order_facts()
-        if self.encounter_id is None:
+        base_days = self.dateless_days(today) if self.encounter_id is None else set()
+        if self.encounter_id is None and not base_days:
             return ClinicalFacts(
                 hook=hook,
                 encounter_id=None,
@@ -121,19 +132,20 @@ class FactReader(DeviceHistoryReader, ClaimReader, DocumentationReader, PayerRea
                 device_in_place=in_place,
                 payer=self.payer(None),
             )
-        session = [
-            procedure
-            for procedure in self.resources.procedures
-            if procedure.status in PERFORMED_STATUSES and self.in_session(procedure.encounter)
-        ]
+        session = self.session_procedures(base_days)
         notes = self.operative_notes(session)
         removal = self.removal(session, notes)
         removal_procedures, removed_devices = removal.procedures, removal.devices
-        claims = self.draft_claims(session)
+        claims = self.draft_claims(session, base_days)
         claim = claims[0] if claims else None
-        days = self.session_days(session, claim)
+        days = self.session_days(session, claim, base_days)
         same_day = self.same_day_procedures(days)
-        primaries = self.session_primaries([*session, *same_day], claim, days)
+        primaries = self.session_primaries([*session, *same_day], claims, days)
+        sides, bones = self.site(removal_procedures)
+        if not sides:  # the site names no side: the sentences stating the removal may
+            stated = [f"{s.side or ''} {s.bone or ''}" for s in removal.statements]
+            sides, bones = self.site(removal_procedures, stated)
+        removed_ids = [device.id for device in removed_devices if device.id]
         primary_codes = self.coding.primary_codes
         removal_ids = {id(procedure) for procedure in removal_procedures}
         others = sum(
@@ -175,4 +187,7 @@ class FactReader(DeviceHistoryReader, ClaimReader, DocumentationReader, PayerRea
             surgeon=self.surgeon(removal_procedures),
             quotes=tuple(dict.fromkeys((s.source, s.quote) for s in removal.statements)),
             sections=frozenset(c for note in notes for c in note.sections),
+            documented_sides=sides,
+            documented_bones=bones,
+            hardware_removals=self.hardware_removals(session, removed_ids),
         )

@@ -61,3 +61,18 @@ def lines_by_date(lines: Sequence[ClaimLine]) -> dict[str | None, list[ClaimLine
     for line in lines:
         grouped.setdefault(line.serviced_date, []).append(line)
     return grouped
+
+
+def same_date(first: str | None, second: str | None) -> bool:
+    """Two dates of service that may be the same day (an undated line is not held against)."""
+    return first is None or second is None or first == second
+
+
+def dated_primaries(claim: DraftClaim, line: ClaimLine, pack: RulePack) -> list[ClaimLine]:
+    """The claim's listed-primary lines on ``line``'s date of service."""
+    listed = pack.coding.primary_codes
+    return [
+        other
+        for other in claim.lines
+        if other.code in listed and same_date(other.serviced_date, line.serviced_date)
+    ]

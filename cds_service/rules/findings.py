@@ -28,10 +28,12 @@ from cds_service.rules.contract import DeclaredRule, Finding, pack_contract
 from cds_service.rules.facts import STRUCTURED_CHECKS, ClinicalFacts
 from cds_service.rules.line_findings import (
     ASSISTANT_DOCUMENTATION,
+    CODE_NOT_EFFECTIVE,
     DUPLICATE_HARDWARE_REMOVAL,
     INSERTION_INSTEAD_OF_REMOVAL,
     INSERTION_WITH_REMOVAL,
     INVALID_MODIFIER,
+    LATERALITY_CONFLICT,
     MODIFIER_51_ON_ADD_ON,
     UNITS_EXCEED_MUE,
     WRONG_TIER,
@@ -58,7 +60,12 @@ RULES: tuple[DeclaredRule, ...] = (
     DIAGNOSIS_CONFLICT,
     DIAGNOSIS_UNSUPPORTED,
     PROVIDER_MISMATCH,
+    LATERALITY_CONFLICT,
+    CODE_NOT_EFFECTIVE,
 )
+# Findings about a code used before it existed: they apply before the family's first day, when
+# no other advice is given.
+BEFORE_THE_FAMILY = frozenset({"code-not-effective"})
 PACK_CONTRACT: PackContract = pack_contract(RULES, STRUCTURED_CHECKS)
 
 
@@ -75,8 +82,10 @@ def evaluate_rules(facts: ClinicalFacts, pack: RulePack) -> list[Finding]:
             template = pack.findings.findings[finding.code]
             if facts.hook not in template.hooks:
                 continue
-            if date is not None and (
-                date < template.effective_from or date < pack.coding.family_effective
+            if (
+                date is not None
+                and finding.code not in BEFORE_THE_FAMILY
+                and (date < template.effective_from or date < pack.coding.family_effective)
             ):
                 continue
             raised[finding.code] = finding

@@ -7,9 +7,11 @@ Pure functions from :class:`ClinicalFacts` to findings; each is declared right a
 
 from __future__ import annotations
 
+from typing import Any
+
 from cds_service.rulepack.models import TIER_LABELS, CodedConcept, RulePack
 from cds_service.rules import claim_edit
-from cds_service.rules.claim_facts import ClaimLine
+from cds_service.rules.claim_facts import ClaimLine, HardwareRemoval
 from cds_service.rules.contract import Finding, declare
 from cds_service.rules.facts import ClinicalFacts
 from cds_service.rules.finding_values import (
@@ -241,37 +243,152 @@ INSERTION_WITH_REMOVAL = declare(
 def duplicate_hardware_removal(
     facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
 ) -> list[Finding]:
-    """20680 and 20703 on the same date, unless their RT/LT modifiers name opposite sides."""
+    """20670 or 20680 on a date with 20703, for the same device.
+
+    The record decides first: a session Procedure of that code that removed the drug device
+    itself makes it a duplicate, and one whose documented site is another (another bone or
+    side than the removal's) makes it other hardware. Without such a record the line is a
+    duplicate unless its RT/LT and the 20703 line's name opposite sides.
+    """
     claim = facts.claim
     if claim is None:
         return []
-    sides = frozenset(pack.coding.laterality_modifiers)
     add_on_lines = claim.lines_with(pack.coding.add_on.code)
-
-    def opposite(first: ClaimLine, second: ClaimLine) -> bool:
-        one, other = first.modifiers & sides, second.modifiers & sides
-        return bool(one) and bool(other) and not one & other
-
-    hardware = [
-        line
-        for line in claim.lines_with(pack.coding.hardware_removal_code)
-        if any(
-            removal.serviced_date == line.serviced_date and not opposite(removal, line)
-            for removal in add_on_lines
-        )
-    ]
-    if not hardware:
+    duplicates: list[ClaimLine] = []
+    notes: list[str] = []
+    for line in claim.lines:
+        if line.code not in pack.coding.hardware_removal_codes.codes:
+            continue
+        dated = [removal for removal in add_on_lines if removal.serviced_date == line.serviced_date]
+        records = [record for record in facts.hardware_removals if record.code == line.code]
+        if not dated:
+            continue
+        if any(record.same_device for record in records):
+            notes.append("same-device")
+        elif (records and all(_other_site(record, facts) for record in records)) or all(
+            _opposite(removal, line, pack) for removal in dated
+        ):
+            continue
+        else:
+            notes.append("same-date")
+        duplicates.append(line)
+    if not duplicates:
         return []
-    updated = claim_edit.without_lines(claim.source.raw, hardware)
-    return [
-        Finding(
-            "duplicate-hardware-removal", dict(pack.template_variables()), updated_claim=updated
-        )
-    ]
+    variables = pack.template_variables() | {"hardware_code": duplicates[0].code or ""}
+    note = notes[0]
+    variables["note"] = note_text(pack, "duplicate-hardware-removal", note, variables)
+    updated = claim_edit.without_lines(claim.source.raw, duplicates)
+    return [Finding("duplicate-hardware-removal", variables, updated_claim=updated, note=note)]
 
 
 DUPLICATE_HARDWARE_REMOVAL = declare(
     duplicate_hardware_removal,
     "duplicate-hardware-removal",
+    variables={"hardware_code", "note"},
+    notes={"same-date", "same-device"},
     suggestion=True,
+)
+
+
+def _opposite(first: ClaimLine, second: ClaimLine, pack: RulePack) -> bool:
+    sides = frozenset(pack.coding.laterality_modifiers)
+    one, other = first.modifiers & sides, second.modifiers & sides
+    return bool(one) and bool(other) and not one & other
+
+
+def _other_site(record: HardwareRemoval, facts: ClinicalFacts) -> bool:
+    """The hardware removal's documented site is not the drug device's (another bone or side)."""
+    other_bone = bool(record.bones and facts.documented_bones) and not (
+        record.bones & facts.documented_bones
+    )
+    other_side = bool(record.sides and facts.documented_sides) and not (
+        record.sides & facts.documented_sides
+    )
+    return other_bone or other_side
+
+
+def laterality_conflict(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """The claim's RT/LT names another side than the removal's documented site: on a 20703 line,
+    or, when +20703 is suggested, on the primary line the new line is linked to."""
+    claim = facts.claim
+    documented = facts.documented_sides
+    if claim is None or not documented:
+        return []
+    sides = frozenset(pack.coding.laterality_modifiers)
+    billed = claim.lines_with(pack.coding.add_on.code)
+    if billed:
+        lines, note = [line for line in billed if (line.modifiers & sides) - documented], "add-on"
+    elif "add-on-suggested" in raised:
+        code = raised["add-on-suggested"].variables["primary_code"]
+        lines = [line for line in claim.lines_with(code) if (line.modifiers & sides) - documented]
+        note = "primary-line"
+    else:
+        return []
+    if not lines:
+        return []
+    line = lines[0]
+    variables = pack.template_variables() | {
+        "line_code": line.code or "",
+        "claim_side": ", ".join(sorted(line.modifiers & sides)),
+        "documented_side": ", ".join(sorted(documented)),
+    }
+    updated = None
+    if note == "add-on" and len(documented) == 1:
+        side = {"coding": [{"system": pack.coding.systems["hcpcs"], "code": min(documented)}]}
+        updated = edit_each(
+            claim.source.raw,
+            lines,
+            lambda raw, line: claim_edit.update_line(
+                raw, line, {"modifier": [*_other_modifiers(raw, line, sides), side]}
+            ),
+        )
+    variables["note"] = note_text(pack, "laterality-conflict", note, variables)
+    return [Finding("laterality-conflict", variables, updated_claim=updated, note=note)]
+
+
+LATERALITY_CONFLICT = declare(
+    laterality_conflict,
+    "laterality-conflict",
+    variables={"claim_side", "documented_side", "line_code", "note"},
+    notes={"add-on", "primary-line"},
+    suggestion=True,
+    after=("add-on-suggested",),
+)
+
+
+def _other_modifiers(
+    claim: dict[str, Any], line: ClaimLine, sides: frozenset[str]
+) -> list[dict[str, Any]]:
+    return [
+        modifier
+        for modifier in claim["item"][line.index].get("modifier", [])
+        if not {coding.get("code") for coding in modifier.get("coding", [])} & sides
+    ]
+
+
+def code_not_effective(
+    facts: ClinicalFacts, pack: RulePack, raised: dict[str, Finding]
+) -> list[Finding]:
+    """A 20703 line dated before the 20700 family existed (CPT 2020)."""
+    claim = facts.claim
+    if claim is None:
+        return []
+    start = pack.coding.family_effective
+    early = sorted(
+        line.serviced_date
+        for line in claim.lines_with(pack.coding.add_on.code)
+        if line.serviced_date is not None and line.serviced_date < start
+    )
+    if not early:
+        return []
+    variables = pack.template_variables() | {"service_date": early[0], "family_effective": start}
+    return [Finding("code-not-effective", variables)]
+
+
+CODE_NOT_EFFECTIVE = declare(
+    code_not_effective,
+    "code-not-effective",
+    variables={"family_effective", "service_date"},
 )
