@@ -1066,3 +1066,24 @@ def test_a_draft_order_procedure_of_another_encounter_is_still_the_sessions(
     ]
     procedures["total"] = len(procedures["entry"])
     assert findings_for(body, pack) == []
+
+
+def test_hardware_removal_of_the_drug_device_by_its_focal_device(pack: RulePack) -> None:
+    """A 20680 whose text names no drug device is the same device when its focalDevice is the
+    removed drug rod; the card names the line's code."""
+    body = load_fixture(SAME_DEVICE)
+    hardware = procedure_coded(body, "20680")
+    hardware["note"] = [{"text": "Guide wire removed from the left tibia."}]
+    hardware["code"]["text"] = "Removal of implant, deep: guide wire, left tibia"
+    finding = by_code(findings_for(body, pack))["duplicate-hardware-removal"]
+    assert finding.note == "same-device"
+    assert finding.variables["hardware_code"] == "20680"
+
+
+def test_laterality_conflict_names_the_line_and_the_sides(pack: RulePack) -> None:
+    """The card says which line carries which side, and which side the record documents."""
+    finding = by_code(
+        findings_for(load_fixture("encounter-discharge--laterality-conflict.json"), pack)
+    )["laterality-conflict"]
+    assert (finding.variables["line_code"], finding.variables["claim_side"]) == ("20703", "LT")
+    assert finding.variables["documented_side"] == "RT"
