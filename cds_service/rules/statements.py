@@ -12,7 +12,7 @@ Pure: spaCy runs in process; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -113,10 +113,10 @@ def read_text(nlp: Language, rules: ClinicalTextFile, text: str, source: str) ->
     }
     bones = {word: value for (label, word), value in words.items() if label == "BONE"}
     sides = {word: value for (label, word), value in words.items() if label == "SIDE"}
+    lexicon = _Lexicon(times, boundaries, bones, sides)
     statements: list[DeviceStatement] = []
     earlier: dict[str, DeviceStatement] = {}
     for sentence in doc.sents:
-        lexicon = _Lexicon(times, boundaries, bones, sides)
         entities = [ent for ent in marked if sentence.start <= ent.start < sentence.end]
         for statement in _sentence_statements(doc, sentence, entities, source, lexicon):
             statement = _inherit(statement, earlier.get(statement.form))
@@ -353,8 +353,3 @@ def _inherited_tier(statement: DeviceStatement, earlier: DeviceStatement) -> str
     if statement.tier not in (None, FORM_TIERS.get(statement.form)):
         return statement.tier
     return earlier.tier or statement.tier
-
-
-def statements_in(readings: Iterable[TextReading]) -> tuple[DeviceStatement, ...]:
-    """Every statement of several texts, in order."""
-    return tuple(statement for reading in readings for statement in reading.statements)
