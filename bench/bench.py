@@ -206,8 +206,17 @@ class InProcessResult:
     parse_p50_ms: float
     rules_p50_ms: float
     serialise_p50_ms: float
+    # The same call with the pack's reading cache emptied first: every text read anew, as at
+    # the first call that brings a note (a discharge, usually). Its excess over p50 is the
+    # reading of the texts (the NLP).
+    first_reading_p50_ms: float
+    first_reading_p99_ms: float
     cards: int
     findings: list[str]
+
+    @property
+    def reading_ms(self) -> float:
+        return self.first_reading_p50_ms - self.p50_ms
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -242,6 +251,12 @@ def bench_in_process(
         parse.append((t1 - t0) / 1e6)
         rules.append((t2 - t1) / 1e6)
         serialise.append((t3 - t2) / 1e6)
+    first_reading: list[float] = []
+    for _ in range(max(settings.iterations // 3, 1)):
+        pack.readings.clear()
+        t0 = clock()
+        json.dumps(handle_hook_call(pack, service_id, json.loads(body_bytes)).response)
+        first_reading.append((clock() - t0) / 1e6)
     return InProcessResult(
         p50_ms=percentile(totals, 0.50),
         p99_ms=percentile(totals, 0.99),
@@ -249,6 +264,8 @@ def bench_in_process(
         parse_p50_ms=percentile(parse, 0.50),
         rules_p50_ms=percentile(rules, 0.50),
         serialise_p50_ms=percentile(serialise, 0.50),
+        first_reading_p50_ms=percentile(first_reading, 0.50),
+        first_reading_p99_ms=percentile(first_reading, 0.99),
         cards=len(result.issued),
         findings=sorted({code for _, code in result.issued}),
     )
@@ -1008,6 +1025,10 @@ class FixtureResult:
         return self.in_process.p50_ms <= TARGET_IN_PROCESS_P50_MS
 
     @property
+    def first_reading_target_met(self) -> bool:
+        return self.in_process.first_reading_p50_ms <= TARGET_IN_PROCESS_P50_MS
+
+    @property
     def http_target_met(self) -> bool | None:
         return None if self.ratio is None else self.ratio >= TARGET_HTTP_RATIO
 
@@ -1051,12 +1072,19 @@ def print_report(
             f"p99 {ip.p99_ms:.3f} ms, mean {ip.mean_ms:.3f} ms: "
             f"target {_verdict(result.in_process_target_met)}"
         )
+        print(
+            f"  first reading p50 {ip.first_reading_p50_ms:.3f} ms (reading the texts "
+            f"{ip.reading_ms:.3f}), p99 {ip.first_reading_p99_ms:.3f} ms: "
+            f"target {_verdict(result.first_reading_target_met)}"
+        )
         if result.ratio is not None:
             print(f"  HTTP ratio {result.ratio:.2f}: target {_verdict(result.http_target_met)}")
     print()
     print(
         f"In-process: {settings.iterations} timed iterations after {settings.warmup_iterations} "
-        "warm-up iterations, one process, no HTTP and no database."
+        "warm-up iterations, one process, no HTTP and no database. Repeated calls find their "
+        f"texts already read; the {max(settings.iterations // 3, 1)} first-reading calls empty "
+        "the reading cache before each call."
     )
     if not settings.in_process_only:
         print(

@@ -229,6 +229,20 @@ def test_served_output_is_checked_for_secrets(tmp_path: Path) -> None:
         log.write(f"a careless log line with {token}\n")
 
 
+def test_a_worker_is_replaced_after_its_maximum_requests_and_no_request_is_lost(
+    tmp_path: Path,
+) -> None:
+    """A worker's spaCy vocabulary keeps every word it read; ``--max-requests`` replaces the
+    worker (by gunicorn's max_requests) before that grows without bound."""
+    with serving(tmp_path, "--workers", "1", "--max-requests", "10") as server:
+        (first,) = server.wait_for_workers(1)
+        answers = [
+            requests.get(f"{server.base}/healthz", timeout=30).status_code for _ in range(25)
+        ]
+        assert answers == [200] * 25
+        server.wait_for_workers(1, without=frozenset({first}))
+
+
 def test_serve_answers_over_real_http(tmp_path: Path) -> None:
     """cds-service serve starts gunicorn workers that answer discovery, hooks and feedback."""
     with served(tmp_path, "--workers", "2") as base:

@@ -15,6 +15,7 @@ from helpers.corpus import load_fixture
 from helpers.engine import by_code, facts_for, findings_for
 
 from cds_service.rulepack.models import RulePack
+from cds_service.rules import record
 from cds_service.rules.statements import QUOTE_LIMIT, TEXT_LIMIT, DeviceStatement, read_text
 
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
@@ -181,6 +182,36 @@ def test_an_operative_note_that_does_not_state_a_removal_suggests_nothing(
     body = operative_note_only(load_fixture(STANDARD), note)
     assert facts_for(body, pack).removal_evidence == ()
     assert "add-on-suggested" not in by_code(findings_for(body, pack))
+
+
+def test_a_worker_reads_a_text_once_and_again_when_it_changes(
+    pack: RulePack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Order-sign re-reads the same notes at each signing: the pack keeps their readings, keyed
+    by the text and its source, so a changed note is read anew and never answered from an old
+    reading."""
+    reads: list[str] = []
+    real = read_text
+
+    def counting(nlp: Any, rules: Any, text: str, source: str) -> Any:
+        reads.append(source)
+        return real(nlp, rules, text, source)
+
+    monkeypatch.setattr(record, "read_text", counting)
+    pack.readings.clear()
+    body = operative_note_only(load_fixture(STANDARD), NOTE)
+    first = facts_for(body, pack)
+    assert any(source.startswith("DocumentReference/") for source in reads)
+    assert len(pack.readings) == len(set(reads))
+    reads.clear()
+    assert facts_for(copy.deepcopy(body), pack) == first
+    assert reads == []
+
+    negated = NOTE.replace("rod was withdrawn", "rod was not withdrawn")
+    facts = facts_for(operative_note_only(load_fixture(STANDARD), negated), pack)
+    assert [source.split("/")[0] for source in reads] == ["DocumentReference"]
+    assert facts.removal_evidence == ()
+    assert first.removal_evidence == ("operative-note-removal",)
 
 
 def test_the_card_quotes_the_operative_note_over_http(client: FlaskClient) -> None:

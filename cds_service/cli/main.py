@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--backlog", type=int, default=256, help="connections allowed to wait for accept"
     )
+    serve.add_argument(
+        "--max-requests",
+        type=int,
+        default=20_000,
+        help="replace a worker after about this many requests (0: never); bounds the memory "
+        "the clinical-text vocabulary gains from words it has not seen",
+    )
     serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS")
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM) for --certfile")
     serve.set_defaults(run=_serve)
@@ -215,6 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls=(args.certfile, args.keyfile) if args.certfile else None,
         threads=args.threads,
         backlog=args.backlog,
+        max_requests=args.max_requests,
     )
     return EXIT_OK
 

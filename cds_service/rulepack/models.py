@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cds_service.protocol.models import Coding
-from cds_service.rulepack.clinical_text import ClinicalTextFile, build_pipeline
+from cds_service.rulepack.clinical_text import ClinicalTextFile, ReadingCache, build_pipeline
 from cds_service.rulepack.patterns import CompiledPatterns
 
 if typing.TYPE_CHECKING:  # spaCy is imported when the pipeline is first built
@@ -39,8 +39,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# A source the facts cite (sources.yaml), graded by tier; not a card's Source. (No docstring: it
-# would become a description in the JSON Schema.)
+# A source the facts cite (sources.yaml), by tier; not a card's Source. No docstring (JSON Schema).
 class Citation(_Strict):
     label: str = Field(min_length=1)
     url: str = Field(pattern=r"^https?://")
@@ -355,7 +354,7 @@ class PayersFile(_Strict):
 
 @dataclass(frozen=True)
 class RulePack:
-    """The validated rule pack, with its patterns compiled once."""
+    """The validated rule pack, its patterns compiled once, and this worker's text readings."""
 
     directory: Path
     sources: dict[str, Citation]
@@ -365,6 +364,7 @@ class RulePack:
     services: list[ServiceDefinition]
     payers: PayersFile
     questionnaire_template: dict[str, Any] = field(default_factory=dict)
+    readings: ReadingCache[object] = field(default_factory=ReadingCache, compare=False, repr=False)
 
     def questionnaire(self, public_base_url: str) -> dict[str, Any]:
         """The documentation Questionnaire, its canonical URL on this server."""

@@ -7,6 +7,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
@@ -182,11 +183,17 @@ class RecordReader:
         )
 
     def read(self, text: str, source: str) -> TextReading:
-        """``text`` read into device statements (once per call)."""
-        key = (text, source)
-        if key not in self._readings:
-            self._readings[key] = read_text(self.pack.nlp, self.pack.clinical_text, text, source)
-        return self._readings[key]
+        """``text`` read into device statements, once per worker while it stays in the pack's
+        reading cache (a reading depends only on the pack, the text and its source)."""
+        if (text, source) in self._readings:
+            return self._readings[(text, source)]
+        key = (hashlib.blake2b(text.encode()).digest(), source)
+        reading = self.pack.readings.get(key)
+        if not isinstance(reading, TextReading):
+            reading = read_text(self.pack.nlp, self.pack.clinical_text, text, source)
+            self.pack.readings.put(key, reading)
+        self._readings[(text, source)] = reading
+        return reading
 
     def device_text(self, device: Device) -> str:
         parts = [concept_text([device.type])]

@@ -16,18 +16,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from cds_service.rulepack.clinical_text import TARGET_GROUP
+
 if TYPE_CHECKING:
     from spacy.language import Language
     from spacy.tokens import Doc, Span
 
-    from cds_service.rulepack.clinical_text import ClinicalTextFile
+    from cds_service.rulepack.clinical_text import ClinicalTextFile, TextLexicon
 
 QUOTE_LIMIT = 100
 # A text is read up to this many characters (an operative note is a few thousand): the cost of
 # reading stays bounded whatever a client sends, and spaCy refuses texts over a million.
 TEXT_LIMIT = 100_000
-# The span group the pipeline's TargetMatcher writes and its ConText reads (rulepack/clinical_text).
-SPAN_GROUP = "medspacy_spans"
 REMOVAL_ACTIONS = frozenset({"remove", "exchange"})
 INSERTION_ACTIONS = frozenset({"insert", "exchange"})
 # The tier a device's form implies when nothing in its sentence names the site (facts file §1.2:
@@ -103,21 +103,13 @@ def read_text(nlp: Language, rules: ClinicalTextFile, text: str, source: str) ->
     statements."""
     doc = nlp(text[:TEXT_LIMIT])
     marked = _device_phrases(doc)
-    times = rules.section_times()
-    boundaries = {word.lower() for word in rules.boundaries}
-    words = {
-        (target.label, phrase.lower()): target.value
-        for target in rules.targets
-        if target.label in ("BONE", "SIDE")
-        for phrase in target.phrases
-    }
-    bones = {word: value for (label, word), value in words.items() if label == "BONE"}
-    sides = {word: value for (label, word), value in words.items() if label == "SIDE"}
-    lexicon = _Lexicon(times, boundaries, bones, sides)
+    lexicon = rules.lexicon
     statements: list[DeviceStatement] = []
     earlier: dict[str, DeviceStatement] = {}
+    sentences: list[frozenset[str]] = []
     for sentence in doc.sents:
         entities = [ent for ent in marked if sentence.start <= ent.start < sentence.end]
+        sentences.append(frozenset(ent.label_ for ent in entities))
         for statement in _sentence_statements(doc, sentence, entities, source, lexicon):
             statement = _inherit(statement, earlier.get(statement.form))
             if statement.drug or statement.metal:
@@ -129,17 +121,13 @@ def read_text(nlp: Language, rules: ClinicalTextFile, text: str, source: str) ->
         if (category := span.category) is not None
     )
     labels = frozenset((ent.label_, _value(ent)) for ent in marked)
-    sentences = tuple(
-        frozenset(ent.label_ for ent in marked if sentence.start <= ent.start < sentence.end)
-        for sentence in doc.sents
-    )
-    return TextReading(tuple(statements), labels, sections, sentences)
+    return TextReading(tuple(statements), labels, sections, tuple(sentences))
 
 
 def _device_phrases(doc: Doc) -> tuple[Span, ...]:
     """The marked phrases, less a manufacture word that describes the cement rather than the
     device ("hand-made from commercially available gentamicin-premixed cement")."""
-    ents = sorted(doc.spans.get(SPAN_GROUP, []), key=lambda span: span.start)
+    ents = sorted(doc.spans.get(TARGET_GROUP, []), key=lambda span: span.start)
     cements = [ent.start for ent in ents if ent.label_ == "CARRIER"]
     return tuple(
         ent
@@ -149,36 +137,26 @@ def _device_phrases(doc: Doc) -> tuple[Span, ...]:
     )
 
 
-@dataclass(frozen=True)
-class _Lexicon:
-    """What the pack says about reading a sentence: section times, phrase boundaries, and the
-    words for bones and sides (to find them inside a site phrase)."""
-
-    times: Mapping[str, str]
-    boundaries: set[str]
-    bones: Mapping[str, str]
-    sides: Mapping[str, str]
-
-
 def _sentence_statements(
-    doc: Doc, sentence: Span, entities: list[Span], source: str, lexicon: _Lexicon
+    doc: Doc, sentence: Span, entities: list[Span], source: str, lexicon: TextLexicon
 ) -> list[DeviceStatement]:
     anchors = [ent for ent in entities if ent.label_ == "DEVICE"]
     if not anchors:  # cement alone may be an arthroplasty's cement mantle: not a device
         return []
     actions = [ent for ent in entities if ent.label_ == "ACTION"]
+    said = " ".join(sentence.text.split())
     statements: list[DeviceStatement] = []
     attached: dict[int, list[Span]] = {id(anchor): [] for anchor in anchors}
     for action in actions:
         attached[id(_nearest(action, anchors))].append(action)
     for anchor in anchors:
         segment = _segment(doc, sentence, anchor, lexicon.boundaries, entities)
-        mention = _describe(anchor, segment, entities, sentence, source, lexicon)
+        mention = _describe(anchor, segment, entities, sentence, said, source, lexicon)
         own = attached[id(anchor)] or ([_nearest(anchor, actions)] if actions else [])
         if not own:
             statements.append(mention)
         for action in own:
-            statements.append(_with_action(mention, anchor, action, lexicon.times, sentence))
+            statements.append(_with_action(mention, anchor, action, lexicon.times, sentence, said))
     return statements
 
 
@@ -196,7 +174,7 @@ def _distance(first: Span, second: Span) -> int:
 
 
 def _segment(
-    doc: Doc, sentence: Span, anchor: Span, boundaries: set[str], entities: Sequence[Span]
+    doc: Doc, sentence: Span, anchor: Span, boundaries: frozenset[str], entities: Sequence[Span]
 ) -> tuple[int, int]:
     """The device's noun phrase: out from the anchor until punctuation, an action or a boundary."""
     action_tokens = {
@@ -224,8 +202,9 @@ def _describe(
     segment: tuple[int, int],
     entities: Sequence[Span],
     sentence: Span,
+    said: str,
     source: str,
-    lexicon: _Lexicon,
+    lexicon: TextLexicon,
 ) -> DeviceStatement:
     inside = [ent for ent in entities if segment[0] <= ent.start and ent.end <= segment[1]]
     labels = {(ent.label_, _value(ent)) for ent in inside}
@@ -245,7 +224,7 @@ def _describe(
     tier = site or implied
     return DeviceStatement(
         source=source,
-        quote=_quote(sentence, anchor.start, anchor.end),
+        quote=_quote(sentence, said, anchor.start, anchor.end),
         form=form,
         drug=any(label in ("DRUG", "CARRIER") for label, _ in labels),
         metal=any(label == "METAL" for label, _ in labels),
@@ -288,6 +267,7 @@ def _with_action(
     action: Span,
     times: Mapping[str, str],
     sentence: Span,
+    said: str,
 ) -> DeviceStatement:
     section = action._.section_category
     time = "history" if action._.is_historical else times.get(section or "", "session")
@@ -304,15 +284,15 @@ def _with_action(
         action=_value(action),
         time=time,
         certainty=certainty,
-        quote=_quote(sentence, min(anchor.start, action.start), max(anchor.end, action.end)),
+        quote=_quote(sentence, said, min(anchor.start, action.start), max(anchor.end, action.end)),
     )
 
 
-def _quote(sentence: Span, start: int, end: int) -> str:
-    """The sentence, or at most QUOTE_LIMIT characters of it around tokens ``start:end``."""
-    text = " ".join(sentence.text.split())
-    if len(text) <= QUOTE_LIMIT:
-        return text
+def _quote(sentence: Span, said: str, start: int, end: int) -> str:
+    """The sentence (``said``: its words), or at most QUOTE_LIMIT characters of it around tokens
+    ``start:end``."""
+    if len(said) <= QUOTE_LIMIT:
+        return said
     begin = max(sentence.start, start - 4)
     stop = min(sentence.end, end + 4)
     doc = sentence.doc
