@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.corpus import EXPECTED
@@ -269,3 +270,22 @@ def test_unconfirmed_items_are_checked(tmp_path: Path, old: str, new: str, messa
     assert any(p.file == "findings.yaml" and message in p.message for p in error.value.problems), [
         str(p) for p in error.value.problems
     ]
+
+
+def test_the_pipeline_is_built_once_when_the_pack_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading checks the clinical-text pipeline by building it; the pack it returns keeps that
+    pipeline, so a worker's first hook call does not build it again."""
+    from cds_service.rulepack import clinical_text, models
+
+    built: list[object] = []
+    real = clinical_text.build_pipeline
+
+    def counting(rules: Any) -> Any:
+        built.append(rules)
+        return real(rules)
+
+    monkeypatch.setattr(models, "build_pipeline", counting)
+    pack = load_pack(default_cards_dir())
+    assert len(built) == 1
+    assert pack.nlp("The rod was removed.").spans is not None
+    assert len(built) == 1

@@ -251,9 +251,9 @@ def first_token_alternatives(pattern: TokenPattern) -> list[TokenPattern]:
     TargetMatcher on 312 words). Later tokens keep their ``IN``: they are tested only after the
     first one matched.
     """
-    head, rest = pattern[0], pattern[1:]
-    if len(head) != 1:
+    if not pattern or len(pattern[0]) != 1:  # spaCy itself refuses an empty pattern
         return [pattern]
+    head, rest = pattern[0], pattern[1:]
     ((attribute, condition),) = head.items()
     if not isinstance(condition, dict) or set(condition) != {"IN"}:
         return [pattern]

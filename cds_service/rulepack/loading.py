@@ -94,10 +94,11 @@ def load_rule_pack(directory: Path, contract: PackContract) -> RulePack:
     problems.extend(cross_checks(pack, line_maps, contract))
     questionnaire, questionnaire_problems = _load_questionnaire(directory, pack)
     problems.extend(questionnaire_problems)
-    problems.extend(_pipeline_problems(pack))
+    pack = replace(pack, questionnaire_template=questionnaire)
+    problems.extend(_pipeline_problems(pack))  # on the pack returned: it keeps the pipeline
     if problems:
         raise RulePackError(problems)
-    return replace(pack, questionnaire_template=questionnaire)
+    return pack
 
 
 def _pipeline_problems(pack: RulePack) -> list[PackProblem]:
