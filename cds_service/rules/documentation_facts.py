@@ -134,12 +134,17 @@ class DocumentationReader(RecordReader):
             codes.update(codes_in(condition.code, icd))
         return codes
 
-    def narrative(self, session: Sequence[Procedure], removed: Sequence[Device]) -> tuple[str, ...]:
-        """Procedure notes, notes on removed devices, and the session's operative notes."""
+    def narrative(
+        self,
+        session: Sequence[Procedure],
+        removed: Sequence[Device],
+        note_texts: Sequence[tuple[str, str]],
+    ) -> tuple[str, ...]:
+        """Procedure notes, notes on removed devices, and the session's operative notes
+        (``note_texts``, from :meth:`operative_note_texts`)."""
         texts = [note.text for procedure in session for note in procedure.note or [] if note.text]
         texts.extend(note.text for device in removed for note in device.note or [] if note.text)
-        for document in self.session_documents(session):
-            texts.extend(_attachment_texts(document))
+        texts.extend(text for _, text in note_texts)
         return tuple(texts)
 
     def session_documents(self, session: Sequence[Procedure]) -> list[DocumentReference]:
@@ -157,10 +162,11 @@ class DocumentationReader(RecordReader):
             if self.is_operative_note(document, reported)
         ]
 
-    def operative_notes(self, session: Sequence[Procedure]) -> list[TextReading]:
-        """The session's operative notes read into device statements."""
+    def operative_note_texts(self, session: Sequence[Procedure]) -> list[tuple[str, str]]:
+        """The session's operative notes' texts, each with the DocumentReference it is from
+        (attachments decoded once per call)."""
         return [
-            self.read(text, f"DocumentReference/{document.id}")
+            (f"DocumentReference/{document.id}", text)
             for document in self.session_documents(session)
             for text in _attachment_texts(document)
         ]

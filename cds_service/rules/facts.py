@@ -133,7 +133,8 @@ class FactReader(DeviceHistoryReader, ClaimReader, SessionReader, DocumentationR
                 payer=self.payer(None),
             )
         session = self.session_procedures(base_days)
-        notes = self.operative_notes(session)
+        note_texts = self.operative_note_texts(session)
+        notes = [self.read(text, source) for source, text in note_texts]
         removal = self.removal(session, notes)
         removal_procedures, removed_devices = removal.procedures, removal.devices
         claims = self.draft_claims(session, base_days)
@@ -154,7 +155,7 @@ class FactReader(DeviceHistoryReader, ClaimReader, SessionReader, DocumentationR
             if id(procedure) not in removal_ids
             and not set(self.procedure_codes(procedure)) & set(primary_codes)
         )
-        texts = self.narrative(session, removed_devices)
+        texts = self.narrative(session, removed_devices, note_texts)
         return ClinicalFacts(
             hook=hook,
             encounter_id=self.encounter_id,

@@ -143,7 +143,6 @@ class RecordReader:
         self.encounter_id = encounter_id
         self.cpt = self.coding.systems["cpt"]
         self.devices = {device.id: device for device in resources.devices if device.id}
-        self._readings: dict[tuple[str, str], TextReading] = {}
         self.coded_intramedullary = self._devices_inserted_by(self.coding.insertion_code)
 
     # -- generic helpers -------------------------------------------------------------------
@@ -185,14 +184,11 @@ class RecordReader:
     def read(self, text: str, source: str) -> TextReading:
         """``text`` read into device statements, once per worker while it stays in the pack's
         reading cache (a reading depends only on the pack, the text and its source)."""
-        if (text, source) in self._readings:
-            return self._readings[(text, source)]
         key = (hashlib.blake2b(text.encode()).digest(), source)
         reading = self.pack.readings.get(key)
         if not isinstance(reading, TextReading):
             reading = read_text(self.pack.nlp, self.pack.clinical_text, text, source)
             self.pack.readings.put(key, reading)
-        self._readings[(text, source)] = reading
         return reading
 
     def device_text(self, device: Device) -> str:
