@@ -43,7 +43,7 @@ REASONS: dict[str, str] = {
     "operation-outcome": "the FHIR server answered with an OperationOutcome",
     "too-large": "the FHIR server's answer was larger than allowed",
     "request-error": "the request to the FHIR server failed",
-    "foreign-link": "a paging link pointed away from the FHIR server, and was not followed",
+    "foreign-link": "a query or paging link pointed away from the FHIR server, and was not sent",
 }
 REFERENCES_KEY = "(resolved references)"
 # References are read only for resource types the rules read: Device and DocumentReference for the

@@ -7,10 +7,13 @@ connect and read timeouts no longer than what is left of the deadline. A fetch n
 it yields data or a failure *kind* (``timeout``, ``http-404``, ``not-json`` ...), which the caller
 turns into a 412 or into a "not checked" note on the cards.
 
-Outbound safety: only allowed servers are called (``https`` only in production, base-URL prefixes
-from ``CDS_FHIR_SERVER_ALLOWLIST``); redirects are never followed; ``next`` links are followed only
-below the same base URL; bodies are read up to a size cap; the access token goes into the
-``Authorization`` header and nowhere else (never logged, never stored, never in an error).
+Outbound safety: every URL goes through the one outbound-URL policy
+(:mod:`cds_service.fhir.url_policy`): only servers at or below an allowed base URL are called
+(``https`` only in production, ``CDS_FHIR_SERVER_ALLOWLIST``), compared by structure after dot
+segments are resolved; each query, ``next`` link included, is called only when its normalised URL
+is still below the same base; redirects are never followed; bodies are read up to a size cap; the
+access token goes into the ``Authorization`` header and nowhere else (never logged, never stored,
+never in an error).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 
@@ -34,6 +36,7 @@ from cds_service.fhir.http import (
     read_capped,
 )
 from cds_service.fhir.json_limits import nested_deeper_than
+from cds_service.fhir.url_policy import OutboundUrl, UnsafeUrlError, is_allowed, parse_outbound
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 
@@ -42,7 +45,7 @@ ACCEPT = "application/fhir+json, application/json;q=0.9"
 class FetchPolicy:
     """Limits and rules for outbound FHIR requests (from ``CDS_FHIR_*`` settings)."""
 
-    allowlist: tuple[str, ...] = ()  # base-URL prefixes ending in "/"; empty allows any
+    allowlist: tuple[str, ...] = ()  # base URLs (url_policy); empty allows any
     https_only: bool = False
     refuse_all: bool = False  # production without an allowlist: no FHIR server is called
     connect_timeout: float = 1.0
@@ -112,21 +115,21 @@ class FhirFetcher:
     def refusal(self, base_url: str, also_allowed: Sequence[str] = ()) -> str | None:
         """Why ``base_url`` may not be called (a failure kind), or None when it may.
 
-        ``also_allowed`` adds base-URL prefixes (those of the authenticated client's trust entry)
-        to the configured allowlist; https is still required in production.
+        ``also_allowed`` adds base URLs (those of the authenticated client's trust entry) to the
+        configured allowlist; https is still required in production.
         """
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        try:
+            base = parse_outbound(base_url)
+        except UnsafeUrlError:
             return "invalid-fhir-server"
-        if self.policy.https_only and parts.scheme != "https":
+        if base.query:
+            return "invalid-fhir-server"
+        if self.policy.https_only and base.scheme != "https":
             return "not-allowed"
-        normalized = base_url.rstrip("/") + "/"
-        if any(normalized.startswith(prefix) for prefix in also_allowed):
+        if is_allowed(base, tuple(also_allowed)):
             return None
         allowed = self.policy.allowlist
-        if self.policy.refuse_all or (
-            allowed and not any(normalized.startswith(prefix) for prefix in allowed)
-        ):
+        if self.policy.refuse_all or (allowed and not is_allowed(base, allowed)):
             return "not-allowed"
         return None
 
@@ -142,7 +145,7 @@ class FhirFetcher:
         if not queries:
             return {}
         stats.rounds += 1
-        base = base_url.rstrip("/")
+        base = parse_outbound(base_url)  # refusal() has passed it
         sent = time.monotonic()
         futures: dict[Future[Fetched], str] = {
             self._executor().submit(self._timed_get, base, query, token, deadline): key
@@ -179,19 +182,19 @@ class FhirFetcher:
             )
         return self._pool
 
-    def _timed_get(self, base: str, query: str, token: str | None, deadline: float) -> Fetched:
+    def _timed_get(
+        self, base: OutboundUrl, query: str, token: str | None, deadline: float
+    ) -> Fetched:
         started = time.monotonic()
         fetched = self._get(base, query, token, deadline)
         return replace(fetched, seconds=time.monotonic() - started)
 
-    def _get(self, base: str, query: str, token: str | None, deadline: float) -> Fetched:
+    def _get(self, base: OutboundUrl, query: str, token: str | None, deadline: float) -> Fetched:
         """GET a relative query, or an absolute ``next`` link below ``base``."""
         absolute = query.startswith(("http://", "https://"))
         expect_bundle = absolute or "?" in query or "/" not in query.strip("/")
         try:
-            if absolute and not _below(query, base):
-                raise _Failure("foreign-link")
-            url = query if absolute else f"{base}/{query.lstrip('/')}"
+            url = _below(base, query)
             try:
                 document = self._get_json(url, token, deadline)
             except _Failure as failure:
@@ -205,7 +208,7 @@ class FhirFetcher:
             return Fetched(failure=failure.kind)
 
     def _collect_pages(
-        self, base: str, first: dict[str, Any], token: str | None, deadline: float
+        self, base: OutboundUrl, first: dict[str, Any], token: str | None, deadline: float
     ) -> Fetched:
         bundle = _checked_resource(first, "Bundle")
         entries = list(bundle.get("entry") or [])
@@ -214,16 +217,18 @@ class FhirFetcher:
             next_url = next_link(page)
             if next_url is None:
                 break
-            if not _below(next_url, base):
+            try:
+                url = _below(base, next_url)
+            except _Failure:
                 return Fetched(_merged(bundle, entries), truncated=True)
-            page = _checked_resource(self._get_json(next_url, token, deadline), "Bundle")
+            page = _checked_resource(self._get_json(url, token, deadline), "Bundle")
             entries.extend(page.get("entry") or [])
         else:
             if next_link(page) is not None:
                 return Fetched(_merged(bundle, entries), truncated=True)
         return Fetched(_merged(bundle, entries))
 
-    def _get_json(self, url: str, token: str | None, deadline: float) -> dict[str, Any]:
+    def _get_json(self, url: OutboundUrl, token: str | None, deadline: float) -> dict[str, Any]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Failure("deadline")
@@ -266,9 +271,19 @@ class FhirFetcher:
             raise _Failure("deadline") from None
 
 
-def _below(url: str, base: str) -> bool:
-    """True when ``url`` is on the FHIR server ``base`` (same scheme, host, port, path prefix)."""
-    return url.startswith((base + "/", base + "?"))
+def _below(base: OutboundUrl, query: str) -> OutboundUrl:
+    """The URL of ``query`` (relative to ``base``, or an absolute link), normalised; a
+    ``foreign-link`` failure unless it is at or below ``base``."""
+    try:
+        if query.startswith(("http://", "https://")):
+            url = parse_outbound(query)
+        else:
+            url = base.child(query)
+    except UnsafeUrlError:
+        raise _Failure("foreign-link") from None
+    if not url.is_within(base):
+        raise _Failure("foreign-link")
+    return url
 
 
 def _status_kind(status: int) -> str:

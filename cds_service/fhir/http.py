@@ -4,7 +4,8 @@ Two callers share it, the FHIR fetch (:mod:`cds_service.fhir.client`) and the JW
 (:mod:`cds_service.security.jwks`), so both call out the same way: nothing is taken from the
 environment (no proxies, no ``.netrc`` credentials, no CA bundle variables), no cookie is ever
 kept, no retries, redirects are never followed, and a body is read only up to a size cap and a
-deadline. Each caller keeps its own timeouts and limits.
+deadline. Each caller keeps its own timeouts and limits; every URL has passed the one outbound-URL
+policy (:mod:`cds_service.fhir.url_policy`) first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from http.cookiejar import DefaultCookiePolicy
 
 import requests
 from requests.adapters import HTTPAdapter
+
+from cds_service.fhir.url_policy import OutboundUrl
 
 CHUNK_BYTES = 16 * 1024
 
@@ -52,12 +55,17 @@ def outbound_session(pool_size: int) -> requests.Session:
 
 def get_streamed(
     session: requests.Session,
-    url: str,
+    url: OutboundUrl,
     timeout: float | tuple[float, float],
     headers: Mapping[str, str] | None = None,
 ) -> requests.Response:
-    """GET ``url`` without following a redirect; the body is left for :func:`read_capped`."""
-    return session.get(url, headers=headers, timeout=timeout, allow_redirects=False, stream=True)
+    """GET ``url`` without following a redirect; the body is left for :func:`read_capped`.
+
+    Only an :class:`OutboundUrl` is taken: every call has passed the outbound-URL policy, and the
+    text sent is its normalised form."""
+    return session.get(
+        str(url), headers=headers, timeout=timeout, allow_redirects=False, stream=True
+    )
 
 
 def read_capped(response: requests.Response, max_bytes: int, deadline: float) -> bytes:

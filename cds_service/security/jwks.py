@@ -23,6 +23,7 @@ import requests
 
 from cds_service.errors import KeySetUnavailableError
 from cds_service.fhir.http import BodyRefusedError, get_streamed, outbound_session, read_capped
+from cds_service.fhir.url_policy import parse_outbound
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ class JwksCache:
     def _download(self, url: str) -> bytes:
         """The body at ``url`` (at most ``_JWKS_MAX_BYTES``), given up on after ``timeout``."""
         deadline = time.monotonic() + self.timeout
-        with get_streamed(self.session, url, self.timeout) as response:
+        outbound = parse_outbound(url)  # an UnsafeUrlError is a ValueError: logged, not fetched
+        with get_streamed(self.session, outbound, self.timeout) as response:
             if response.status_code != 200:
                 raise ValueError(f"HTTP {response.status_code}")
             return read_capped(response, _JWKS_MAX_BYTES, deadline)

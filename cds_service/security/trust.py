@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cds_service.errors import ConfigError
+from cds_service.fhir.url_policy import UnsafeUrlError, parse_outbound
 from cds_service.security.jwks import jwk_set_keys
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,11 @@ class _ClientEntry(BaseModel):
         if len(sources) != 1:
             raise ValueError("each client needs exactly one of jwks, jwks_file, jku")
         for url in self.jku or []:
-            if not url.startswith("https://") and not url.startswith("http://127.0.0.1"):
+            try:
+                parsed = parse_outbound(url)
+            except UnsafeUrlError as exc:
+                raise ValueError(f"a jku URL breaks the outbound URL rules: {exc.reason}") from None
+            if parsed.scheme != "https" and not parsed.is_loopback:
                 raise ValueError("jku URLs must be https (or loopback, for tests)")
         return self
 
@@ -127,7 +132,9 @@ def _trusted_client(entry: _ClientEntry, path: Path, where: str, production: boo
         keys=keys,
         jku=tuple(entry.jku or ()),
         tenant=entry.tenant,
-        fhir_servers=tuple(server.rstrip("/") + "/" for server in entry.fhir_servers),
+        fhir_servers=tuple(
+            str(parse_outbound(server)).rstrip("/") + "/" for server in entry.fhir_servers
+        ),
         development_only=entry.development_only,
     )
 
@@ -166,8 +173,11 @@ def _refuse_sandbox_keys(keys: Mapping[str, Mapping[str, Any]], where: str) -> N
 
 def _check_fhir_servers(servers: list[str], where: str) -> None:
     for server in servers:
-        parts = urlsplit(server)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        try:
+            valid = not parse_outbound(server).query
+        except UnsafeUrlError:
+            valid = False
+        if not valid:
             raise ConfigError(f"{where}.fhir_servers: {server!r} is not an http(s) base URL.")
 
 

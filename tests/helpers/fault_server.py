@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 EMPTY_BUNDLE = {"resourceType": "Bundle", "type": "searchset", "total": 0}
 
@@ -122,6 +123,14 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._send(200, _bundle([procedure], f"{base}/Procedure?page={page + 1}"))
 
+    def _escaping_next(self) -> None:
+        """A searchset whose next link climbs out of its base to ``/tenant-b/fhir``, in the style
+        the query's ``escape`` names: ``dots`` (the default), ``encoded`` or ``semicolon``."""
+        style = parse_qs(urlsplit(self.path).query).get("escape", ["dots"])[0]
+        climb = {"dots": "../..", "encoded": "%2e%2e/%2e%2e", "semicolon": "..;/..;"}[style]
+        next_url = f"{self.server.url}/escaping-next/fhir/{climb}/tenant-b/fhir/Procedure?page=2"
+        self._send(200, _bundle([], next_url))
+
     def _not_found(self) -> None:
         self._send(404, {"resourceType": "OperationOutcome"})
 
@@ -219,6 +228,7 @@ _NAMED: dict[str, Callable[[_Handler], None]] = {
     "drip": _Handler._drip,
     "reset": lambda handler: handler.connection.shutdown(2),  # close without an answer
     "pages": _Handler._pages,
+    "escaping-next": _Handler._escaping_next,
     "foreign-next": lambda handler: handler._send(
         200, _bundle([], "http://127.0.0.2:9/fhir/Procedure?page=2")
     ),
