@@ -61,6 +61,31 @@ def _parser() -> argparse.ArgumentParser:
         help="replace a worker after about this many requests (0: never); bounds the memory "
         "the clinical-text vocabulary gains from words it has not seen",
     )
+    serve.add_argument(
+        "--head-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request's head (408 and closed after)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client has to send a request's body once its head is in",
+    )
+    serve.add_argument(
+        "--max-reading-per-source",
+        type=int,
+        default=64,
+        help="requests one client address may be sending at once, per worker (0: any; "
+        "behind a proxy every request comes from its address)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections per worker; past it the worker stops accepting until one closes",
+    )
     serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS")
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM) for --certfile")
     serve.set_defaults(run=_serve)
@@ -202,12 +227,21 @@ def _describe_rules(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from cds_service.cli.serve import serve
+    from cds_service.cli.worker import IntakeLimits
 
     settings = Settings.load()  # fail fast, before any worker starts
     try:
         load_pack(settings.cards_dir)
     except RulePackError as exc:
         return _bad_input(f"the rule pack in CDS_CARDS_DIR is invalid:\n{exc}")
+    if (
+        min(args.head_timeout, args.body_timeout) <= 0
+        or min(args.max_reading_per_source, args.max_connections - 1) < 0
+    ):
+        return _bad_input(
+            "--head-timeout and --body-timeout must be positive, --max-reading-per-source "
+            "0 or more and --max-connections 1 or more"
+        )
     if (args.certfile is None) != (args.keyfile is None):
         return _bad_input("--certfile and --keyfile go together")
     for path in (args.certfile, args.keyfile):
@@ -223,6 +257,12 @@ def _serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         backlog=args.backlog,
         max_requests=args.max_requests,
+        intake=IntakeLimits(
+            head_timeout=args.head_timeout,
+            body_timeout=args.body_timeout,
+            max_per_source=args.max_reading_per_source,
+        ),
+        max_connections=args.max_connections,
     )
     return EXIT_OK
 

@@ -7,36 +7,21 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from wsgiref.types import WSGIApplication
 
 from gunicorn.app.base import BaseApplication
-from gunicorn.workers.gthread import ThreadWorker
 from sqlalchemy.exc import SQLAlchemyError
 
+from cds_service.cli.worker import IntakeLimits, IntakeWorker
 from cds_service.config import Settings
 from cds_service.logs import configure_logging
 from cds_service.store.database import create_database_engine
 from cds_service.store.migrations import upgrade_database
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
-
-
-class _ThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type hints
-    """gunicorn's gthread worker, which stops listening as soon as it is told to stop.
-
-    On SIGTERM gunicorn's worker stops accepting but keeps its listening socket open until the
-    requests in flight are answered: meanwhile the kernel still completes new connections into
-    the backlog, and resets them at the end. Closing the socket at once makes them fail fast
-    (connection refused), so a client or load balancer goes to another instance.
-    """
-
-    def set_accept_enabled(self, enabled: bool) -> None:
-        super().set_accept_enabled(enabled)
-        if not enabled and not self.alive:  # shutting down, not only at the connection limit
-            for listener in self.sockets:
-                listener.close()
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -65,6 +50,8 @@ def serve(
     threads: int = 16,
     backlog: int = 256,
     max_requests: int = 20_000,
+    intake: IntakeLimits | None = None,
+    max_connections: int = 1000,
 ) -> None:
     """Migrate the schema once (development), then start ``workers`` threaded workers.
 
@@ -80,6 +67,10 @@ def serve(
     vocabulary for the life of the process (about 3 KB per distinct operative note, measured
     over 5,000 notes), names in the notes among them; a replaced worker starts with the pack's
     words only.
+
+    Requests are read whole by each worker's event loop before a thread sees them, under the
+    ``intake`` deadlines and per-source bound (:mod:`cds_service.cli.worker`), so slow or many
+    clients cannot hold the threads.
 
     With ``tls`` (certificate and key files) gunicorn serves HTTPS itself. ``on_ready`` runs in
     the master once the socket listens (``cds-service demo`` prints its guide then).
@@ -107,8 +98,9 @@ def serve(
         | {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": _ThreadWorker,
+            "worker_class": _worker_class(intake or IntakeLimits(), settings.max_body_bytes),
             "threads": threads,
+            "worker_connections": max_connections,
             "backlog": backlog,
             "max_requests": max_requests,
             "max_requests_jitter": max_requests // 10,
@@ -120,6 +112,12 @@ def serve(
             "proc_name": "cds-service",
         }
     ).run()
+
+
+def _worker_class(limits: IntakeLimits, max_body: int) -> type[IntakeWorker]:
+    """The worker class, carrying the intake limits (gunicorn takes a class, not an instance)."""
+    limits = replace(limits, max_body=max_body)
+    return type("CdsWorker", (IntakeWorker,), {"limits": limits})
 
 
 def prepare_metrics_directory() -> Path:

@@ -68,6 +68,12 @@ SHED = Counter(
     "Requests answered 503 at once because every processing slot was busy, by endpoint.",
     ["endpoint"],
 )
+CONNECTIONS_CLOSED = Counter(
+    "cds_connections_closed_total",
+    "Connections the server closed before their request reached the service, by reason "
+    "(head-timeout, body-timeout, per-source-limit).",
+    ["reason"],
+)
 AUDIT_FAILURES = Counter(
     "cds_audit_write_failures_total", "Hook calls whose audit record could not be written."
 )
