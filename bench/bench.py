@@ -515,6 +515,9 @@ def running_servers(
             "CDS_DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
             "CDS_LOG_LEVEL": settings.service_log_level,
             "CDS_FHIR_SERVER_ALLOWLIST": fhir_allowlist,
+            # wrk sends everything from one address: the per-client limit would answer 429s
+            # and the bench would measure the limiter, not the service.
+            "CDS_RATE_LIMIT_PER_MINUTE": "0",
         }
         servers.append(start_server("service", service_command, service_env, workdir, service_port))
         yield servers[0], servers[1]

@@ -56,6 +56,8 @@ DEFAULTS: dict[str, str] = {
     "AUDIT_RETENTION_DAYS": "90",
     "MAX_CONCURRENT_CALLS": "4",
     "QUEUE_TIMEOUT_SECONDS": "1",
+    "RATE_LIMIT_PER_MINUTE": "6000",
+    "RATE_LIMIT_BURST": "200",
 }
 SETTING_NAMES = frozenset(DEFAULTS)
 
@@ -91,6 +93,8 @@ class Settings:
     audit_retention_days: int
     max_concurrent_calls: int
     queue_timeout: float
+    rate_limit_per_minute: int  # per client and worker process; 0: no limit
+    rate_limit_burst: int
 
     @classmethod
     def load(
@@ -119,6 +123,8 @@ class Settings:
             audit_retention_days=int(_number(raw, "AUDIT_RETENTION_DAYS", 1, 36500, whole=True)),
             max_concurrent_calls=int(_number(raw, "MAX_CONCURRENT_CALLS", 1, 256, whole=True)),
             queue_timeout=_number(raw, "QUEUE_TIMEOUT_SECONDS", 0, 30),
+            rate_limit_per_minute=int(_number(raw, "RATE_LIMIT_PER_MINUTE", 0, 10**7, whole=True)),
+            rate_limit_burst=int(_number(raw, "RATE_LIMIT_BURST", 1, 10**6, whole=True)),
         )
 
 

@@ -9,6 +9,7 @@ Hierarchy::
     +-- PrefetchUnavailableError  412  required data is neither prefetched nor obtainable
     +-- UnsupportedMediaTypeError 415  the body is not JSON
     +-- TooManyEntriesError       413  a context or prefetch Bundle has more entries than allowed
+    +-- RateLimitedError          429  the client sent more than CDS_RATE_LIMIT_PER_MINUTE
     +-- OverloadedError           503  no processing slot within CDS_QUEUE_TIMEOUT_SECONDS
     +-- KeySetUnavailableError    503  a jku client's JWK Set cannot be fetched and none is cached
     AuthenticationError           401  the JWT is missing or fails a check (security.tokens)
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 REALM = "cds-20703"
+# HTTPS only for a year, once a browser has seen the service over TLS (never sent over plain HTTP).
+HSTS = "max-age=31536000"
 _ISSUE_CODES = {
     400: "invalid",
     401: "login",
@@ -120,6 +123,17 @@ class OverloadedError(CdsError):
     retry_after = 1
 
 
+class RateLimitedError(CdsError):
+    """The client is over its rate limit: retry after ``retry_after`` seconds (429)."""
+
+    status_code = 429
+    issue_code = "throttled"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Too many requests from this client; retry after the Retry-After delay.")
+        self.retry_after = retry_after
+
+
 class KeySetUnavailableError(CdsError):
     """The issuer's JWK Set (``jku``) could not be fetched and no copy is cached (503).
 
@@ -185,6 +199,8 @@ def register_error_handlers(app: Flask) -> None:
     def _security_headers(response: Response) -> Response:
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.is_secure:  # served over TLS (--certfile, or a proxy's X-Forwarded-Proto)
+            response.headers["Strict-Transport-Security"] = HSTS
         return response
 
     @app.errorhandler(HTTPException)

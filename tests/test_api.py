@@ -304,6 +304,23 @@ def test_invalid_request_is_400(client: FlaskClient, mutate: Any, needle: str) -
     assert "secret-token-value" not in diagnostics
 
 
+@pytest.mark.parametrize("field", ["patientId", "encounterId"])
+@pytest.mark.parametrize(
+    "value", ["../Patient/other", "Patient/p1", "p 1", "p1\n", "p1;x", "é", "x" * 65, "p%2F1"]
+)
+def test_a_context_id_that_is_not_a_fhir_id_is_400(
+    client: FlaskClient, field: str, value: str
+) -> None:
+    """patientId and encounterId go into FHIR queries and into the resources a card suggests
+    (Task.for): anything but a FHIR id is refused, named, and not echoed."""
+    body = load_fixture(STANDARD)
+    body["context"][field] = value
+    diagnostics = assert_operation_outcome(
+        post(client, body, DISCHARGE), 400, f"context.{field} must be a FHIR id"
+    )
+    assert value not in diagnostics
+
+
 def test_order_sign_needs_a_draft_orders_bundle(client: FlaskClient) -> None:
     """draftOrders must be a FHIR Bundle."""
     body = load_fixture("order-sign--planned-removal-reminder.json")

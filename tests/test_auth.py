@@ -376,6 +376,52 @@ def test_missing_token_is_401_without_error_code(secured: Flask) -> None:
     assert feedback_rows(secured) == []
 
 
+def signed_with_header(key: SigningKey, header: dict[str, Any], path: str) -> str:
+    """A token, really signed, whose header PyJWT itself would refuse to write."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": BASE_URL + path, "exp": now + 300, "iat": now, "jti": "h-1"}
+    segments = [
+        base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+        for part in ({"alg": key.algorithm, "typ": "JWT"} | header, claims)
+    ]
+    algorithm = jwt.get_algorithm_by_name(key.algorithm)
+    signature = algorithm.sign(".".join(segments).encode(), algorithm.prepare_key(key.private))
+    return remember(
+        ".".join([*segments, base64.urlsafe_b64encode(signature).rstrip(b"=").decode()])
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "check"),
+    [
+        ({"kid": 5}, "kid"),
+        ({"kid": ["k1"]}, "kid"),
+        ({"kid": "k1", "crit": ["exp"]}, "crit"),
+        ({"kid": "k1", "crit": "exp"}, "crit"),
+        ({"kid": "k1", "crit": []}, "crit"),
+    ],
+)
+def test_a_header_pyjwt_refuses_is_401_naming_the_check(
+    client: FlaskClient, ec_key: SigningKey, header: dict[str, Any], check: str
+) -> None:
+    assert_401(post(client, SERVICE, signed_with_header(ec_key, header, SERVICE)), check)
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", "{exp}"), ("iat", "{now}"), ("nbf", "{now}"), ("exp", True), ("iat", None)],
+)
+def test_numeric_dates_must_be_json_numbers(
+    client: FlaskClient, tokens: TokenFactory, claim: str, value: Any
+) -> None:
+    """exp, iat and nbf are NumericDates: a string of digits (which PyJWT would take) is 401."""
+    now = int(time.time())
+    if isinstance(value, str):
+        value = value.format(now=now, exp=now + 300)
+    token = tokens.token(SERVICE, claims={claim: value})
+    assert_401(post(client, SERVICE, token), claim)
+
+
 def test_basic_authorization_is_malformed(client: FlaskClient) -> None:
     """An Authorization header that is not Bearer is refused."""
     response = client.post(
@@ -751,10 +797,12 @@ def test_shipped_sandbox_trust_file_accepts_sandbox_style_tokens(
 
 
 def test_security_headers_on_every_response(client: FlaskClient, tokens: TokenFactory) -> None:
-    """no-store and nosniff on successes and on 401s."""
+    """no-store and nosniff on successes and on 401s; HSTS only over TLS (a browser ignores it
+    over plain HTTP, and it would pin a development host to HTTPS)."""
     for response in (post(client, SERVICE, tokens.token(SERVICE)), post(client, SERVICE, None)):
         assert response.headers["Cache-Control"] == "no-store"
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "Strict-Transport-Security" not in response.headers
 
 
 def test_too_many_bundle_entries_is_413(make_app: Any, sqlite_url: str) -> None:

@@ -273,7 +273,7 @@ def test_serve_answers_over_real_http(tmp_path: Path) -> None:
 
 
 def test_serve_with_tls(tmp_path: Path) -> None:
-    """--certfile/--keyfile serve HTTPS with that certificate."""
+    """--certfile/--keyfile serve HTTPS with that certificate, and HSTS."""
     cert, key = self_signed(tmp_path)
     with served(
         tmp_path, "--workers", "1", "--certfile", str(cert), "--keyfile", str(key),
@@ -282,6 +282,7 @@ def test_serve_with_tls(tmp_path: Path) -> None:
         response = requests.get(f"{base}/cds-services", timeout=30, verify=str(cert))
         assert response.status_code == 200
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
 
 
 def test_serve_refuses_a_lone_certfile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

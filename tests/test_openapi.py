@@ -52,7 +52,7 @@ from werkzeug.test import TestResponse
 
 from cds_service.engine.rule_pack import load_pack
 from cds_service.rulepack.loading import default_cards_dir
-from cds_service.web import admission, ops, playground
+from cds_service.web import admission, ops, playground, rate_limit
 from cds_service.web.app_state import service_state
 
 DOC_URI = "urn:cds-20703:openapi"
@@ -488,6 +488,7 @@ class Scenario:
     app: str = "default"
     broken_endpoint: str | None = None  # a view that raises (a 500)
     overloaded: bool = False  # every processing slot busy
+    limited: bool = False  # the client over its rate limit
     note: str = ""
 
     @property
@@ -580,6 +581,13 @@ SCENARIOS = [
         f"/cds-services/{DISCHARGE}",
         _post(load_fixture(STANDARD)),
         broken_endpoint="cds.call_service",
+    ),
+    *(
+        Scenario(path, "post", 429, url, _post(body), limited=True)
+        for path, url, body in (
+            (_SERVICE, f"/cds-services/{DISCHARGE}", load_fixture(STANDARD)),
+            (_FEEDBACK, f"/cds-services/{DISCHARGE}/feedback", FEEDBACK_BODY),
+        )
     ),
     Scenario(_FEEDBACK, "post", 200, f"/cds-services/{DISCHARGE}/feedback", _post(FEEDBACK_BODY)),
     Scenario(
@@ -713,6 +721,8 @@ def test_documented_response_is_real_and_conforms(
         monkeypatch.setitem(app.view_functions, scenario.broken_endpoint, _boom)
     if scenario.overloaded:
         monkeypatch.setattr(admission.AdmissionGate, "enter", lambda gate: False)
+    if scenario.limited:
+        monkeypatch.setattr(rate_limit.RateLimiter, "wait_seconds", lambda limiter, client: 7)
     request: dict[str, Any] = {"method": "GET", "buffered": True} | scenario.request
     if scenario.app.startswith("auth") and scenario.status != 401:
         request["headers"] = apps.token(scenario.url)

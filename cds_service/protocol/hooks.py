@@ -14,6 +14,7 @@ USER_TOKENS = frozenset(
 )
 _TOKEN = re.compile(r"\{\{(.*?)\}\}")
 _REFERENCE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ContextField:
     kind: type  # str for ids, dict for Bundles
     token: bool  # usable as a 2.0 prefetch token
     reference: bool = False  # must look like ``Type/id``
+    identifier: bool = False  # must be a FHIR id (it goes into queries and suggested resources)
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ HOOKS: dict[str, Hook] = {
         "order-sign",
         (
             ContextField("userId", True, str, True, reference=True),
-            ContextField("patientId", True, str, True),
-            ContextField("encounterId", False, str, True),
+            ContextField("patientId", True, str, True, identifier=True),
+            ContextField("encounterId", False, str, True, identifier=True),
             ContextField("draftOrders", True, dict, False),
         ),
     ),
@@ -53,8 +55,8 @@ HOOKS: dict[str, Hook] = {
         "encounter-discharge",
         (
             ContextField("userId", True, str, True, reference=True),
-            ContextField("patientId", True, str, True),
-            ContextField("encounterId", True, str, True),
+            ContextField("patientId", True, str, True, identifier=True),
+            ContextField("encounterId", True, str, True, identifier=True),
         ),
     ),
 }
@@ -80,8 +82,12 @@ def context_problems(hook: Hook, context: dict[str, object]) -> list[str]:
         if not isinstance(value, field.kind) or (field.kind is str and not value):
             expected = "a non-empty string" if field.kind is str else "a JSON object (FHIR Bundle)"
             problems.append(f"context.{field.name} must be {expected}")
-        elif field.reference and isinstance(value, str) and not _REFERENCE.match(value):
+        elif field.reference and isinstance(value, str) and not _REFERENCE.fullmatch(value):
             problems.append(f"context.{field.name} must be a reference of the form Type/id")
+        elif field.identifier and isinstance(value, str) and not _ID.fullmatch(value):
+            problems.append(
+                f"context.{field.name} must be a FHIR id (1 to 64 letters, digits, '-' or '.')"
+            )
         elif (
             field.kind is dict and isinstance(value, dict) and value.get("resourceType") != "Bundle"
         ):

@@ -1,7 +1,9 @@
 """Trust only real CDS clients: verify the JWT every CDS Hooks request carries (CDS Hooks 2.0).
 
-Verification, in order, each failure naming its check: bearer token present, header readable,
-``alg`` on the allowlist (never ``none`` or HS*), ``typ`` JWT, ``kid`` present, ``iss`` trusted
+Verification, in order, each failure naming its check: bearer token present, header readable
+(a header PyJWT refuses is a ``kid``, ``crit`` or ``malformed`` failure, never an error),
+``alg`` on the allowlist (never ``none`` or HS*), ``typ`` JWT, ``kid`` present, ``exp``/``iat``/
+``nbf`` JSON numbers, ``iss`` trusted
 (:mod:`cds_service.security.trust`), ``jku`` (when present) on that client's allowlist, the key
 found (a ``jku`` set is fetched again once, rate-limited, for an unknown ``kid``:
 :mod:`cds_service.security.jwks`) and suited to ``alg``, the signature, ``aud`` equal to this
@@ -15,7 +17,9 @@ Tokens are never logged or stored; the replay store keeps a hash of ``iss`` and 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +75,8 @@ class TokenVerifier:
             claims = jwt.decode(token, options={"verify_signature": False})
         except jwt.DecodeError:
             raise AuthenticationError("malformed", "The bearer token is not a JWT.") from None
+        except jwt.InvalidTokenError:  # a header PyJWT refuses: a kid that is not a string, crit
+            raise _header_refusal(token) from None
         try:
             return self._verify(token, audience, header, claims)
         except AuthenticationError as error:
@@ -82,6 +88,7 @@ class TokenVerifier:
         self, token: str, audience: str, header: Mapping[str, Any], claims: Mapping[str, Any]
     ) -> VerifiedClient:
         algorithm, kid = self._checked_header(header)
+        _check_numeric_dates(claims)
         client = self._trusted_issuer(claims)
         key = self._key(client, header, kid)
         if not isinstance(algorithm, str) or not _suits(key, algorithm):
@@ -180,6 +187,31 @@ class TokenVerifier:
         if key is None:
             raise AuthenticationError("kid", "The token's kid is not a key of its issuer.")
         return key
+
+
+def _header_refusal(token: str) -> AuthenticationError:
+    """The check a header PyJWT refused failed, named from the header's own fields."""
+    try:
+        segment = token.split(".", 1)[0]
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError):
+        header = None
+    if isinstance(header, dict) and "crit" in header:
+        return AuthenticationError(
+            "crit", "The token's header lists critical extensions (crit), which are not supported."
+        )
+    if isinstance(header, dict) and not isinstance(header.get("kid", ""), str):
+        return AuthenticationError("kid", "The token's kid header is not a string.")
+    return AuthenticationError("malformed", "The token's header is not valid.")
+
+
+def _check_numeric_dates(claims: Mapping[str, Any]) -> None:
+    """``exp``, ``iat`` and ``nbf``, when present, are JSON numbers (RFC 7519 NumericDate):
+    PyJWT would also take a string of digits."""
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if name in claims and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise AuthenticationError(name, f"The token's {name} claim must be a number.")
 
 
 def _suits(key: Mapping[str, Any], algorithm: str) -> bool:

@@ -1,5 +1,5 @@
 """Everything the HTTP layer adds to a new Flask app: request ids and access logs, the admission
-gate, error handlers, CORS, and the blueprints."""
+gate, error handlers, CORS, the blueprints, and the per-client rate limit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flask_cors import CORS
 
 from cds_service.config import Settings
 from cds_service.errors import register_error_handlers
-from cds_service.web import admission, cds_hooks, observability, ops, playground
+from cds_service.web import admission, cds_hooks, observability, ops, playground, rate_limit
 
 
 def install(app: Flask, settings: Settings) -> None:
@@ -31,3 +31,6 @@ def install(app: Flask, settings: Settings) -> None:
     app.register_blueprint(cds_hooks.questionnaires)
     app.register_blueprint(ops.bp)
     app.register_blueprint(playground.bp)
+    if settings.rate_limit_per_minute:
+        limiter = rate_limit.RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        rate_limit.init_app(app, cds_hooks.bp.name, limiter)

@@ -68,6 +68,11 @@ SHED = Counter(
     "Requests answered 503 at once because every processing slot was busy, by endpoint.",
     ["endpoint"],
 )
+LIMITED = Counter(
+    "cds_requests_limited_total",
+    "Requests answered 429 because their client was over CDS_RATE_LIMIT_PER_MINUTE, by endpoint.",
+    ["endpoint"],
+)
 CONNECTIONS_CLOSED = Counter(
     "cds_connections_closed_total",
     "Connections the server closed before their request reached the service, by reason "
