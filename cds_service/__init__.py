@@ -54,7 +54,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for key, value in (config or {}).items():
         if key.removeprefix("CDS_").upper() not in SETTING_NAMES:
             app.config[key] = value
-    store = Store(engine, settings.audit_retention_days)
+    store = Store(
+        engine,
+        settings.audit_retention_days,
+        unknown_feedback_per_day=settings.unknown_feedback_per_day,
+        unknown_feedback_retention_days=settings.unknown_feedback_retention_days,
+    )
     attach_state(
         app,
         ServiceState(

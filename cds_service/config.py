@@ -54,6 +54,8 @@ DEFAULTS: dict[str, str] = {
     "JWKS_MIN_REFETCH_SECONDS": "10",
     "PLAYGROUND": "",
     "AUDIT_RETENTION_DAYS": "90",
+    "UNKNOWN_FEEDBACK_PER_DAY": "1000",
+    "UNKNOWN_FEEDBACK_RETENTION_DAYS": "7",
     "MAX_CONCURRENT_CALLS": "4",
     "QUEUE_TIMEOUT_SECONDS": "1",
     "RATE_LIMIT_PER_MINUTE": "6000",
@@ -91,6 +93,8 @@ class Settings:
     auth: AuthSettings
     playground: bool
     audit_retention_days: int
+    unknown_feedback_per_day: int  # per client: feedback on cards not issued to it
+    unknown_feedback_retention_days: int
     max_concurrent_calls: int
     queue_timeout: float
     rate_limit_per_minute: int  # per client and worker process; 0: no limit
@@ -121,6 +125,12 @@ class Settings:
             auth=_auth_settings(raw),
             playground=_playground(raw["PLAYGROUND"], raw["PROFILE"]),
             audit_retention_days=int(_number(raw, "AUDIT_RETENTION_DAYS", 1, 36500, whole=True)),
+            unknown_feedback_per_day=int(
+                _number(raw, "UNKNOWN_FEEDBACK_PER_DAY", 0, 10**7, whole=True)
+            ),
+            unknown_feedback_retention_days=int(
+                _number(raw, "UNKNOWN_FEEDBACK_RETENTION_DAYS", 1, 36500, whole=True)
+            ),
             max_concurrent_calls=int(_number(raw, "MAX_CONCURRENT_CALLS", 1, 256, whole=True)),
             queue_timeout=_number(raw, "QUEUE_TIMEOUT_SECONDS", 0, 30),
             rate_limit_per_minute=int(_number(raw, "RATE_LIMIT_PER_MINUTE", 0, 10**7, whole=True)),

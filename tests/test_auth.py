@@ -1020,7 +1020,8 @@ def test_bad_auth_setting_names_the_variable(tmp_path: Path, case: str) -> None:
 
 def test_replay_store_forgets_expired_tokens(make_app: Any, database_url: str) -> None:
     """A token id is kept until it expires, then pruned, so the table does not grow forever."""
-    from cds_service.store.database import PRUNE_EVERY, jwt_replay
+    from cds_service.store.database import PRUNE_EVERY
+    from cds_service.store.tables import jwt_replay
 
     store: Store = service_state(make_app({"DATABASE_URL": database_url})).store
     now = time.time()

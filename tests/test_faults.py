@@ -42,7 +42,8 @@ from helpers.fault_server import FaultServer, TcpProxy, fault_server
 from helpers.jwt_tokens import BASE_URL, SigningKey, TokenFactory, jwk_set, write_trust_file
 from helpers.serving import free_port, serving
 
-from cds_service.store.database import create_database_engine, feedback
+from cds_service.store.database import create_database_engine
+from cds_service.store.tables import feedback
 from cds_service.web.app_state import service_state
 
 DISCHARGE = "/cds-services/cpt20703-encounter-discharge"

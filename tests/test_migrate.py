@@ -18,13 +18,14 @@ from alembic.runtime.migration import MigrationContext
 from helpers.jwt_tokens import BASE_URL, ISSUER, SigningKey, jwk_set, write_trust_file
 
 from cds_service.cli.main import main
-from cds_service.store.database import create_database_engine, metadata
+from cds_service.store.database import create_database_engine
 from cds_service.store.migrations import (
     MIGRATIONS_DIR,
     current_revision,
     head_revision,
     upgrade_database,
 )
+from cds_service.store.tables import metadata
 from cds_service.web.app_state import service_state
 
 

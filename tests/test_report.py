@@ -113,7 +113,8 @@ def test_report_from_a_populated_database(
     monkeypatch.setenv("CDS_DATABASE_URL", database_url)
     status, out = run_report(capsys, "--json")
     assert status == 0
-    report = json.loads(out)
+    [report] = json.loads(out)["clients"]  # no authentication: one client, not recorded
+    assert (report["client"], report["tenant"]) == (None, None)
     by_code = {row["finding"]: row for row in report["findings"]}
     overall = by_code[ALL_CALLS]
     assert overall["hook_calls"] == 3
@@ -130,7 +131,7 @@ def test_report_from_a_populated_database(
     assert expected_units <= set(by_code)
     status, text = run_report(capsys)
     assert status == 0
-    assert text.startswith("3 hook calls and their feedback")
+    assert text.startswith("client: (client not recorded)\n3 hook calls and their feedback")
     assert "add-on-suggested" in text
 
 
@@ -143,10 +144,11 @@ def test_since_leaves_out_older_records(
     populate(make_app({"DATABASE_URL": sqlite_url}))
     monkeypatch.setenv("CDS_DATABASE_URL", sqlite_url)
     _, out = run_report(capsys, "--json", "--since", "2000-01-01")
-    assert json.loads(out)["findings"][0]["hook_calls"] == 3
+    assert json.loads(out)["clients"][0]["findings"][0]["hook_calls"] == 3
     _, out = run_report(capsys, "--json", "--since", "2999-01-01")
-    report = json.loads(out)
-    assert report["since"] == "2999-01-01"
+    document = json.loads(out)
+    assert document["since"] == "2999-01-01"
+    [report] = document["clients"]
     assert [row["finding"] for row in report["findings"]] == [ALL_CALLS]
     assert report["findings"][0]["hook_calls"] == 0
 

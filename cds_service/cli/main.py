@@ -126,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--since", type=_date_argument, help="only hook calls and feedback from DATE (YYYY-MM-DD)"
     )
+    report.add_argument("--client", help="only this client (its verified issuer, the JWT's iss)")
+    report.add_argument("--tenant", help="only this tenant (with --client)")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.set_defaults(run=_report)
 
@@ -169,23 +171,46 @@ def _with_database(action: Callable[[Engine], T], failure: str) -> T:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """One report per client (issuer and tenant): clients are never mixed in one figure."""
     from cds_service.store.database import Store
-    from cds_service.store.report import FindingReport, build_report, render_text
+    from cds_service.store.report import build_report, by_client, client_label, render_text
 
-    def figures(engine: Engine) -> list[FindingReport]:
+    if args.tenant is not None and args.client is None:
+        return _bad_input("--tenant goes with --client")
+
+    def rows(engine: Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         store = Store(engine)
-        return build_report(store.hook_call_rows(args.since), store.feedback_for_report(args.since))
+        return store.hook_call_rows(args.since), store.feedback_for_report(args.since)
 
     try:
-        rows = _with_database(figures, "cannot read the database")
+        calls, feedback = _with_database(rows, "cannot read the database")
     except _DatabaseUnavailable:
         return EXIT_PROBLEM
+    groups = by_client(calls, feedback) or {(None, None): ([], [])}
+    if args.client is not None:
+        wanted = [key for key in groups if key[0] == args.client]
+        if args.tenant is not None:
+            wanted = [key for key in wanted if key[1] == args.tenant]
+        groups = {key: groups[key] for key in wanted} or {(args.client, args.tenant): ([], [])}
     since = args.since.date().isoformat() if args.since else None
+    reports = {key: build_report(*group) for key, group in groups.items()}
     if args.json:
-        document = {"since": since, "findings": [row.as_dict() for row in rows]}
+        document = {
+            "since": since,
+            "clients": [
+                {"client": key[0], "tenant": key[1], "findings": [row.as_dict() for row in rows]}
+                for key, rows in reports.items()
+            ],
+        }
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
-        sys.stdout.write(render_text(rows, since))
+        sections = [
+            f"client: {client_label(key)}\n{render_text(rows, since)}"
+            for key, rows in reports.items()
+        ]
+        sys.stdout.write(
+            "\n".join(sections) or f"no hook calls{' since ' + since if since else ''}\n"
+        )
     return EXIT_OK
 
 

@@ -21,16 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
     Engine,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     create_engine,
     delete,
     event,
@@ -43,64 +34,21 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import StaticPool
 
 from cds_service.protocol.models import FeedbackEntry
+from cds_service.store.tables import feedback, hook_call, issued_card, jwt_replay
 
-metadata = MetaData()
 PRUNE_EVERY = 100  # every 100th token also deletes all expired ones
 # Seconds to wait for a PostgreSQL connection (libpq waits forever by default): a database host
 # that stops answering costs each request this long, never a hang. The URL may set its own.
 POSTGRES_CONNECT_TIMEOUT = 3
 SQLITE_BUSY_TIMEOUT = 15.0
 
-issued_card = Table(
-    "issued_card",
-    metadata,
-    Column("card_uuid", String(36), primary_key=True),
-    Column("service_id", String(100), nullable=False),
-    Column("finding_code", String(100), nullable=False),
-    Column("issued_at", DateTime(timezone=True), nullable=False),
-)
 
-feedback = Table(
-    "feedback",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("entry_key", String(64), nullable=False, unique=True),
-    Column("service_id", String(100), nullable=False),
-    Column("card_uuid", String(200), nullable=False),
-    Column("card_issued", Boolean, nullable=False),
-    Column("outcome", String(20), nullable=False),
-    Column("accepted_suggestions", Text, nullable=True),
-    Column("override_code", String(200), nullable=True),
-    Column("override_system", String(500), nullable=True),
-    Column("has_user_comment", Boolean, nullable=False),
-    Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-)
+@dataclass(frozen=True)
+class ClientIdentity:
+    """Who caused a record: the verified issuer and tenant (None, None without authentication)."""
 
-
-hook_call = Table(
-    "hook_call",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("request_id", String(64), nullable=False),
-    Column("service_id", String(100), nullable=False),
-    Column("hook", String(100), nullable=True),
-    Column("hook_instance", String(100), nullable=True),
-    Column("client_iss", String(500), nullable=True),
-    Column("status", Integer, nullable=False),
-    Column("latency_ms", Float, nullable=False),
-    Column("finding_codes", Text, nullable=False),  # JSON list, one per card
-    Column("card_uuids", Text, nullable=False),  # JSON list, same order
-    Column("fetch_stats", Text, nullable=True),  # JSON object: counts and kinds only
-)
-
-jwt_replay = Table(
-    "jwt_replay",
-    metadata,
-    Column("token_key", String(64), primary_key=True),
-    Column("expires_at", Float, nullable=False, index=True),
-)
+    iss: str | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +59,7 @@ class FeedbackResult:
     duplicates: int
     unknown_cards: int
     stored_outcomes: tuple[tuple[str, str], ...] = ()  # (finding code or "unknown", outcome)
+    over_quota: int = 0  # entries on unknown cards not stored: the client's daily quota is spent
 
 
 @dataclass(frozen=True)
@@ -126,6 +75,7 @@ class HookCallRecord:
     latency_ms: float
     issued: Sequence[tuple[str, str]] = ()  # (card uuid, finding code)
     fetch_stats: dict[str, Any] | None = None
+    tenant: str | None = None
 
 
 def create_database_engine(url: str) -> Engine:
@@ -184,9 +134,18 @@ def create_database_engine(url: str) -> Engine:
 class Store:
     """Reads and writes the service's records."""
 
-    def __init__(self, engine: Engine, retention_days: int = 90) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        retention_days: int = 90,
+        unknown_feedback_per_day: int = 1000,
+        unknown_feedback_retention_days: int = 7,
+    ) -> None:
         self.engine = engine
         self.retention = timedelta(days=retention_days)
+        self.unknown_feedback_per_day = unknown_feedback_per_day
+        self.unknown_feedback_retention = timedelta(days=unknown_feedback_retention_days)
+        self._feedback_counter = itertools.count()
         self._prune_counter = itertools.count()
         self._audit_counter = itertools.count()
         # SQLite has one writer at a time, and a writer that finds the file locked polls it with
@@ -208,9 +167,9 @@ class Store:
         than the retention period (feedback is kept).
         """
         now = datetime.now(UTC)
-        cards = [
+        cards: list[dict[str, Any]] = [
             {"card_uuid": uuid, "service_id": call.service_id, "finding_code": code}
-            | {"issued_at": now}
+            | {"issued_at": now, "client_iss": call.client_iss, "tenant": call.tenant}
             for uuid, code in call.issued
         ]
         with self._write() as connection:
@@ -222,6 +181,7 @@ class Store:
                     hook=call.hook,
                     hook_instance=call.hook_instance,
                     client_iss=call.client_iss,
+                    tenant=call.tenant,
                     status=call.status,
                     latency_ms=call.latency_ms,
                     finding_codes=json.dumps([code for _, code in call.issued]),
@@ -236,32 +196,55 @@ class Store:
                 connection.execute(delete(hook_call).where(hook_call.c.received_at < cutoff))
                 connection.execute(delete(issued_card).where(issued_card.c.issued_at < cutoff))
 
-    def store_feedback(self, service_id: str, entries: Sequence[FeedbackEntry]) -> FeedbackResult:
-        """Store each entry once; an identical entry sent again is counted, not stored."""
+    def store_feedback(
+        self,
+        service_id: str,
+        entries: Sequence[FeedbackEntry],
+        client: ClientIdentity = ClientIdentity(),
+    ) -> FeedbackResult:
+        """Store each entry once; an identical entry sent again is counted, not stored.
+
+        An entry is about an issued card only when this service issued that card to this same
+        client (issuer and tenant). Entries on other cards are kept for
+        ``unknown_feedback_retention`` and at most ``unknown_feedback_per_day`` a client a day;
+        past the quota they are counted, not stored.
+        """
         now = datetime.now(UTC)
         rows: dict[str, dict[str, Any]] = {}
         for entry in entries:
-            row = _feedback_row(service_id, entry, now)
+            row = _feedback_row(service_id, entry, now) | {
+                "client_iss": client.iss,
+                "tenant": client.tenant,
+            }
             rows.setdefault(row["entry_key"], row)
         with self._write() as connection:
-            found = connection.execute(
-                select(issued_card.c.card_uuid, issued_card.c.finding_code).where(
-                    issued_card.c.card_uuid.in_({row["card_uuid"] for row in rows.values()})
-                )
-            )
-            issued: dict[str, str] = {row.card_uuid: row.finding_code for row in found.all()}
+            issued = _issued_to(connection, service_id, client, rows)
+            quota = self.unknown_feedback_per_day - _unknown_stored_today(connection, client, now)
             outcomes: list[tuple[str, str]] = []
+            over_quota = 0
             for row in rows.values():
                 row["card_issued"] = row["card_uuid"] in issued
+                if not row["card_issued"] and quota <= 0:
+                    over_quota += 1
+                    continue
                 inserted = connection.execute(_insert_ignoring_duplicates(self.engine, row))
                 if inserted.fetchall():
                     outcomes.append((issued.get(row["card_uuid"], "unknown"), row["outcome"]))
+                    quota -= 0 if row["card_issued"] else 1
+            if next(self._feedback_counter) % PRUNE_EVERY == 0:
+                connection.execute(
+                    delete(feedback).where(
+                        ~feedback.c.card_issued,
+                        feedback.c.received_at < now - self.unknown_feedback_retention,
+                    )
+                )
         unknown = len([row for row in rows.values() if not row["card_issued"]])
         return FeedbackResult(
             stored=len(outcomes),
-            duplicates=len(entries) - len(outcomes),
+            duplicates=len(entries) - len(outcomes) - over_quota,
             unknown_cards=unknown,
             stored_outcomes=tuple(outcomes),
+            over_quota=over_quota,
         )
 
     def remember_token(self, token_key: str, expires_at: float) -> bool:
@@ -294,7 +277,13 @@ class Store:
         """Feedback rows with the finding code of their card (None when it is not known)."""
         query = (
             select(feedback, issued_card.c.finding_code)
-            .outerjoin(issued_card, issued_card.c.card_uuid == feedback.c.card_uuid)
+            .outerjoin(
+                issued_card,
+                (issued_card.c.card_uuid == feedback.c.card_uuid)
+                & (issued_card.c.service_id == feedback.c.service_id)
+                & issued_card.c.client_iss.is_not_distinct_from(feedback.c.client_iss)
+                & issued_card.c.tenant.is_not_distinct_from(feedback.c.tenant),
+            )
             .order_by(feedback.c.id)
         )
         if since is not None:
@@ -314,6 +303,39 @@ class Store:
         """How many card uuids have been recorded."""
         with self.engine.connect() as connection:
             return int(connection.scalar(select(func.count()).select_from(issued_card)) or 0)
+
+
+def _issued_to(
+    connection: Connection,
+    service_id: str,
+    client: ClientIdentity,
+    rows: dict[str, dict[str, Any]],
+) -> dict[str, str]:
+    """card uuid -> finding code, of the cards among ``rows`` this service issued to ``client``."""
+    found = connection.execute(
+        select(issued_card.c.card_uuid, issued_card.c.finding_code).where(
+            issued_card.c.card_uuid.in_({row["card_uuid"] for row in rows.values()}),
+            issued_card.c.service_id == service_id,
+            issued_card.c.client_iss.is_not_distinct_from(client.iss),
+            issued_card.c.tenant.is_not_distinct_from(client.tenant),
+        )
+    )
+    return {row.card_uuid: row.finding_code for row in found.all()}
+
+
+def _unknown_stored_today(connection: Connection, client: ClientIdentity, now: datetime) -> int:
+    """How many entries on unknown cards ``client`` stored in the last 24 hours."""
+    stored = connection.scalar(
+        select(func.count())
+        .select_from(feedback)
+        .where(
+            ~feedback.c.card_issued,
+            feedback.c.client_iss.is_not_distinct_from(client.iss),
+            feedback.c.tenant.is_not_distinct_from(client.tenant),
+            feedback.c.received_at >= now - timedelta(days=1),
+        )
+    )
+    return int(stored or 0)
 
 
 def _feedback_row(service_id: str, entry: FeedbackEntry, now: datetime) -> dict[str, Any]:

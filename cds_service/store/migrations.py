@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from cds_service.store.database import metadata
+from cds_service.store.tables import metadata
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "alembic"
 BASELINE = "0001"

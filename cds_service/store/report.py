@@ -15,6 +15,9 @@ from typing import Any
 
 ALL_CALLS = "(all hook calls)"
 TOP_REASONS = 3
+NOT_RECORDED = "(client not recorded)"
+
+Client = tuple[str | None, str | None]  # (verified issuer, tenant); (None, None) without auth
 
 
 @dataclass
@@ -95,6 +98,27 @@ def build_report(
                 row.override_reasons[_reason_label(entry)] += 1
     ordered = sorted(by_code.values(), key=lambda row: (-row.cards_issued, row.finding))
     return [overall, *ordered]
+
+
+def by_client(
+    hook_calls: Iterable[Mapping[str, Any]], feedback: Iterable[Mapping[str, Any]]
+) -> dict[Client, tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]]:
+    """Audit rows and feedback rows split by the client that caused them, so that no report
+    mixes clients or tenants: sorted, the rows without a client first."""
+    groups: dict[Client, tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]] = {}
+    for index, rows in enumerate((hook_calls, feedback)):
+        for row in rows:
+            client = (row.get("client_iss"), row.get("tenant"))
+            groups.setdefault(client, ([], []))[index].append(row)
+    return dict(sorted(groups.items(), key=lambda item: (item[0][0] or "", item[0][1] or "")))
+
+
+def client_label(client: Client) -> str:
+    """How a report names a client."""
+    iss, tenant = client
+    if iss is None:
+        return NOT_RECORDED
+    return f"{iss} (tenant {tenant})" if tenant else iss
 
 
 def _reason_label(entry: Mapping[str, Any]) -> tuple[str, str | None]:

@@ -22,13 +22,20 @@ from cds_service.errors import (
 from cds_service.fhir.client import FetchStats
 from cds_service.fhir.json_limits import MAX_JSON_DEPTH, nested_deeper_than
 from cds_service.security.tokens import TokenVerifier, VerifiedClient
-from cds_service.store.database import HookCallRecord
+from cds_service.store.database import ClientIdentity, HookCallRecord
 from cds_service.web import metrics
 from cds_service.web.app_state import ServiceState, service_state
-from cds_service.web.observability import add_log_fields, elapsed_ms, request_id, service_label
+from cds_service.web.observability import (
+    REFUSED_STATUSES,
+    add_log_fields,
+    elapsed_ms,
+    request_id,
+    service_label,
+)
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__, url_prefix="/cds-services")
+
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 
 
@@ -163,8 +170,10 @@ def call_service(service_id: str) -> Response:
 
 @bp.after_request
 def audit_hook_call(response: Response) -> Response:
-    """Record every hook call, answered or refused, in the audit trail (metadata only)."""
-    if request.endpoint != "cds.call_service":
+    """Record every hook call the service worked on in the audit trail (metadata only); refused
+    ones (REFUSED_STATUSES) are counted in metrics and sampled in the log, never written: a
+    stranger's load must not grow the database."""
+    if request.endpoint != "cds.call_service" or response.status_code in REFUSED_STATUSES:
         return response
     state = _state()
     service = service_label()
@@ -180,6 +189,7 @@ def audit_hook_call(response: Response) -> Response:
         hook=pack_service.hook if pack_service else None,
         hook_instance=g.get("hook_instance"),
         client_iss=client.iss if client else None,
+        tenant=client.tenant if client else None,
         status=response.status_code,
         latency_ms=round(elapsed_ms(), 2),
         issued=g.get("issued", ()),
@@ -200,19 +210,25 @@ def feedback(service_id: str) -> Response:
     state = _state()
     find_service(state.pack, service_id)
     entries = parse_feedback_request(_json_body()).feedback
-    result = state.store.store_feedback(service_id, entries)
+    client = g.get("cds_client")
+    identity = ClientIdentity(client.iss, client.tenant) if client else ClientIdentity()
+    result = state.store.store_feedback(service_id, entries, identity)
     for finding, outcome in result.stored_outcomes:
         metrics.FEEDBACK.labels(service_id, finding, outcome).inc()
     add_log_fields(
-        stored=result.stored, duplicates=result.duplicates, unknown_cards=result.unknown_cards
+        stored=result.stored,
+        duplicates=result.duplicates,
+        unknown_cards=result.unknown_cards,
+        over_quota=result.over_quota,
     )
-    return _json_response(
-        {
-            "stored": result.stored,
-            "duplicates": result.duplicates,
-            "unknownCards": result.unknown_cards,
-        }
-    )
+    answer = {
+        "stored": result.stored,
+        "duplicates": result.duplicates,
+        "unknownCards": result.unknown_cards,
+    }
+    if result.over_quota:
+        answer["notStoredOverQuota"] = result.over_quota
+    return _json_response(answer)
 
 
 questionnaires = Blueprint("questionnaires", __name__, url_prefix="/questionnaires")

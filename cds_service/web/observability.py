@@ -1,5 +1,9 @@
 """Per-request bookkeeping: request id, one JSON log line, and the HTTP metrics.
 
+Refused requests (``REFUSED_STATUSES``: 401, 403, 413, 415, 429) are all counted in the metrics
+but only sampled in the log, one line per status and second at most, the next line carrying how
+many were left out (``suppressed``): a flood of strangers cannot flood the log.
+
 Every response carries ``X-Request-ID``: the caller's own id when it is a plain token (so an EHR
 can correlate), otherwise a fresh one. The log line and the metric labels hold the endpoint
 name, the service id (only ids of the rule pack; anything else is ``unknown``), the status and
@@ -11,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -23,6 +29,26 @@ from cds_service.web.app_state import service_state
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 access_log = logging.getLogger("cds_service.access")
+REFUSED_STATUSES = frozenset({401, 403, 413, 415, 429})
+
+
+class LogSampler:
+    """At most one log line per key and ``interval`` seconds; counts what it leaves out."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last: dict[int, float] = {}
+        self._left_out: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def admit(self, key: int, now: float) -> int | None:
+        """None when this line is left out; else how many were left out before it."""
+        with self._lock:
+            if now - self._last.get(key, -self.interval) < self.interval:
+                self._left_out[key] += 1
+                return None
+            self._last[key] = now
+            return self._left_out.pop(key, 0)
 
 
 def request_id() -> str:
@@ -53,6 +79,7 @@ def elapsed_ms() -> float:
 
 def init_app(app: Flask) -> None:
     """Install the request hooks on ``app``."""
+    sampler = LogSampler()
 
     @app.before_request
     def _start() -> None:
@@ -71,6 +98,12 @@ def init_app(app: Flask) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id()
         metrics.REQUESTS.labels(endpoint, service, str(response.status_code)).inc()
         metrics.REQUEST_LATENCY.labels(endpoint, service).observe(latency / 1000)
+        suppressed = 0
+        if response.status_code in REFUSED_STATUSES:
+            admitted = sampler.admit(response.status_code, time.monotonic())
+            if admitted is None:
+                return response
+            suppressed = admitted
         access_log.info(
             "request",
             extra={
@@ -82,6 +115,7 @@ def init_app(app: Flask) -> None:
                 "status": response.status_code,
                 "latency_ms": round(latency, 2),
                 **g.get("log_fields", {}),
+                **({"suppressed": suppressed} if suppressed else {}),
             },
         )
         return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from cds_service.store.database import metadata
+from cds_service.store.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
