@@ -120,7 +120,11 @@ FIXTURE_BODIES = {
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     """One app on one SQLite file for the module; only the dead loopback FHIR server allowed."""
     database = tmp_path_factory.mktemp("fuzz") / "cds.sqlite3"
-    app = isolated_app(database, {"MAX_BODY_BYTES": str(MAX_BODY_BYTES)})
+    # Thousands of requests from one address in seconds: the per-client rate limit is off, or
+    # the fuzzing would mostly test the limiter (tests/test_rate_limit.py does).
+    app = isolated_app(
+        database, {"MAX_BODY_BYTES": str(MAX_BODY_BYTES), "RATE_LIMIT_PER_MINUTE": "0"}
+    )
     yield app
     service_state(app).store.engine.dispose()
 
