@@ -136,6 +136,20 @@ def test_feedback_counts_as_issued_only_from_the_client_and_service_that_got_the
     ]
 
 
+def test_another_client_sending_the_same_entry_first_cannot_make_it_a_duplicate(
+    clients: Clients,
+) -> None:
+    """B copies A's feedback entry (card, outcome, suggestion, timestamp) and sends it first:
+    A's own entry is still stored, as feedback on A's card."""
+    [card] = clients.post(DISCHARGE, load_fixture(STANDARD), clients.a).get_json()["cards"]
+    first = clients.post(DISCHARGE + "/feedback", {"feedback": [accepted(card)]}, clients.b)
+    assert first.get_json()["stored"] == 1
+    own = clients.post(DISCHARGE + "/feedback", {"feedback": [accepted(card)]}, clients.a)
+    assert own.get_json() == {"stored": 1, "duplicates": 0, "unknownCards": 0}
+    again = clients.post(DISCHARGE + "/feedback", {"feedback": [accepted(card)]}, clients.a)
+    assert again.get_json() == {"stored": 0, "duplicates": 1, "unknownCards": 0}
+
+
 def run_report(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
     status = main(["report", "--json", *args])
     printed = capsys.readouterr()

@@ -212,10 +212,7 @@ class Store:
         now = datetime.now(UTC)
         rows: dict[str, dict[str, Any]] = {}
         for entry in entries:
-            row = _feedback_row(service_id, entry, now) | {
-                "client_iss": client.iss,
-                "tenant": client.tenant,
-            }
+            row = _feedback_row(service_id, entry, now, client)
             rows.setdefault(row["entry_key"], row)
         with self._write() as connection:
             issued = _issued_to(connection, service_id, client, rows)
@@ -338,11 +335,16 @@ def _unknown_stored_today(connection: Connection, client: ClientIdentity, now: d
     return int(stored or 0)
 
 
-def _feedback_row(service_id: str, entry: FeedbackEntry, now: datetime) -> dict[str, Any]:
+def _feedback_row(
+    service_id: str, entry: FeedbackEntry, now: datetime, client: ClientIdentity
+) -> dict[str, Any]:
+    """The row of one entry. Its key (what makes a re-sent entry a duplicate) names the client
+    too, so that another client sending the same entry first cannot make it a duplicate; without
+    a client the key is the one rows had before clients were recorded."""
     accepted = sorted(item.id for item in entry.acceptedSuggestions or [])
     reason = entry.overrideReason.reason if entry.overrideReason else None
     timestamp = entry.outcomeTimestamp.astimezone(UTC)
-    identity = {
+    identity: dict[str, Any] = {
         "service": service_id,
         "card": entry.card,
         "outcome": entry.outcome,
@@ -351,6 +353,8 @@ def _feedback_row(service_id: str, entry: FeedbackEntry, now: datetime) -> dict[
         "comment": bool(entry.overrideReason and entry.overrideReason.userComment),
         "timestamp": timestamp.isoformat(),
     }
+    if client.iss is not None:
+        identity["client"] = [client.iss, client.tenant]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return {
         "entry_key": key,
@@ -364,6 +368,8 @@ def _feedback_row(service_id: str, entry: FeedbackEntry, now: datetime) -> dict[
         "has_user_comment": identity["comment"],
         "outcome_timestamp": timestamp,
         "received_at": now,
+        "client_iss": client.iss,
+        "tenant": client.tenant,
     }
 
 
