@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError
 
 from cds_service.errors import ConfigError
 from cds_service.fhir.client import FetchPolicy
-from cds_service.fhir.url_policy import UnsafeUrlError, parse_outbound
+from cds_service.fhir.url_policy import UnsafeUrlError, allowlist_entry
 from cds_service.rulepack.loading import default_cards_dir
 from cds_service.security.tokens import DEFAULT_ALGORITHMS, PERMITTED_ALGORITHMS
 from cds_service.security.trust import TrustedClient
@@ -225,19 +225,15 @@ def _fetch_policy(raw: Mapping[str, str]) -> FetchPolicy:
         if not prefix:
             continue
         try:
-            base = parse_outbound(prefix)
+            entry = allowlist_entry(prefix)
         except UnsafeUrlError as exc:
             raise ConfigError(
                 "CDS_FHIR_SERVER_ALLOWLIST must be a comma-separated list of FHIR base URLs "
                 f"(one breaks the outbound URL rules: {exc.reason})."
             ) from None
-        if base.query:
-            raise ConfigError(
-                "CDS_FHIR_SERVER_ALLOWLIST must be a comma-separated list of FHIR base URLs."
-            )
-        if production and base.scheme != "https":
+        if production and not entry.startswith("https://"):
             raise ConfigError("CDS_FHIR_SERVER_ALLOWLIST may list only https URLs in production.")
-        prefixes.append(str(base).rstrip("/") + "/")
+        prefixes.append(entry)
     deadline = _number(raw, "FHIR_DEADLINE_SECONDS", 0.1, 60.0)
     return FetchPolicy(
         allowlist=tuple(prefixes),

@@ -208,9 +208,7 @@ def _report(args: argparse.Namespace) -> int:
             f"client: {client_label(key)}\n{render_text(rows, since)}"
             for key, rows in reports.items()
         ]
-        sys.stdout.write(
-            "\n".join(sections) or f"no hook calls{' since ' + since if since else ''}\n"
-        )
+        sys.stdout.write("\n".join(sections))
     return EXIT_OK
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+Buffer = bytes | bytearray  # the worker's buffer is checked as it grows, without a copy
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_CHUNK_LINE_BYTES = 1024
 HEAD_END = b"\r\n\r\n"
@@ -27,7 +29,7 @@ class Head:
     malformed: bool = False
 
 
-def read_head(data: bytes) -> Head | None:
+def read_head(data: Buffer) -> Head | None:
     """The head of the request at the start of ``data``, or None while it is incomplete."""
     end = data.find(HEAD_END)
     if end < 0:
@@ -49,7 +51,7 @@ def read_head(data: bytes) -> Head | None:
     return Head(end + len(HEAD_END), length, chunked, expects_continue, malformed)
 
 
-def is_complete(data: bytes, max_body: int) -> bool:
+def is_complete(data: Buffer, max_body: int) -> bool:
     """``data`` holds a whole request, or enough of one for the application or gunicorn to answer
     it without reading on (a body over ``max_body``, a head too long, a framing error)."""
     head = read_head(data)
@@ -64,7 +66,7 @@ def is_complete(data: bytes, max_body: int) -> bool:
     return len(data) - head.end >= head.length
 
 
-def chunked_body_complete(data: bytes, start: int, max_body: int) -> bool:
+def chunked_body_complete(data: Buffer, start: int, max_body: int) -> bool:
     """The chunked body from ``start`` has ended (its last chunk and trailers are in), is over
     ``max_body``, or is malformed."""
     position = start

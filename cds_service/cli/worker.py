@@ -143,12 +143,11 @@ class IntakeWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no typ
     def _progress(self, intake: _Intake) -> None:
         """Hand the connection over once its request is whole; start the body deadline once
         its head is in."""
-        data = bytes(intake.buffer)
-        if is_complete(data, self.limits.max_body):
+        if is_complete(intake.buffer, self.limits.max_body):
             self._end(intake)
-            self._hand_over(intake.conn, data)
+            self._hand_over(intake.conn, bytes(intake.buffer))
             return
-        head = read_head(data)
+        head = read_head(intake.buffer)
         if head is not None and not intake.head_seen:
             intake.head_seen = True
             intake.deadline = time.monotonic() + self.limits.body_timeout

@@ -36,7 +36,13 @@ from cds_service.fhir.http import (
     read_capped,
 )
 from cds_service.fhir.json_limits import nested_deeper_than
-from cds_service.fhir.url_policy import OutboundUrl, UnsafeUrlError, is_allowed, parse_outbound
+from cds_service.fhir.url_policy import (
+    OutboundUrl,
+    UnsafeUrlError,
+    is_allowed,
+    parse_base,
+    parse_outbound,
+)
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 
@@ -119,10 +125,8 @@ class FhirFetcher:
         configured allowlist; https is still required in production.
         """
         try:
-            base = parse_outbound(base_url)
+            base = parse_base(base_url)
         except UnsafeUrlError:
-            return "invalid-fhir-server"
-        if base.query:
             return "invalid-fhir-server"
         if self.policy.https_only and base.scheme != "https":
             return "not-allowed"
@@ -145,7 +149,7 @@ class FhirFetcher:
         if not queries:
             return {}
         stats.rounds += 1
-        base = parse_outbound(base_url)  # refusal() has passed it
+        base = parse_base(base_url)  # refusal() has passed it
         sent = time.monotonic()
         futures: dict[Future[Fetched], str] = {
             self._executor().submit(self._timed_get, base, query, token, deadline): key

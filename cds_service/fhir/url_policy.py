@@ -158,6 +158,19 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(output)
 
 
+def parse_base(url: str) -> OutboundUrl:
+    """``url`` as a FHIR base URL: an outbound URL without a query."""
+    base = parse_outbound(url)
+    if base.query:
+        raise UnsafeUrlError("query")
+    return base
+
+
+def allowlist_entry(url: str) -> str:
+    """The normalised text an allowlist keeps for the FHIR base URL ``url`` (ending in "/")."""
+    return str(parse_base(url)).rstrip("/") + "/"
+
+
 def is_allowed(url: OutboundUrl, allowlist: tuple[str, ...]) -> bool:
     """``url`` is at or below one of the ``allowlist`` base URLs (each a valid outbound URL)."""
     return any(url.is_within(parse_outbound(entry)) for entry in allowlist)

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cds_service.errors import ConfigError
-from cds_service.fhir.url_policy import UnsafeUrlError, parse_outbound
+from cds_service.fhir.url_policy import UnsafeUrlError, allowlist_entry, parse_outbound
 from cds_service.security.jwks import jwk_set_keys
 
 logger = logging.getLogger(__name__)
@@ -126,15 +126,13 @@ def _trusted_client(entry: _ClientEntry, path: Path, where: str, production: boo
     keys = _entry_keys(entry, path, where)
     if production and keys is not None:
         _refuse_sandbox_keys(keys, where)
-    _check_fhir_servers(entry.fhir_servers, where)
+    fhir_servers = _fhir_servers(entry.fhir_servers, where)
     return TrustedClient(
         iss=entry.iss,
         keys=keys,
         jku=tuple(entry.jku or ()),
         tenant=entry.tenant,
-        fhir_servers=tuple(
-            str(parse_outbound(server)).rstrip("/") + "/" for server in entry.fhir_servers
-        ),
+        fhir_servers=fhir_servers,
         development_only=entry.development_only,
     )
 
@@ -171,14 +169,17 @@ def _refuse_sandbox_keys(keys: Mapping[str, Mapping[str, Any]], where: str) -> N
         )
 
 
-def _check_fhir_servers(servers: list[str], where: str) -> None:
+def _fhir_servers(servers: list[str], where: str) -> tuple[str, ...]:
+    """The entry's FHIR base URLs, normalised as the allowlist keeps them."""
+    entries: list[str] = []
     for server in servers:
         try:
-            valid = not parse_outbound(server).query
+            entries.append(allowlist_entry(server))
         except UnsafeUrlError:
-            valid = False
-        if not valid:
-            raise ConfigError(f"{where}.fhir_servers: {server!r} is not an http(s) base URL.")
+            raise ConfigError(
+                f"{where}.fhir_servers: {server!r} is not an http(s) base URL."
+            ) from None
+    return tuple(entries)
 
 
 def _on_sandbox_host(url: str) -> bool:

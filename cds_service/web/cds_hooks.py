@@ -35,7 +35,6 @@ from cds_service.web.observability import (
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__, url_prefix="/cds-services")
-
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 
 
