@@ -66,7 +66,8 @@ from bench import (
 )
 from cds_service.cli.fhir_sandbox import FhirSandbox, FhirSandboxError, NodeUnavailable
 from cds_service.config import DEFAULTS
-from cds_service.rules.cards import FINDING_EXTENSION, not_checked_section
+from cds_service.rulepack.detail_fit import NOT_CHECKED_LABEL
+from cds_service.rules.cards import FINDING_EXTENSION
 from cds_service.store.database import create_database_engine
 
 RESULTS_DIR = BENCH_DIR / "results"
@@ -114,7 +115,7 @@ DRAIN_TIMEOUT_S = TIMEOUT_S + 5.0
 TARGET_RSS_GROWTH_PCT = 10.0
 TARGET_RATE_FRACTION = 0.95  # of --rate, for the rate to count as sustained
 POSTGRES_HINT = "postgresql://postgres@127.0.0.1:5432/test"
-NOT_CHECKED_MARKER = not_checked_section(["-"]).strip().splitlines()[0]  # "**Not checked** (…"
+NOT_CHECKED_MARKER = NOT_CHECKED_LABEL
 
 
 # --------------------------------------------------------------------------------------------

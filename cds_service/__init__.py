@@ -37,6 +37,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "CDS_AUTH is off: requests are NOT authenticated. Any caller can submit patient data "
             "and make this service call FHIR servers. Use CDS_AUTH=required outside development."
         )
+    logging.getLogger(__name__).info(
+        "settings in force",
+        extra={
+            "profile": settings.profile,
+            "public_base_url": settings.public_base_url,
+            "auth": settings.auth.mode,
+            "fhir_allowlist": list(settings.fetch.allowlist),
+            "loopback_hosts_alike": settings.fetch.loopback_alike,
+            "cors_origins": list(settings.cors_origins),
+        },
+    )
     if settings.fetch.refuse_all:
         logging.getLogger(__name__).warning(
             "CDS_FHIR_SERVER_ALLOWLIST is empty in production: no FHIR server will be called"

@@ -239,6 +239,7 @@ def _fetch_policy(raw: Mapping[str, str]) -> FetchPolicy:
         allowlist=tuple(prefixes),
         https_only=production,
         refuse_all=production and not prefixes,
+        loopback_alike=not production,
         connect_timeout=_number(raw, "FHIR_CONNECT_TIMEOUT_SECONDS", 0.05, 60.0),
         read_timeout=_number(raw, "FHIR_READ_TIMEOUT_SECONDS", 0.05, 60.0),
         deadline=deadline,

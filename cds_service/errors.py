@@ -197,7 +197,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
-        response.headers["Cache-Control"] = "no-store"
+        # Nothing is cached unless its view says so (the explanation page, the same for everyone).
+        response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
         if request.is_secure:  # served over TLS (--certfile, or a proxy's X-Forwarded-Proto)
             response.headers["Strict-Transport-Security"] = HSTS

@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -17,14 +18,16 @@ from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.task import Task
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers.cards import unfilled_placeholders
+from helpers.cards import assert_workflow_card, unfilled_placeholders
 from helpers.corpus import EXPECTED, FIXTURE_NAMES, icd10cm_diagnoses, load_fixture, without_uuids
+from helpers.jwt_tokens import ISSUER, SigningKey, jwk_set, write_trust_file
 from helpers.privacy import sensitive_strings
 from helpers.suggestion_records import EXPECTED_EDITS, documentation_labels, suggestion_record
 from werkzeug.test import TestResponse
 
 from cds_service.engine import hook_call
 from cds_service.fhir.json_limits import violations
+from cds_service.rulepack.detail_fit import UNCONFIRMED_LINE
 from cds_service.rulepack.loading import default_cards_dir
 from cds_service.rulepack.models import RulePack
 from cds_service.web.app_state import service_state
@@ -69,24 +72,19 @@ def assert_operation_outcome(response: TestResponse, status: int, *needles: str)
     return diagnostics
 
 
-def assert_states_what_is_unconfirmed(
-    card: dict[str, Any], pack: RulePack, notes: dict[str, str | None]
+def assert_explained(
+    client: FlaskClient, card: dict[str, Any], pack: RulePack, note: str | None, payer: str
 ) -> None:
-    """The card lists, under UNCONFIRMED, every item its finding (and note) leaves unconfirmed,
-    and no heading when there is none; another note's items are not shown."""
+    """The card's link opens its finding's explanation (as JSON): every item the finding, with
+    the note it was raised with, leaves unconfirmed, and the patient's payer profile."""
     code = card["extension"]["cpt20703.finding"]
-    template = pack.findings.findings[code]
-    items = template.unconfirmed_for(notes[code])
-    detail = card["detail"]
-    if items:
-        assert "**UNCONFIRMED**" in detail, code
-        for item in items:
-            assert f"- {item}" in detail, (code, item)
-    else:
-        assert "**UNCONFIRMED**" not in detail, code
-    for note, note_items in template.note_unconfirmed.items():
-        if note != notes[code]:
-            assert all(item in items or item not in detail for item in note_items), (code, note)
+    path = urlsplit(card["links"][0]["url"])
+    page = client.get(f"{path.path}.json?{path.query}").get_json()
+    assert page["finding"] == code
+    listed = page["unconfirmed"] + page["unconfirmedInSomeCases"]
+    assert set(pack.findings.findings[code].unconfirmed_for(note)) <= set(listed), code
+    assert page["unconfirmed"] == pack.findings.findings[code].unconfirmed
+    assert page["payer"]["key"] == payer
 
 
 def assert_suggestions_match_the_records(
@@ -159,16 +157,17 @@ def test_fixture_answer_over_http(client: FlaskClient, pack: RulePack, name: str
     uuids = [card["uuid"] for card in body["cards"]]
     uuids += [s["uuid"] for card in body["cards"] for s in card.get("suggestions", [])]
     assert len(uuids) == len(set(uuids))
-    payer_label = pack.payers.profile(expected["payer"]).label
     notes = dict.fromkeys(expected["findings"]) | expected.get("notes", {})
     assert_suggestions_match_the_records(name, body["cards"], pack)
+    base = service_state(client.application).settings.public_base_url
     for card in body["cards"]:
+        code = card["extension"]["cpt20703.finding"]
         assert unfilled_placeholders(card) == [], card["extension"]
         assert len(card["summary"]) < 140
-        assert f"**Payer: {payer_label}**" in card["detail"]
-        assert_states_what_is_unconfirmed(card, pack, notes)
+        hook = load_fixture(name)["hook"]
+        assert_workflow_card(card, pack, hook, notes[code], expected["payer"], base)
+        assert_explained(client, card, pack, notes[code], expected["payer"])
         assert card["source"]["topic"]["code"] == "claim"
-        assert "**Sources**\n- [" in card["detail"]
         missing = card["extension"].get("cpt20703.missing-documentation")
         if card["extension"]["cpt20703.finding"] == "documentation-missing":
             assert sorted(missing) == expected["missing_documentation"]
@@ -230,7 +229,7 @@ def test_null_prefetch_for_a_required_key_means_no_data(client: FlaskClient) -> 
 
 
 def test_the_operative_note_supports_the_card_when_procedures_are_null(
-    client: FlaskClient,
+    client: FlaskClient, pack: RulePack
 ) -> None:
     """With the Procedures null, the session's operative note still states the removal."""
     body = load_fixture(STANDARD)
@@ -238,7 +237,8 @@ def test_the_operative_note_supports_the_card_when_procedures_are_null(
     response = post(client, body)
     assert response.status_code == 200
     details = [card["detail"] for card in response.get_json()["cards"]]
-    assert any("the operative note states removal" in detail for detail in details)
+    label = pack.findings.evidence_labels["operative-note-removal"]
+    assert any(f"- {label}\n" in detail for detail in details)
 
 
 def test_fhir_json_content_type_is_accepted(client: FlaskClient) -> None:
@@ -498,6 +498,57 @@ def test_cors_on_success_and_restricted_origins(make_app: Any, sqlite_url: str) 
     assert "Access-Control-Allow-Origin" not in other.headers
 
 
+def test_browser_clients_can_read_the_request_id(client: FlaskClient) -> None:
+    """A browser client (the sandbox) may read X-Request-ID, on answers and on errors, to quote
+    it when asking for the service log."""
+    origin = {"Origin": "https://sandbox.cds-hooks.org"}
+    for response in (
+        client.post(DISCHARGE, json=load_fixture(STANDARD), headers=origin),
+        client.post(DISCHARGE, data="{not json", content_type="application/json", headers=origin),
+    ):
+        exposed = response.headers["Access-Control-Expose-Headers"].lower().split(", ")
+        assert "x-request-id" in exposed
+        assert response.headers["X-Request-ID"]
+
+
+PRIVATE_NETWORK_PREFLIGHT = {
+    "Origin": "https://sandbox.cds-hooks.org",
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Private-Network": "true",
+}
+
+
+def test_private_network_preflight_is_allowed_in_development(client: FlaskClient) -> None:
+    """Chromium asks before a public page (the hosted sandbox) calls a loopback service; in
+    development the service says yes."""
+    response = client.options(DISCHARGE, headers=PRIVATE_NETWORK_PREFLIGHT)
+    assert response.headers["Access-Control-Allow-Private-Network"] == "true"
+    plain = {k: v for k, v in PRIVATE_NETWORK_PREFLIGHT.items() if "Private" not in k}
+    assert (
+        "Access-Control-Allow-Private-Network"
+        not in client.options(DISCHARGE, headers=plain).headers
+    )
+
+
+def test_private_network_preflight_is_not_allowed_in_production(
+    make_app: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    trust = write_trust_file(tmp_path, [{"iss": ISSUER, "jwks": jwk_set(SigningKey.ec384())}])
+    app = make_app(
+        {
+            "DATABASE_URL": sqlite_url,
+            "PROFILE": "production",
+            "PUBLIC_BASE_URL": "https://cds.example.org",
+            "TRUSTED_CLIENTS": str(trust),
+            "FHIR_SERVER_ALLOWLIST": "https://ehr.example.org/fhir",
+            "CORS_ORIGINS": "https://sandbox.cds-hooks.org",
+        }
+    )
+    response = app.test_client().options(DISCHARGE, headers=PRIVATE_NETWORK_PREFLIGHT)
+    assert response.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
+    assert response.headers.get("Access-Control-Allow-Private-Network") != "true"
+
+
 # -- privacy -----------------------------------------------------------------------------------
 
 
@@ -571,31 +622,22 @@ def test_many_conflicting_diagnoses_still_give_a_short_summary(client: FlaskClie
 
 
 @pytest.mark.parametrize(
-    ("name", "shown", "not_shown"),
-    [
-        # The removal-only note adds the 20680 caveat; the finding's own AOC caveat is always there.
-        ("encounter-discharge--orphan-removal-only.json", ["removal-only"], ["other-procedures-commercial"]),
-        ("encounter-discharge--orphan-with-debridement.json", ["other-procedures-commercial"], ["removal-only"]),
-    ],
+    "name", ["encounter-discharge--orphan-removal-only.json", "encounter-discharge--orphan-with-debridement.json"]
 )  # fmt: skip
-def test_orphan_card_states_its_notes_unconfirmed_items(
-    client: FlaskClient, pack: RulePack, name: str, shown: list[str], not_shown: list[str]
+def test_orphan_card_points_to_its_unconfirmed_items(
+    client: FlaskClient, pack: RulePack, name: str
 ) -> None:
-    """Over HTTP, the orphan card says UNCONFIRMED with the items of the note it was raised with."""
+    """Over HTTP, the orphan card says some facts are unconfirmed, and its page lists the
+    finding's own items first, then the items only some of its notes raise."""
     (card,) = post(client, name).get_json()["cards"]
+    assert card["detail"].endswith("\n\nSome facts are unconfirmed: see Why.")
     template = pack.findings.findings["orphan-add-on"]
-    detail = card["detail"]
-    assert "**UNCONFIRMED**" in detail
-    for item in template.unconfirmed:
-        assert item in detail
-    for note in shown:
-        assert all(item in detail for item in template.note_unconfirmed[note])
-    for note in not_shown:
-        only_there = set(template.note_unconfirmed[note]) - {
-            item for other in shown for item in template.note_unconfirmed[other]
-        }
-        assert only_there
-        assert all(item not in detail for item in only_there)
+    path = urlsplit(card["links"][0]["url"]).path
+    page = client.get(path, headers={"Accept": "application/json"}).get_json()
+    assert page["unconfirmed"] == template.unconfirmed
+    note_items = {item for items in template.note_unconfirmed.values() for item in items}
+    assert set(page["unconfirmedInSomeCases"]) == note_items - set(template.unconfirmed)
+    assert len(page["unconfirmedInSomeCases"]) == 3
 
 
 def test_every_fixture_card_with_unconfirmed_items_says_so(
@@ -610,7 +652,8 @@ def test_every_fixture_card_with_unconfirmed_items_says_so(
             continue
         for card in post(client, name).get_json()["cards"]:
             code = card["extension"]["cpt20703.finding"]
-            (with_items if "**UNCONFIRMED**" in card["detail"] else without).add(code)
+            says_so = card["detail"].endswith(UNCONFIRMED_LINE)
+            (with_items if says_so else without).add(code)
     assert {"add-on-suggested", "documentation-missing", "planned-removal-reminder"} <= with_items
     assert "diagnosis-conflict" in without
     for code in without:

@@ -1035,3 +1035,47 @@ def test_replay_store_forgets_expired_tokens(make_app: Any, database_url: str) -
         left = connection.execute(jwt_replay.select()).all()
     assert {row.token_key for row in left} >= {"a" * 64, "b" * 64}
     assert len(left) < PRUNE_EVERY
+
+
+@pytest.mark.parametrize("spelling", ["http://localhost:8080", "http://[::1]:8080"])
+def test_development_takes_any_loopback_spelling_of_the_public_url(
+    make_app: Any, sqlite_url: str, trust_file: Path, ec_key: SigningKey, spelling: str
+) -> None:
+    """A sandbox that calls http://localhost:8080 signs that URL as the audience; a development
+    service configured as http://127.0.0.1:8080 accepts it. Another port or host still fails."""
+    config = {
+        "DATABASE_URL": sqlite_url,
+        "AUTH": "required",
+        "TRUSTED_CLIENTS": str(trust_file),
+        "PUBLIC_BASE_URL": "http://127.0.0.1:8080",
+        "JWT_ALGORITHMS": "ES384,RS384",
+    }
+    client = make_app(config).test_client()
+    assert (
+        post(client, SERVICE, TokenFactory(ec_key, base_url=spelling).token(SERVICE)).status_code
+        == 200
+    )
+    for other in ("http://127.0.0.1:8081", "http://cds.example.org:8080"):
+        response = post(client, SERVICE, TokenFactory(ec_key, base_url=other).token(SERVICE))
+        assert_401(response, "aud")
+
+
+def test_production_audience_is_the_exact_public_url(
+    make_app: Any, migrated_sqlite_url: str, trust_file: Path, ec_key: SigningKey
+) -> None:
+    """In production the loopback spellings are not folded: the audience must match exactly."""
+    config = {
+        "DATABASE_URL": migrated_sqlite_url,
+        "PROFILE": "production",
+        "TRUSTED_CLIENTS": str(trust_file),
+        "PUBLIC_BASE_URL": "https://127.0.0.1:8443",
+        "JWT_ALGORITHMS": "ES384,RS384",
+        "FHIR_SERVER_ALLOWLIST": "https://ehr.example.org/fhir",
+    }
+    client = make_app(config).test_client()
+    exact = TokenFactory(ec_key, base_url="https://127.0.0.1:8443").token(SERVICE)
+    assert post(client, SERVICE, exact).status_code == 200
+    folded = TokenFactory(ec_key, base_url="https://localhost:8443").token(SERVICE)
+    response = post(client, SERVICE, folded)
+    assert response.status_code == 401
+    assert "(aud)" in response.get_json()["issue"][0]["diagnostics"]

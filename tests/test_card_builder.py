@@ -4,24 +4,43 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import count
 from typing import Any
 
 import pytest
 import yaml
-from helpers.cards import card_texts, unfilled_placeholders
+from helpers.cards import assert_workflow_card, card_texts, unfilled_placeholders
 from helpers.corpus import EXPECTED, FIXTURE_NAMES, ROOT, load_fixture
 from helpers.engine import by_code, findings_for
 from helpers.suggestion_records import documentation_labels
 
+from cds_service.rulepack.detail_fit import UNCONFIRMED_LINE
 from cds_service.rulepack.models import RulePack
-from cds_service.rules.cards import build_cards, sources_section
+from cds_service.rules.cards import CardContext
+from cds_service.rules.cards import build_cards as build_cards_in
 from cds_service.rules.findings import Finding
+
+BASE = "https://cds.example.org/base"
+DISCHARGE = "encounter-discharge"
 
 
 def numbered() -> Callable[[], str]:
     numbers = count(1)
     return lambda: f"00000000-0000-4000-8000-{next(numbers):012d}"
+
+
+def build_cards(
+    findings: list[Finding],
+    pack: RulePack,
+    new_uuid: Callable[[], str],
+    *,
+    hook: str = DISCHARGE,
+    caveats: tuple[tuple[str, str], ...] = (),
+    payer: str | None = None,
+) -> list[dict[str, Any]]:
+    """The cards of ``findings`` for one call on ``hook``."""
+    return build_cards_in(findings, pack, new_uuid, CardContext(hook, BASE, caveats, payer))
 
 
 def test_documentation_card(pack: RulePack) -> None:
@@ -45,16 +64,15 @@ def test_documentation_card(pack: RulePack) -> None:
     assert {reason["system"] for reason in card["overrideReasons"]} == {
         pack.findings.override_reason_system
     }
-    template = pack.findings.findings["documentation-missing"]
-    assert card["detail"].endswith(sources_section(pack, template.source.sources))
-
-
-def test_sources_section_cites_tier_and_caveat(pack: RulePack) -> None:
-    """Each cited source shows its label, link, tier, and its caveat when it has one."""
-    section = sources_section(pack, ["S10", "S20"])
-    assert "[CMS NCCI add-on code edit file AOC_V2026Q3-F-MCR](https://www.cms.gov/" in section
-    assert "(tier 1; Read from a public parsed copy" in section
-    assert "(tier 3)" in section
+    assert "Not found:\n\n- [ ] `a`\n- [ ] `b`\n\n" in card["detail"]
+    assert card["detail"].endswith(f"in the operative note.\n\n{UNCONFIRMED_LINE}")
+    assert card["links"] == [
+        {
+            "label": "Why: sources and caveats",
+            "url": f"{BASE}/why/documentation-missing",
+            "type": "absolute",
+        }
+    ]
 
 
 def test_update_suggestion_points_at_the_claim(pack: RulePack) -> None:
@@ -97,54 +115,52 @@ def orphan_finding(pack: RulePack, note: str) -> Finding:
     return Finding("orphan-add-on", variables, note=note)
 
 
-def test_detail_states_what_is_unconfirmed(pack: RulePack) -> None:
-    """Each unconfirmed item of the finding is listed under an UNCONFIRMED heading, after the
-    template text and before the payer and sources sections."""
+def test_the_unconfirmed_line_comes_last(pack: RulePack) -> None:
+    """A finding with unconfirmed items ends its detail with one line pointing to Why, after
+    what was not checked; the items themselves are on the explanation page, not in the card."""
     template = pack.findings.findings["orphan-add-on"]
     assert template.unconfirmed
     (card,) = build_cards(
-        [orphan_finding(pack, "primary-not-on-claim")], pack, numbered(), payer="medicare"
-    )
-    detail = card["detail"]
-    heading = detail.index("**UNCONFIRMED**")
-    for item in template.unconfirmed:
-        assert f"\n- {item}" in detail
-        assert heading < detail.index(item) < detail.index("**Payer: Medicare**")
-    assert detail.index("**Payer: Medicare**") < detail.index("**Sources**")
-
-
-def test_note_unconfirmed_items_follow_the_note(pack: RulePack) -> None:
-    """A note's own unconfirmed items appear only when the finding is raised with that note."""
-    template = pack.findings.findings["orphan-add-on"]
-    (twenty_680,) = template.note_unconfirmed["removal-only"]
-    commercial = template.note_unconfirmed["other-procedures-commercial"]
-    cards = build_cards(
-        [
-            orphan_finding(pack, "removal-only"),
-            orphan_finding(pack, "primary-not-on-claim"),
-            orphan_finding(pack, "other-procedures-commercial"),
-        ],
+        [orphan_finding(pack, "primary-not-on-claim")],
         pack,
         numbered(),
+        caveats=(("coverage", "the FHIR server did not answer in time"),),
+        payer="medicare",
     )
-    removal_only, not_on_claim, other_commercial = (card["detail"] for card in cards)
-    assert twenty_680 in removal_only
-    assert all(item not in removal_only for item in commercial)
-    assert twenty_680 not in not_on_claim
-    assert all(item not in not_on_claim for item in commercial)
-    assert all(item in other_commercial for item in commercial)
-    assert twenty_680 not in other_commercial
+    assert card["detail"].endswith(
+        "\n\n**Not checked:** `coverage`: the FHIR server did not answer in time."
+        f"\n\n{UNCONFIRMED_LINE}"
+    )
+    assert all(item not in card["detail"] for item in template.unconfirmed)
+    assert card["links"][0]["url"] == f"{BASE}/why/orphan-add-on?payer=medicare"
 
 
-def test_nothing_unconfirmed_means_no_heading(pack: RulePack) -> None:
-    """A finding whose data says `unconfirmed: []` gets no UNCONFIRMED section."""
+def test_a_note_with_unconfirmed_items_adds_the_line(pack: RulePack) -> None:
+    """Where only a note leaves facts unconfirmed, only cards raised with that note say so."""
+    orphan = pack.findings.findings["orphan-add-on"].model_copy(update={"unconfirmed": []})
+    findings = pack.findings.model_copy(
+        update={"findings": pack.findings.findings | {"orphan-add-on": orphan}}
+    )
+    changed = replace(pack, findings=findings)
+    removal_only, not_on_claim = build_cards(
+        [orphan_finding(pack, "removal-only"), orphan_finding(pack, "primary-not-on-claim")],
+        changed,
+        numbered(),
+    )
+    assert removal_only["detail"].endswith(UNCONFIRMED_LINE)
+    assert not not_on_claim["detail"].endswith(UNCONFIRMED_LINE)
+    assert "unconfirmed" not in not_on_claim["detail"]
+
+
+def test_nothing_unconfirmed_means_no_line(pack: RulePack) -> None:
+    """A finding whose data says `unconfirmed: []` says nothing of unconfirmed facts."""
     assert pack.findings.findings["diagnosis-conflict"].unconfirmed == []
     variables = pack.template_variables() | {
         "conflicting": "T84.615A",
         "conflicting_all": "T84.615A",
     }
     (card,) = build_cards([Finding("diagnosis-conflict", variables)], pack, numbered())
-    assert "UNCONFIRMED" not in card["detail"]
+    assert "unconfirmed" not in card["detail"].lower()
 
 
 ANSWERED = [name for name in FIXTURE_NAMES if EXPECTED[name]["status"] == 200]
@@ -153,17 +169,19 @@ ANSWERED = [name for name in FIXTURE_NAMES if EXPECTED[name]["status"] == 200]
 @pytest.mark.parametrize("name", ANSWERED)
 def test_every_fixture_card_renders_its_values(pack: RulePack, name: str) -> None:
     """Built without a server, every card of every fixture has every text filled (no
-    placeholder, no "None"), the claim topic, the sources after a blank line, and the action its
-    finding calls for."""
-    findings = findings_for(load_fixture(name), pack)
-    cards = build_cards(findings, pack, numbered(), payer=EXPECTED[name]["payer"])
+    placeholder, no "None"), the claim topic, a short detail with its Why link, and the action
+    its finding calls for."""
+    body = load_fixture(name)
+    findings = findings_for(body, pack)
+    payer = EXPECTED[name]["payer"]
+    cards = build_cards(findings, pack, numbered(), hook=body["hook"], payer=payer)
     topic = yaml.safe_load((ROOT / "cards" / "findings.yaml").read_text())["card_topic"]
     for finding, card in zip(findings, cards, strict=True):
         texts = card_texts(card)
         assert unfilled_placeholders(card) == [], finding.code
         assert not any(re.search(r"\bNone\b", text) for text in texts), finding.code
         assert card["source"]["topic"] == topic
-        assert "\n\n**Sources**\n- [" in card["detail"]
+        assert_workflow_card(card, pack, body["hook"], finding.note, payer, BASE)
         for suggestion in card.get("suggestions", []):
             (action,) = suggestion["actions"]
             wanted = finding.new_resource if action["type"] == "create" else finding.updated_claim
@@ -171,13 +189,22 @@ def test_every_fixture_card_renders_its_values(pack: RulePack, name: str) -> Non
 
 
 def test_caveats_reach_every_card(pack: RulePack) -> None:
-    """Data that could not be checked is listed, item by item, on every card."""
+    """Data that could not be checked is named on every card, with its reason when there is one
+    reason; several reasons send the reader to the log, and many keys are counted."""
     findings = findings_for(load_fixture("encounter-discharge--missing-documentation.json"), pack)
-    caveats = ["Device search: the FHIR server did not answer", "Coverage: not found"]
-    for card in build_cards(findings, pack, numbered(), caveats=caveats):
+    one_reason = (("devices", "timed out"), ("coverage", "timed out"))
+    for card in build_cards(findings, pack, numbered(), caveats=one_reason):
+        assert "\n\n**Not checked:** `devices`, `coverage`: timed out.\n\n" in card["detail"]
+    several = (
+        ("devices", "timed out"),
+        ("coverage", "refused"),
+        ("claims", "x"),
+        ("encounter", "y"),
+    )
+    for card in build_cards(findings, pack, numbered(), caveats=several):
         assert (
-            "\n\n**Not checked** (this data could not be obtained):\n"
-            "- Device search: the FHIR server did not answer\n- Coverage: not found"
+            "**Not checked:** `devices`, `coverage`, `claims` and 1 more, for several reasons "
+            "(see the service log)."
         ) in card["detail"]
 
 
@@ -234,7 +261,7 @@ def test_mue_card_states_the_edit_it_relies_on(pack: RulePack) -> None:
     body = load_fixture("encounter-discharge--units-exceed-mue.json")
     (card,) = build_cards(findings_for(body, pack), pack, numbered())
     mue = pack.coding.mue
-    assert f"**{mue.units}** with MAI {mue.mai} ({mue.file})" in card["detail"]
+    assert f"the\nMedicare MUE is **{mue.units}** (MAI {mue.mai})" in card["detail"]
     assert (mue.units, mue.mai) == (1, 3)
 
 
@@ -242,45 +269,22 @@ def _yaml(name: str) -> Any:
     return yaml.safe_load((ROOT / "cards" / name).read_text())
 
 
-def _cited(keys: list[str], sources: dict[str, Any]) -> str:
-    return ", ".join(f"[{sources[key]['label']}]({sources[key]['url']})" for key in keys)
-
-
 def test_card_detail_is_exactly_its_parts_in_order(pack: RulePack) -> None:
     """The medicare card of the MUE fixture, rebuilt from the YAML files: the template's detail,
-    the UNCONFIRMED list, the not-checked list, the payer's notes, then the sources, each block
-    after a blank line; the source, its link and the override reasons as written."""
+    what was not checked, then the unconfirmed line, each after a blank line; the source, its link
+    and the override reasons as written."""
     findings = findings_for(load_fixture("encounter-discharge--units-exceed-mue.json"), pack)
     (card,) = build_cards(
-        findings, pack, numbered(), caveats=["Coverage: not found"], payer="medicare"
+        findings, pack, numbered(), caveats=(("coverage", "not found"),), payer="medicare"
     )
     template = _yaml("findings.yaml")["findings"]["units-exceed-mue"]
-    sources = _yaml("sources.yaml")["sources"]
-    (medicare,) = [p for p in _yaml("payers.yaml")["profiles"] if p["key"] == "medicare"]
     mue = _yaml("coding.yaml")["mue"]
     values = {"mue_units": mue["units"], "mue_mai": mue["mai"], "mue_file": mue["file"]}
-    unconfirmed = "\n".join(f"- {item}" for item in template["unconfirmed"])
-    payer_notes = "\n".join(
-        f"- {note['text']} (tier {note['tier']}, read {note['read']}: "
-        f"{_cited(note['sources'], sources)})"
-        for note in medicare["notes"]
-    )
-    cited = "\n".join(
-        f"- [{sources[key]['label']}]({sources[key]['url']}) (tier {sources[key]['tier']}"
-        + (f"; {sources[key]['note']}" if sources[key].get("note") else "")
-        + ")"
-        for key in template["source"]["sources"]
-    )
+    assert template["unconfirmed"]
     assert card["detail"] == (
         template["detail"].format(**values).strip()
-        + "\n\n**UNCONFIRMED** (not confirmed by the sources this card relies on; check before "
-        + "relying on it):\n"
-        + unconfirmed
-        + "\n\n**Not checked** (this data could not be obtained):\n- Coverage: not found"
-        + "\n\n**Payer: Medicare**\n"
-        + payer_notes
-        + "\n\n**Sources**\n"
-        + cited
+        + "\n\n**Not checked:** `coverage`: not found."
+        + "\n\nSome facts are unconfirmed: see Why."
     )
     assert card["source"] == {
         "label": template["source"]["label"],
@@ -295,14 +299,11 @@ def test_card_detail_is_exactly_its_parts_in_order(pack: RulePack) -> None:
 
 
 def test_a_card_with_nothing_unconfirmed_or_unchecked_adds_nothing_for_them(pack: RulePack) -> None:
-    """Without UNCONFIRMED items, caveats or a payer, the detail is the template, then sources."""
+    """Without UNCONFIRMED items or caveats, the detail is exactly the template."""
     findings = findings_for(load_fixture("encounter-discharge--diagnosis-conflict.json"), pack)
     (card,) = build_cards(findings, pack, numbered())
     detail_template = _yaml("findings.yaml")["findings"]["diagnosis-conflict"]["detail"]
-    assert (
-        card["detail"].split("\n\n**Sources**\n")[0]
-        == detail_template.format(**findings[0].variables).strip()
-    )
+    assert card["detail"] == detail_template.format(**findings[0].variables).strip()
 
 
 def test_an_update_of_a_claim_without_id_names_no_resource(pack: RulePack) -> None:
@@ -344,7 +345,7 @@ def test_insertion_card_says_what_the_record_shows_and_lacks(
 
 def test_add_on_card_lists_each_kind_of_evidence_on_its_own_line(pack: RulePack) -> None:
     """The standard card lists the evidence found as one bullet per kind, as findings.yaml
-    labels them."""
+    labels them, then at most two quoted phrases."""
     (card,) = build_cards(
         findings_for(load_fixture("encounter-discharge--tibia-nonunion-removal.json"), pack),
         pack,
@@ -353,18 +354,8 @@ def test_add_on_card_lists_each_kind_of_evidence_on_its_own_line(pack: RulePack)
     labels = _yaml("findings.yaml")["evidence_labels"]
     kinds = ("focal-device-removal", "procedure-text-removal", "operative-note-removal")
     bullets = "\n".join(f"- {labels[kind]}" for kind in kinds)
-    assert f"Evidence found in the record:\n{bullets}\n- Procedure/proc-3b90e4: " in card["detail"]
-    # Then the phrases that state the removal, quoted with their resource, at most three.
+    assert f"Found in the record:\n{bullets}\n- Procedure/proc-3b90e4: " in card["detail"]
+    # Then the phrases that state the removal, quoted with their resource, at most two.
     quoted = re.findall(r"^- (\w+/[\w-]+): \"(.+)\"$", card["detail"], re.MULTILINE)
-    assert 1 <= len(quoted) <= 3
+    assert len(quoted) == 2
     assert all(len(quote) <= 100 and "rod" in quote for _, quote in quoted)
-
-
-def test_unconfirmed_items_are_one_bullet_each(pack: RulePack) -> None:
-    """Several UNCONFIRMED items are listed one per line, as findings.yaml words them."""
-    body = load_fixture("encounter-discharge--duplicate-hardware-removal.json")
-    (card,) = build_cards(findings_for(body, pack), pack, numbered())
-    items = _yaml("findings.yaml")["findings"]["duplicate-hardware-removal"]["unconfirmed"]
-    assert len(items) >= 2
-    block = "\n".join(f"- {item}" for item in items)
-    assert f"check before relying on it):\n{block}\n\n**Sources**" in card["detail"]

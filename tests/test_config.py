@@ -12,6 +12,7 @@ from cds_service import create_app
 from cds_service.config import Settings
 from cds_service.errors import ConfigError
 from cds_service.rulepack.loading import default_cards_dir
+from cds_service.web.app_state import service_state
 
 
 def test_defaults() -> None:
@@ -115,3 +116,28 @@ def test_create_app_refuses_a_broken_rule_pack(tmp_path: Path, sqlite_url: str) 
         ConfigError, match=r"CDS_CARDS_DIR(.|\n)*coding.yaml:\d+: primaries.edit_type"
     ):
         create_app({"DATABASE_URL": sqlite_url, "CARDS_DIR": str(tmp_path)})
+
+
+def test_start_up_logs_the_settings_that_decide_refusals(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line at start-up says what the audience check expects and which FHIR servers and
+    origins are allowed: the reasons for a 401 or a 412 a generic client shows as nothing."""
+    config = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'cds.sqlite3'}",
+        "PUBLIC_BASE_URL": "http://127.0.0.1:9090",
+        "FHIR_SERVER_ALLOWLIST": "http://127.0.0.1:8081/fhir,https://ehr.example.org/fhir/",
+        "CORS_ORIGINS": "https://sandbox.cds-hooks.org",
+    }
+    with caplog.at_level(logging.INFO, logger="cds_service"):
+        app = create_app(config)
+    (record,) = [r for r in caplog.records if r.getMessage() == "settings in force"]
+    assert vars(record)["public_base_url"] == "http://127.0.0.1:9090"
+    assert vars(record)["fhir_allowlist"] == [
+        "http://127.0.0.1:8081/fhir/",
+        "https://ehr.example.org/fhir/",
+    ]
+    assert vars(record)["loopback_hosts_alike"] is True
+    assert (vars(record)["profile"], vars(record)["auth"]) == ("development", "off")
+    assert vars(record)["cors_origins"] == ["https://sandbox.cds-hooks.org"]
+    service_state(app).store.engine.dispose()

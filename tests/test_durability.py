@@ -113,6 +113,9 @@ def test_acknowledged_feedback_survives_killed_workers(tmp_path: Path, database_
         # Every entry is on a card not issued here, and the eight clients send without a token:
         # the daily quota of such entries is lifted, this test is about what is stored once.
         "CDS_UNKNOWN_FEEDBACK_PER_DAY": str(BATCHES * BATCH_SIZE),
+        # Eight clients sending as fast as answers come would meet the per-client rate limit
+        # (its own tests are in test_rate_limit.py): off, this test is about what is stored.
+        "CDS_RATE_LIMIT_PER_MINUTE": "0",
     }
     batches = [feedback_batch() for _ in range(BATCHES)]
     answered = Counter[str]()
@@ -184,6 +187,7 @@ def test_no_token_is_accepted_twice_across_killed_workers(
         "CDS_AUTH": "required",
         "CDS_TRUSTED_CLIENTS": str(trust),
         "CDS_LOG_LEVEL": "ERROR",  # one warning per refused token otherwise
+        "CDS_RATE_LIMIT_PER_MINUTE": "0",  # as above: this test is about replays, not rates
     }
     # aud is the public base URL the service is configured with, not its listening port.
     factory = TokenFactory(key, base_url="http://127.0.0.1:8080")

@@ -645,7 +645,7 @@ def test_optional_data_from_a_faulty_fhir_server_gives_cards_with_a_note(
     assert time.monotonic() - started < DEADLINE + SLACK
     assert response.status_code == 200
     (card,) = response.get_json()["cards"]
-    assert "**Not checked**" in card["detail"]
+    assert "**Not checked:**" in card["detail"]
     assert "`conditions`" in card["detail"]
 
 

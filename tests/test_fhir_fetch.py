@@ -330,7 +330,7 @@ def test_read_answered_404_is_no_data(fault_client: FlaskClient, server: FaultSe
         fault_client, "encounter", None, f"{server.url}/status-404/fhir"
     )
     assert [path for path, _ in server.received] == ["/status-404/fhir/Encounter/enc-7c31d0"]
-    assert "**Not checked**" not in "".join(card_details(response))
+    assert "**Not checked:**" not in "".join(card_details(response))
     assert without_uuids(response.get_json()) == expected
 
 
@@ -341,7 +341,7 @@ def test_plain_json_answers_are_accepted(fault_client: FlaskClient, server: Faul
     expected, response = prefetched_then_fetched(
         fault_client, "conditions", EMPTY_BUNDLE, f"{server.url}/plain-json/fhir"
     )
-    assert "**Not checked**" not in "".join(card_details(response))
+    assert "**Not checked:**" not in "".join(card_details(response))
     assert without_uuids(response.get_json()) == expected
     [accept] = server.accepts
     assert accept is not None
@@ -379,7 +379,7 @@ def test_optional_key_unobtainable_gives_cards_that_say_so(
     response = call(fault_client, body)
     assert response.status_code == 200
     (card,) = response.get_json()["cards"]
-    assert "**Not checked**" in card["detail"]
+    assert "**Not checked:**" in card["detail"]
     assert "`conditions`: the FHIR server failed (5xx)" in card["detail"]
 
 

@@ -124,13 +124,16 @@ class ApiDescription:
         problems: list[str] = []
         content = definition.get("content", {})
         mimetype = response.mimetype
-        if mimetype is None or mimetype not in content:
+        if not content:  # a response documented without a body (304) has none
+            problems += ["a body where none is documented"] if response.get_data() else []
+        elif mimetype is None or mimetype not in content:
             return [f"content type {mimetype} is not among {sorted(content)}"]
-        body: Any = response.get_data(as_text=True)
-        if mimetype.endswith("json"):
-            body = json.loads(body)
-        schema_pointer = f"{pointer}/content/{_escape(mimetype)}/schema"
-        problems += [f"body {error}" for error in self.schema_errors(schema_pointer, body)]
+        else:
+            body: Any = response.get_data(as_text=True)
+            if mimetype.endswith("json"):
+                body = json.loads(body)
+            schema_pointer = f"{pointer}/content/{_escape(mimetype)}/schema"
+            problems += [f"body {error}" for error in self.schema_errors(schema_pointer, body)]
         for name in definition.get("headers", {}):
             header_pointer, header = self.follow(f"{pointer}/headers/{_escape(name)}")
             value = response.headers.get(name)
@@ -330,8 +333,8 @@ def test_path_parameters_are_declared(api: ApiDescription) -> None:
     for path, item in api.document["paths"].items():
         names = set(re.findall(r"{([^}]+)}", path))
         for method in item.keys() & set(HTTP_METHODS):
-            declared = {
-                api.follow(f"/paths/{_escape(path)}/{where}")[1]["name"]
+            parameters = [
+                api.follow(f"/paths/{_escape(path)}/{where}")[1]
                 for where in [
                     *(f"parameters/{i}" for i in range(len(item.get("parameters", [])))),
                     *(
@@ -339,7 +342,8 @@ def test_path_parameters_are_declared(api: ApiDescription) -> None:
                         for i in range(len(item[method].get("parameters", [])))
                     ),
                 ]
-            }
+            ]
+            declared = {parameter["name"] for parameter in parameters if parameter["in"] == "path"}
             assert declared == names, (path, method)
 
 
@@ -699,6 +703,25 @@ SCENARIOS = [
         f"/playground/fixtures/{STANDARD}",
         {},
         broken_endpoint="playground.fixture",
+    ),
+    Scenario("/why/{name}", "get", 200, "/why/add-on-suggested?payer=medicare", {}, note="html"),
+    Scenario("/why/{name}", "get", 200, "/why/orphan-add-on.json", {}, note="json"),
+    Scenario(
+        "/why/{name}", "get", 304, "/why/add-on-suggested", {"headers": {"If-None-Match": "*"}}
+    ),
+    Scenario("/why/{name}", "get", 404, "/why/no-such-finding", {}),
+    Scenario("/why/{name}", "get", 404, "/why/orphan-add-on?payer=nobody", {}, note="payer"),
+    Scenario(
+        "/why/{name}", "get", 500, "/why/orphan-add-on", {}, broken_endpoint="explanation.page"
+    ),
+    Scenario("/why/style.css", "get", 200, "/why/style.css", {}),
+    Scenario(
+        "/why/style.css",
+        "get",
+        500,
+        "/why/style.css",
+        {},
+        broken_endpoint="explanation.style_sheet",
     ),
 ]
 

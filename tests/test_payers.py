@@ -12,9 +12,9 @@ from helpers.engine import facts_for
 
 from cds_service.engine.hook_call import handle_hook_call
 from cds_service.engine.rule_pack import load_pack
+from cds_service.rulepack.explanation import explanation
 from cds_service.rulepack.loading import default_cards_dir
 from cds_service.rulepack.models import RulePack
-from cds_service.rules.cards import payer_section
 
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
 
@@ -48,15 +48,17 @@ def with_payer(display: str | None, type_display: str = "Commercial") -> dict[st
 def test_payer_is_recognised_and_its_note_is_on_the_card(
     pack: RulePack, payer: str | None, profile: str
 ) -> None:
-    """Each payer maps to its profile; the card detail carries that profile's cited note."""
+    """Each payer maps to its profile; the card's Why link opens that profile's cited notes."""
     body = with_payer(payer)
     assert facts_for(body, pack).payer == profile
     result = handle_hook_call(pack, "cpt20703-encounter-discharge", body)
     (card,) = result.response["cards"]
+    assert card["links"][0]["url"].endswith(f"/why/add-on-suggested?payer={profile}")
+    page = explanation(pack, "add-on-suggested", profile)["payer"]
     expected = pack.payers.profile(profile)
-    assert f"**Payer: {expected.label}**" in card["detail"]
-    assert expected.notes[0].text[:60] in card["detail"]
-    assert f"tier {expected.notes[0].tier}" in card["detail"]
+    assert page["label"] == expected.label
+    assert [note["text"] for note in page["notes"]] == [note.text for note in expected.notes]
+    assert [note["tier"] for note in page["notes"]] == [note.tier for note in expected.notes]
 
 
 def test_resolved_organization_name_identifies_the_payer(pack: RulePack) -> None:
@@ -73,7 +75,9 @@ def test_no_coverage_is_the_general_profile(pack: RulePack) -> None:
     body = copy.deepcopy(load_fixture(STANDARD))
     body["prefetch"]["coverage"] = None
     assert facts_for(body, pack).payer == "general"
-    assert "Payer not identified" in payer_section(pack, "general")
+    assert explanation(pack, "add-on-suggested", "general")["payer"]["label"] == (
+        "Payer not identified"
+    )
 
 
 def test_every_profile_cites_known_sources(pack: RulePack) -> None:
@@ -146,7 +150,7 @@ def test_payer_organization_before_plan(
     assert facts_for(body, pack).payer == profile
     result = handle_hook_call(pack, "cpt20703-encounter-discharge", body)
     (card,) = result.response["cards"]
-    assert f"**Payer: {pack.payers.profile(profile).label}**" in card["detail"]
+    assert card["links"][0]["url"].endswith(f"?payer={profile}")
 
 
 def test_organization_resource_name_and_alias_identify_the_payer(pack: RulePack) -> None:
@@ -255,25 +259,39 @@ def test_provider_mismatch_follows_the_payer_policy(
     detail = " ".join(card["detail"].split())
     assert template.notes[note].split("{", 1)[0] in detail
     # Only NGS is said to require the same claim; Blue Cross NC's policy names the date and TIN.
-    assert "NGS (a Medicare contractor): add-on codes must be reported on the same claim" in detail
-    assert "names the same date of service and TIN, not the same claim" in detail
-    assert "line of business of that edit is UNCONFIRMED" in detail
+    page = explanation(pack, "provider-mismatch")
+    why = " ".join(page["why"].split())
+    assert "NGS (a Medicare contractor): add-on codes must be reported on the same claim" in why
+    assert "names the same date of service and TIN, not the same claim" in why
+    assert any("Smart Edit ADODN" in item for item in page["unconfirmed"])
 
 
 @pytest.mark.parametrize(
     ("payor", "indicator", "wording"),
     [
-        ("Centers for Medicare & Medicaid Services", "info", "the Medicare contractor may accept"),
-        ("UnitedHealthcare", "warning", "commercial payers that follow the CPT list may deny"),
-        ("Cigna Healthcare", "warning", "commercial payers that follow the CPT list may deny"),
-        (None, "warning", "commercial payers that follow the CPT list may deny"),
+        (
+            "Centers for Medicare & Medicaid Services",
+            "info",
+            "For Medicare the contractor may accept an unlisted primary",
+        ),
+        (
+            "UnitedHealthcare",
+            "warning",
+            "The payer (UnitedHealthcare) may deny 20703 with an unlisted",
+        ),
+        (
+            "Cigna Healthcare",
+            "warning",
+            "The payer (Cigna) may deny 20703 with an unlisted primary",
+        ),
+        (None, "warning", "The payer (Payer not identified) may deny 20703 with an unlisted"),
     ],
 )
 def test_orphan_add_on_with_unlisted_primary_is_payer_specific(
     pack: RulePack, payor: str | None, indicator: str, wording: str
 ) -> None:
-    """20703 with only an unlisted primary: info for Medicare (Type 3, contractor discretion),
-    a warning where a commercial payer following the CPT list may deny."""
+    """20703 with only an unlisted primary: info for Medicare (contractor discretion), a warning
+    where a commercial payer following the CPT list may deny."""
     body = with_coverage(
         payor, "Commercial", fixture="encounter-discharge--orphan-with-debridement.json"
     )
@@ -290,5 +308,5 @@ def test_medicare_advantage_plan_gets_its_organizations_note(pack: RulePack) -> 
     body = load_fixture("encounter-discharge--medicare-advantage-bcbs-nc.json")
     result = handle_hook_call(pack, "cpt20703-encounter-discharge", body)
     (card,) = result.response["cards"]
-    assert "**Payer: Blue Cross NC**" in card["detail"]
-    assert "may follow the CPT list strictly" in card["detail"]
+    assert card["links"][0]["url"].endswith("?payer=bcbs-nc")
+    assert "The payer (Blue Cross NC) may follow the CPT list strictly" in card["detail"]

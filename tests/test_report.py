@@ -38,6 +38,19 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([], 0.5) is None
 
 
+def test_suggestions_accepted_are_counted_apart_from_cards() -> None:
+    """An accepted card names the suggestions the client accepted; dismissed cards name none."""
+    accepted = feedback("a", "accepted") | {"accepted_suggestions": '["s1", "s2"]'}
+    rows = build_report(
+        [call(["a", "a"], 10.0)], [accepted, feedback("a", "accepted"), feedback("a", "overridden")]
+    )
+    overall, row = rows
+    assert (row.accepted, row.suggestions_accepted, row.overridden) == (2, 2, 1)
+    assert overall.suggestions_accepted == 2
+    line = next(line for line in render_text(rows, None).splitlines() if line.startswith("a "))
+    assert line.split()[3:6] == ["67%", "2", "33%"]
+
+
 def test_figures_per_finding_code() -> None:
     """Cards, feedback, acceptance and override rates, top reasons and latency, per code."""
     rows = build_report(
@@ -122,6 +135,7 @@ def test_report_from_a_populated_database(
     add_on = by_code["add-on-suggested"]
     assert add_on["cards_issued"] == 2
     assert (add_on["feedback"], add_on["accepted"], add_on["overridden"]) == (2, 1, 1)
+    assert add_on["suggestions_accepted"] == 1
     assert add_on["acceptance_rate"] == 0.5
     assert add_on["top_override_reasons"] == [
         {"code": populated["reason"], "system": populated["system"], "count": 1}
@@ -133,6 +147,8 @@ def test_report_from_a_populated_database(
     assert status == 0
     assert text.startswith("client: (client not recorded)\n3 hook calls and their feedback")
     assert "add-on-suggested" in text
+    assert "* accepted (reported by client):" in text
+    assert text.splitlines()[2].split()[3:6] == ["accepted*", "suggestions*", "dismissed"]
 
 
 def test_since_leaves_out_older_records(

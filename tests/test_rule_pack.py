@@ -122,6 +122,11 @@ def line_of(path: Path, needle: str) -> int:
         ("findings.yaml", "{code: \"hand-made\", display: \"The device was prepared by hand\"}", "{code: \"hand-made\", display: \"The device was prepared by hand ({note})\"}", "{note} is shown as written"),
         ("findings.yaml", "label: \"Ohio HIMA (2020): prefabricated devices do not qualify\"", "label: \"Ohio HIMA ({aoc_file}): prefabricated devices do not qualify\"", "{aoc_file} is shown as written"),
         ("findings.yaml", "      - \"NCCI procedure-to-procedure edits for the pair 20703/20680 were not retrieved.\"", "      - \"NCCI edits for the pair 20703/{add_on_code} were not retrieved.\"", "{add_on_code} is shown as written"),
+        # A card's detail leaves room for its lists within the hook's limit; the explanation is
+        # the same for every patient, so it takes no patient placeholder.
+        ("findings.yaml", "      The draft claim reports **+20703** without any of the 16 primaries CMS lists for it.", "      The draft claim reports **+20703** without any of the 16 primaries CMS lists for it." + " Then" * 40, "on order-sign, over its limit of 500"),
+        ("findings.yaml", "created in the CPT 2020 code set, effective {family_effective}: a service", "created in the CPT 2020 code set, effective {family_effective} ({service_date}): a service", "{service_date} depends on the patient"),
+        ("sources.yaml", "    read: \"2026-11\"", "    read: \"November 2026\"", "read"),
         ("coding.yaml", "- structured: [removed-device-typed, removed-device-described]", "- structured: [removed-device-typo, removed-device-described]", "no structured check named 'removed-device-typo'"),
     ],
 )  # fmt: skip

@@ -180,7 +180,7 @@ def test_orphan_with_other_procedure_has_no_mechanical_fix(pack: RulePack) -> No
     body = load_fixture("encounter-discharge--orphan-with-debridement.json")
     finding = by_code(findings_for(body, pack))["orphan-add-on"]
     assert finding.updated_claim is None
-    assert "Type 3" in finding.variables["note"]
+    assert "deny 20703 with an unlisted primary (CARC B15)" in finding.variables["note"]
 
 
 def test_removal_without_encounter_context_raises_no_claim_finding(pack: RulePack) -> None:
@@ -556,14 +556,14 @@ def test_documentation_order_in_the_pack_does_not_change_what_is_missing(pack: R
     )
 
 
-def test_reminder_checklist_lists_the_always_elements(pack: RulePack) -> None:
-    """The order-sign reminder lists every documentation element that always applies, and not
-    the assistant's role (no assistant modifier at order-sign)."""
+def test_reminder_counts_the_always_elements(pack: RulePack) -> None:
+    """The order-sign reminder counts every documentation element that always applies, and not
+    the assistant's role (no assistant modifier at order-sign); the Why page lists them."""
     body = load_fixture("order-sign--planned-removal-reminder.json")
     finding = by_code(findings_for(body, pack))["planned-removal-reminder"]
-    checklist = finding.variables["documentation_checklist"]
-    for element in pack.coding.documentation:
-        assert (f"`{element.key}`" in checklist) is (element.applies_when == "always")
+    always = [e for e in pack.coding.documentation if e.applies_when == "always"]
+    assert len(always) == len(pack.coding.documentation) - 1 == 9
+    assert finding.variables["documentation_count"] == "9"
 
 
 @pytest.mark.parametrize(

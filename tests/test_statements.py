@@ -221,7 +221,7 @@ def test_the_card_quotes_the_operative_note_over_http(client: FlaskClient) -> No
     (card,) = [
         card
         for card in response.get_json()["cards"]
-        if "the operative note states removal" in card["detail"]
+        if "the operative note states the removal" in card["detail"]
     ]
     assert "rod was withdrawn from the left tibia" in card["detail"]
 

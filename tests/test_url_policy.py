@@ -23,7 +23,9 @@ from cds_service.fhir.client import FetchPolicy, FetchStats, FhirFetcher
 from cds_service.fhir.url_policy import (
     OutboundUrl,
     UnsafeUrlError,
+    allowlist_entry,
     is_allowed,
+    parse_base,
     parse_outbound,
     remove_dot_segments,
 )
@@ -370,3 +372,40 @@ def test_a_loopback_jku_is_allowed_for_tests(tmp_path: Path) -> None:
     trust = write_trust_file(tmp_path, [{"iss": ISSUER, "jku": ["http://127.0.0.1:9/jwks.json"]}])
     settings = Settings.load(environ={"CDS_AUTH": "required", "CDS_TRUSTED_CLIENTS": str(trust)})
     assert settings.auth.clients[0].jku == ("http://127.0.0.1:9/jwks.json",)
+
+
+def test_loopback_spellings_are_one_host_only_where_asked() -> None:
+    """Development folds localhost, 127.0.0.1 and [::1] into one host for the allowlist; the
+    port and path still count, a public host is never folded, and production folds nothing."""
+    allowlist = (allowlist_entry("http://127.0.0.1:8081/fhir"),)
+    for spelling in (
+        "http://localhost:8081/fhir",
+        "http://[::1]:8081/fhir/Patient/p1",
+        "http://LOCALHOST:8081/fhir/",
+        "http://127.0.0.1:8081/fhir",
+    ):
+        assert is_allowed(parse_base(spelling), allowlist, loopback_alike=True), spelling
+    assert not is_allowed(parse_base("http://localhost:8081/fhir"), allowlist)
+    for outside in (
+        "http://localhost:8082/fhir",
+        "http://localhost:8081/other",
+        "http://localhost.example.org:8081/fhir",
+        "http://127.0.0.2:8081/fhir",
+    ):
+        assert not is_allowed(parse_base(outside), allowlist, loopback_alike=True), outside
+    public = (allowlist_entry("http://ehr.example.org/fhir"),)
+    assert not is_allowed(parse_base("http://localhost/fhir"), public, loopback_alike=True)
+
+
+def test_development_calls_an_allowlisted_loopback_server_by_its_other_name(
+    tenant_a_app: Flask, stub: FaultServer
+) -> None:
+    """The allowlist says 127.0.0.1 and the sandbox says localhost: in development the service
+    calls the server (the failure would be silent: cards that say the data was not checked)."""
+    assert stub.url.startswith("http://127.0.0.1:")
+    spelled = stub.url.replace("127.0.0.1", "localhost") + "/ok/fhir"
+    stub.received.clear()
+    response = hook_call(tenant_a_app, without_procedures(spelled))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert any(path.startswith("/ok/fhir/Procedure") for path, _ in stub.received)
+    assert "Not checked" not in json.dumps(response.get_json())

@@ -16,7 +16,7 @@ from cds_service.engine.gather import REASONS, HookData
 from cds_service.fhir.resources import read_resources
 from cds_service.protocol.models import HookRequest
 from cds_service.rulepack.models import RulePack, ServiceDefinition
-from cds_service.rules.cards import build_cards, finding_of_card
+from cds_service.rules.cards import CardContext, build_cards, finding_of_card
 from cds_service.rules.facts import ClinicalFacts, derive_facts
 from cds_service.rules.findings import Finding, evaluate_rules
 
@@ -70,14 +70,13 @@ def evaluate(
         today,
     )
     findings = evaluate_rules(facts, pack)
-    cards = build_cards(findings, pack, uuid_factory, data_caveats(data), facts.payer)
+    context = CardContext(service.hook, public_base_url, data_caveats(data), facts.payer)
+    cards = build_cards(findings, pack, uuid_factory, context)
     return Evaluation(facts, findings, cards, resources.skipped)
 
 
-def data_caveats(data: HookData) -> list[str]:
-    """Sentences for the cards about data that could not be checked (names and reasons only)."""
-    caveats = [
-        f"`{name}`: {REASONS.get(kind, kind)}" for name, kind in sorted(data.not_checked.items())
-    ]
-    caveats += [f"`{key}`: only the first pages of the search were read" for key in data.truncated]
+def data_caveats(data: HookData) -> list[tuple[str, str]]:
+    """(prefetch key, reason) of the data that could not be checked, for the cards."""
+    caveats = [(name, REASONS.get(kind, kind)) for name, kind in sorted(data.not_checked.items())]
+    caveats += [(key, "only the first pages of the search were read") for key in data.truncated]
     return caveats

@@ -54,6 +54,7 @@ class FetchPolicy:
     allowlist: tuple[str, ...] = ()  # base URLs (url_policy); empty allows any
     https_only: bool = False
     refuse_all: bool = False  # production without an allowlist: no FHIR server is called
+    loopback_alike: bool = False  # development: localhost, 127.0.0.1 and ::1 are one host
     connect_timeout: float = 1.0
     read_timeout: float = 2.5
     deadline: float = 3.0
@@ -130,10 +131,13 @@ class FhirFetcher:
             return "invalid-fhir-server"
         if self.policy.https_only and base.scheme != "https":
             return "not-allowed"
-        if is_allowed(base, tuple(also_allowed)):
+        alike = self.policy.loopback_alike
+        if is_allowed(base, tuple(also_allowed), loopback_alike=alike):
             return None
         allowed = self.policy.allowlist
-        if self.policy.refuse_all or (allowed and not is_allowed(base, allowed)):
+        if self.policy.refuse_all or (
+            allowed and not is_allowed(base, allowed, loopback_alike=alike)
+        ):
             return "not-allowed"
         return None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -171,6 +171,23 @@ def allowlist_entry(url: str) -> str:
     return str(parse_base(url)).rstrip("/") + "/"
 
 
-def is_allowed(url: OutboundUrl, allowlist: tuple[str, ...]) -> bool:
-    """``url`` is at or below one of the ``allowlist`` base URLs (each a valid outbound URL)."""
-    return any(url.is_within(parse_outbound(entry)) for entry in allowlist)
+def is_allowed(
+    url: OutboundUrl, allowlist: tuple[str, ...], *, loopback_alike: bool = False
+) -> bool:
+    """``url`` is at or below one of the ``allowlist`` base URLs (each a valid outbound URL).
+
+    ``loopback_alike`` (development) makes ``localhost``, ``127.0.0.1`` and ``::1`` one host, so
+    that a sandbox saying ``localhost`` reaches a server allowlisted as ``127.0.0.1``.
+    """
+    return any(
+        candidate.is_within(parse_outbound(entry))
+        for candidate in loopback_spellings(url, loopback_alike)
+        for entry in allowlist
+    )
+
+
+def loopback_spellings(url: OutboundUrl, alike: bool = True) -> tuple[OutboundUrl, ...]:
+    """``url`` under each name of the loopback host when it names one and ``alike``; else itself."""
+    if not (alike and url.is_loopback):
+        return (url,)
+    return tuple(replace(url, host=host) for host in sorted(LOOPBACK_HOSTS))

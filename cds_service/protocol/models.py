@@ -143,6 +143,13 @@ class Suggestion(_Outbound):
     actions: list[Action] | None = None
 
 
+class Link(_Outbound):
+    label: str
+    url: str
+    type: Literal["absolute", "smart"]
+    appContext: str | None = None
+
+
 class Card(_Outbound):
     uuid: str
     summary: str = Field(max_length=139)
@@ -152,6 +159,7 @@ class Card(_Outbound):
     suggestions: list[Suggestion] | None = None
     selectionBehavior: Literal["at-most-one", "any"] | None = None
     overrideReasons: list[Coding] | None = None
+    links: list[Link] | None = None
     extension: dict[str, Any] | None = None
 
     @model_validator(mode="after")

@@ -16,20 +16,21 @@ from dataclasses import dataclass, field
 
 from cds_service.protocol.hooks import HOOKS, is_valid_prefetch_template
 from cds_service.rulepack.contract import FindingContract, PackContract
+from cds_service.rulepack.detail_fit import detail_problems
+from cds_service.rulepack.explanation import explanation_variables
 from cds_service.rulepack.models import (
     Citation,
     CodingFile,
     DocumentationElement,
     EvidenceGroup,
     FindingTemplate,
-    PayerProfile,
-    PayersFile,
     RulePack,
     ScalarFact,
     ServiceDefinition,
     Sourced,
     TextPatterns,
 )
+from cds_service.rulepack.payer_models import PayerProfile, PayersFile
 from cds_service.rulepack.problems import LineMap, PackProblem
 from cds_service.rulepack.templates import (
     COMMON_VARIABLES,
@@ -180,7 +181,16 @@ def _check_findings(report: _Report, pack: RulePack, contract: PackContract) -> 
         if code not in declared:
             report.add("findings.yaml", loc, f"no rule raises finding {code!r}")
             continue
-        _check_finding(report, loc, template, declared[code], worst, findings.findings)
+        _check_finding(
+            report,
+            loc,
+            template,
+            declared[code],
+            worst,
+            findings.findings,
+            findings.detail_limits,
+            explanation_variables(pack),
+        )
 
 
 def _check_finding(
@@ -190,6 +200,8 @@ def _check_finding(
     rule: FindingContract,
     worst: Mapping[str, str],
     known_findings: Container[str],
+    limits: Mapping[str, int],
+    explained: Mapping[str, str],
 ) -> None:
     allowed = rule.variables | COMMON_VARIABLES
     for hook_name in template.hooks:
@@ -198,6 +210,8 @@ def _check_finding(
     _check_placeholders(report, loc, template, allowed)
     _check_literal_texts(report, loc, template)
     _check_summary_length(report, loc, template, allowed, worst)
+    _check_detail_length(report, loc, template, allowed, worst, limits)
+    _check_why(report, loc, template, explained)
     _check_notes(report, loc, template, rule)
     if (template.suggestion is not None) != rule.suggestion:
         message = "suggestion template present/absent contrary to rule"
@@ -254,6 +268,39 @@ def _check_summary_length(
     measurable = not without_worst and summary_names <= allowed
     if measurable and len(fill_placeholders(template.summary, worst)) >= SUMMARY_LIMIT:
         report.add("findings.yaml", (*loc, "summary"), "summary can reach 140 characters")
+
+
+def _check_detail_length(
+    report: _Report,
+    loc: Loc,
+    template: FindingTemplate,
+    allowed: frozenset[str],
+    worst: Mapping[str, str],
+    limits: Mapping[str, int],
+) -> None:
+    """With each list cut to one item, the detail fits the limit of every hook it is shown on."""
+    try:
+        if not placeholders(template.detail) <= allowed:
+            return  # reported by _check_placeholders
+    except ValueError:
+        return
+    values = {**sample_values(allowed), **worst}
+    for field_loc, message in detail_problems(template, values, allowed, limits):
+        report.add("findings.yaml", (*loc, *field_loc), message)
+
+
+def _check_why(
+    report: _Report, loc: Loc, template: FindingTemplate, explained: Mapping[str, str]
+) -> None:
+    """The explanation uses only pack-wide placeholders: it is the same for every patient."""
+    try:
+        used = placeholders(template.why)
+    except ValueError as exc:
+        report.add("findings.yaml", (*loc, "why"), f"bad template: {exc}")
+        return
+    for name in sorted(used - set(explained)):
+        message = f"placeholder {{{name}}} depends on the patient: not allowed in why"
+        report.add("findings.yaml", (*loc, "why"), message)
 
 
 def _check_notes(

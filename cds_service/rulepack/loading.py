@@ -21,11 +21,11 @@ from cds_service.rulepack.models import (
     BASE_URL_PLACEHOLDER,
     CodingFile,
     FindingsFile,
-    PayersFile,
     RulePack,
     ServicesFile,
     SourcesFile,
 )
+from cds_service.rulepack.payer_models import PayersFile
 from cds_service.rulepack.problems import PackProblem, RulePackError
 
 PACK_FILES = (

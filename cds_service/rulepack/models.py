@@ -15,11 +15,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cds_service.protocol.models import Coding
 from cds_service.rulepack.clinical_text import ClinicalTextFile, ReadingCache, build_pipeline
+from cds_service.rulepack.model_base import ReadMonth, Strict, Tier
 from cds_service.rulepack.patterns import CompiledPatterns
+from cds_service.rulepack.payer_models import PayersFile
 
 if typing.TYPE_CHECKING:  # spaCy is imported when the pipeline is first built
     from spacy.language import Language
@@ -30,28 +32,24 @@ CPT_CODE = re.compile(r"^\d{5}$")  # CPT Category I
 ICD10CM_PREFIX = r"^[A-TV-Z]\d[0-9A-Z](\.[0-9A-Z]{0,4})?$"
 # A whole ICD-10-CM code, with or without its dot (claims often carry "T84622A" for "T84.622A").
 ICD10CM_CODE = re.compile(r"^[A-TV-Z]\d[0-9A-Z]\.?[0-9A-Z]{0,4}$")
-Tier = Literal[1, 2, 3]
 # How a card names the anatomic tier of a removed drug device that is not intramedullary.
 TIER_LABELS = {"soft-tissue": "in deep soft tissue", "intra-articular": "in a joint"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 # A source the facts cite (sources.yaml), by tier; not a card's Source. No docstring (JSON Schema).
-class Citation(_Strict):
+class Citation(Strict):
     label: str = Field(min_length=1)
     url: str = Field(pattern=r"^https?://")
-    tier: Literal[1, 2, 3]
+    tier: Tier
+    read: ReadMonth
     note: str | None = None
 
 
-class SourcesFile(_Strict):
+class SourcesFile(Strict):
     sources: dict[str, Citation]
 
 
-class Sourced(_Strict):
+class Sourced(Strict):
     """A coding fact: it names at least one source key and the confidence tier behind it.
 
     ``confidence`` is the best tier of the sources that support the fact (as the facts file
@@ -63,7 +61,7 @@ class Sourced(_Strict):
     unconfirmed: str | None = None
 
 
-class CodedConcept(_Strict):
+class CodedConcept(Strict):
     code: str = Field(pattern=CPT_CODE.pattern)
     display: str
 
@@ -72,7 +70,7 @@ class SourcedConcept(CodedConcept, Sourced):
     short_descriptor: str | None = None
 
 
-class PrimaryCode(_Strict):
+class PrimaryCode(Strict):
     code: str = Field(pattern=CPT_CODE.pattern)
     descriptor: str
 
@@ -97,7 +95,7 @@ class DiagnosisLinkage(Sourced):
     z47_2_excludes: list[Annotated[str, Field(pattern=ICD10CM_PREFIX)]]
 
 
-class TextPatterns(_Strict):
+class TextPatterns(Strict):
     removal_verb: list[str] = Field(min_length=1)
     insertion_verb: list[str] = Field(min_length=1)
     drug_carrier: list[str] = Field(min_length=1)
@@ -143,14 +141,14 @@ ScalarFact = Literal[
 ]
 
 
-class EvidenceGroup(_Strict):
+class EvidenceGroup(Strict):
     """Satisfied when any structured check holds or any text pattern matches."""
 
     structured: list[str] = Field(default_factory=list)  # checked against the contract
     text: list[str] = Field(default_factory=list)
 
 
-class DocumentationElement(_Strict):
+class DocumentationElement(Strict):
     key: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
     label: str
     why: str
@@ -160,7 +158,7 @@ class DocumentationElement(_Strict):
     requires: list[EvidenceGroup] = Field(min_length=1)
 
 
-class DocumentationTask(_Strict):
+class DocumentationTask(Strict):
     """The Task asking for missing documentation: SDC codes, then its description's start."""
 
     code: Coding
@@ -168,7 +166,7 @@ class DocumentationTask(_Strict):
     description_prefix: str
 
 
-class CodingFile(_Strict):
+class CodingFile(Strict):
     systems: dict[Literal["cpt", "icd10cm", "snomed", "loinc", "hcpcs"], str]
     add_on: SourcedConcept
     insertion_code: str = Field(pattern=CPT_CODE.pattern)
@@ -205,20 +203,20 @@ class CodingFile(_Strict):
         return {primary.code: primary.descriptor for primary in self.primaries.codes}
 
 
-class CardSource(_Strict):
+class CardSource(Strict):
     label: str
     url: str = Field(pattern=r"^https://")
     sources: list[str] = Field(min_length=1)
 
 
-class SuggestionTemplate(_Strict):
+class SuggestionTemplate(Strict):
     label: str
     action_description: str
 
 
 # An override reason a card offers (its system is override_reason_system); not the OverrideReason
 # a client reports in feedback. (No docstring, as for Citation.)
-class OfferedOverrideReason(_Strict):
+class OfferedOverrideReason(Strict):
     code: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
     display: str
 
@@ -226,7 +224,7 @@ class OfferedOverrideReason(_Strict):
 UnconfirmedItem = Annotated[str, Field(min_length=1)]
 
 
-class FindingTemplate(_Strict):
+class FindingTemplate(Strict):
     confidence: Tier  # best tier of the sources behind the rule
     # What the coding facts file leaves unconfirmed that bears on this finding, one statement per
     # item; the card's detail lists them under an UNCONFIRMED heading. Required: ``[]`` says
@@ -237,8 +235,13 @@ class FindingTemplate(_Strict):
     hooks: list[str] = Field(min_length=1)
     indicator: Indicator
     summary: str
+    # The card's detail: what was found and what to do, short enough for a clinician's screen
+    # (FindingsFile.detail_limits); the reasons, sources and caveats are on the explanation page.
     detail: str
     notes: dict[str, str] = Field(default_factory=dict)
+    # The explanation page's account of the rule: the same for every patient, so only the pack's
+    # common placeholders (add_on_code, aoc_file, ...) may appear in it.
+    why: str = Field(min_length=1)
     # Per note: the card's indicator, and further findings suppressed, when the rule raises the
     # finding with that note (e.g. a warning only where a confirmed source makes it one).
     note_indicators: dict[str, Indicator] = Field(default_factory=dict)
@@ -263,25 +266,29 @@ class FindingTemplate(_Strict):
         return [*self.unconfirmed, *self.note_unconfirmed.get(note or "", [])]
 
 
-class TopicCoding(_Strict):
+class TopicCoding(Strict):
     system: str
     code: str
     display: str
 
 
-class FindingsFile(_Strict):
+class FindingsFile(Strict):
     override_reason_system: str = Field(pattern=r"^https?://")
     card_topic: TopicCoding
     findings: dict[str, FindingTemplate]
     evidence_labels: dict[str, str]
+    # The longest card detail, in characters, per hook (a workflow card is read in seconds).
+    detail_limits: dict[str, Annotated[int, Field(ge=200)]]
+    # The label of the card link to its explanation page.
+    explanation_label: str = Field(min_length=1, max_length=80)
 
 
-class PrefetchEntry(_Strict):
+class PrefetchEntry(Strict):
     template: str
     required: bool = False
 
 
-class ServiceDefinition(_Strict):
+class ServiceDefinition(Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     hook: str
     title: str
@@ -303,53 +310,8 @@ class ServiceDefinition(_Strict):
         return entry
 
 
-class ServicesFile(_Strict):
+class ServicesFile(Strict):
     services: list[ServiceDefinition] = Field(min_length=1)
-
-
-class PayerNote(_Strict):
-    text: str
-    sources: list[str] = Field(min_length=1)
-    read: str = Field(pattern=r"^\d{4}-\d{2}$")
-    tier: Tier
-
-
-class IdentifierMatcher(_Strict):
-    """An Identifier pattern: ``system`` and ``value`` are regular expressions, fully matched."""
-
-    system: str
-    value: str
-
-
-class AddOnBilling(_Strict):
-    """What the payer's checked policy says about billing an add-on with its primary."""
-
-    same_claim: Literal["required", "not-stated"]
-    rendering_provider: Literal["same-individual", "same-provider-or-group-tin", "not-stated"]
-    sources: list[str] = Field(min_length=1)
-    read: str = Field(pattern=r"^\d{4}-\d{2}$")
-    tier: Tier
-
-
-class PayerProfile(_Strict):
-    key: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
-    label: str
-    names: list[str]
-    identifiers: list[IdentifierMatcher] = Field(default_factory=list)
-    commercial: bool
-    add_on_billing: AddOnBilling | None = None
-    notes: list[PayerNote] = Field(min_length=1)
-
-
-class PayersFile(_Strict):
-    profiles: list[PayerProfile] = Field(min_length=1)
-
-    def profile(self, key: str) -> PayerProfile:
-        """The profile with this key (``general`` when there is none)."""
-        return next(
-            (item for item in self.profiles if item.key == key),
-            next(item for item in self.profiles if item.key == "general"),
-        )
 
 
 @dataclass(frozen=True)

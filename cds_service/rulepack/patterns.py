@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 if typing.TYPE_CHECKING:  # the models hold a CompiledPatterns, compiled on first use
-    from cds_service.rulepack.models import CodingFile, PayersFile
+    from cds_service.rulepack.models import CodingFile
+    from cds_service.rulepack.payer_models import PayersFile
 
 
 @dataclass(frozen=True)

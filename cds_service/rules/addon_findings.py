@@ -107,8 +107,7 @@ def add_on_suggested(
     variables["laterality"] = (
         f"modifier {side}, the side of the removal's documented site"
         if side
-        else "no RT/LT modifier: the removal's documented site names no side (add the modifier "
-        "once the operative note states the side)"
+        else "no RT/LT modifier until the operative note states the side"
     )
     updated: dict[str, Any] | None = None
     primary_lines = claim.lines_with(primary) if claim is not None else []
@@ -268,16 +267,14 @@ def planned_removal_reminder(
         return []
     variables = pack.template_variables() | primary_variables(pack, facts.draft_order_primaries[0])
     variables["evidence"] = evidence_list(pack, facts.device_in_place)
-    always = [
-        element.key for element in pack.coding.documentation if element.applies_when == "always"
-    ]
-    variables["documentation_checklist"] = _checklist(pack, always)
+    always = [element for element in pack.coding.documentation if element.applies_when == "always"]
+    variables["documentation_count"] = str(len(always))  # the elements are on the Why page
     return [Finding("planned-removal-reminder", variables)]
 
 
 PLANNED_REMOVAL_REMINDER = declare(
     planned_removal_reminder,
     "planned-removal-reminder",
-    variables={"documentation_checklist", "evidence", "primary_code", "primary_descriptor"},
+    variables={"documentation_count", "evidence", "primary_code", "primary_descriptor"},
     evidence_kinds=DEVICE_IN_PLACE_KINDS,
 )

@@ -3,17 +3,21 @@
 UUIDs come from an injected factory so that tests can make them predictable; everything else is a
 pure function of the finding and the pack. Card extensions carry the stable finding code under
 ``cpt20703.finding`` and the missing documentation keys under ``cpt20703.missing-documentation``.
-A card's detail is the template's text, then what the facts file leaves UNCONFIRMED for that
-finding (and the note it was raised with), the data not checked, the payer's notes and the sources.
+A card's detail is short (the hook's limit): what was found and what to do, the data not checked,
+and a line saying some facts are unconfirmed when the facts file leaves any unconfirmed for that
+finding and note. Its one link opens the explanation page (sources, caveats, payer notes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cds_service.fhir.json_limits import prune_empty
-from cds_service.protocol.models import Action, Card, Coding, Source, Suggestion
+from cds_service.protocol.models import Action, Card, Coding, Link, Source, Suggestion
+from cds_service.rulepack.detail_fit import UNCONFIRMED_LINE, fit_detail, not_checked_line
+from cds_service.rulepack.explanation import explanation_url
 from cds_service.rulepack.models import RulePack, SuggestionTemplate
 from cds_service.rulepack.templates import render_card_text
 from cds_service.rules.contract import Finding
@@ -30,76 +34,25 @@ def finding_of_card(card: dict[str, Any]) -> str:
 MISSING_DOCUMENTATION_EXTENSION = "cpt20703.missing-documentation"
 
 
+@dataclass(frozen=True)
+class CardContext:
+    """What every card of one call shares: its hook, the data not checked and the payer."""
+
+    hook: str
+    public_base_url: str
+    caveats: Sequence[tuple[str, str]] = ()  # (key, reason) not checked: every card says so
+    payer: str | None = None  # the payer profile key: the explanation link shows its notes
+
+
 def build_cards(
-    findings: Sequence[Finding],
-    pack: RulePack,
-    new_uuid: Callable[[], str],
-    caveats: Sequence[str] = (),
-    payer: str | None = None,
+    findings: Sequence[Finding], pack: RulePack, new_uuid: Callable[[], str], context: CardContext
 ) -> list[dict[str, Any]]:
-    """The JSON of one card per finding, without empty or null elements.
-
-    ``caveats`` name data that could not be checked; every card says so, since any finding may
-    have come out differently with that data. ``payer`` is the patient's payer profile key: every
-    card shows that payer's policy notes.
-    """
-    return [
-        prune_empty(build_card(finding, pack, new_uuid, caveats, payer)) for finding in findings
-    ]
-
-
-UNCONFIRMED_HEADING = "**UNCONFIRMED**"
-
-
-def unconfirmed_section(items: Sequence[str]) -> str:
-    """A markdown list of what the sources behind the card do not confirm (nothing if none)."""
-    if not items:
-        return ""
-    lines = "\n".join(f"- {item}" for item in items)
-    return (
-        f"\n\n{UNCONFIRMED_HEADING} (not confirmed by the sources this card relies on; check "
-        f"before relying on it):\n{lines}"
-    )
-
-
-def not_checked_section(caveats: Sequence[str]) -> str:
-    """A markdown list of the data this advice could not take into account."""
-    if not caveats:
-        return ""
-    lines = "\n".join(f"- {caveat}" for caveat in caveats)
-    return f"\n\n**Not checked** (this data could not be obtained):\n{lines}"
-
-
-def payer_section(pack: RulePack, payer: str | None) -> str:
-    """The patient's payer and what its policies say about add-on codes, with their sources."""
-    if payer is None:
-        return ""
-    profile = pack.payers.profile(payer)
-    lines = [f"\n\n**Payer: {profile.label}**"]
-    for note in profile.notes:
-        cited = ", ".join(
-            f"[{pack.sources[key].label}]({pack.sources[key].url})" for key in note.sources
-        )
-        lines.append(f"- {note.text} (tier {note.tier}, read {note.read}: {cited})")
-    return "\n".join(lines)
-
-
-def sources_section(pack: RulePack, keys: Sequence[str]) -> str:
-    """A markdown list citing each source with its tier and any caveat."""
-    lines = ["**Sources**"]
-    for key in keys:
-        source = pack.sources[key]
-        caveat = f"; {source.note}" if source.note else ""
-        lines.append(f"- [{source.label}]({source.url}) (tier {source.tier}{caveat})")
-    return "\n".join(lines)
+    """The JSON of one card per finding, without empty or null elements."""
+    return [prune_empty(build_card(finding, pack, new_uuid, context)) for finding in findings]
 
 
 def build_card(
-    finding: Finding,
-    pack: RulePack,
-    new_uuid: Callable[[], str],
-    caveats: Sequence[str] = (),
-    payer: str | None = None,
+    finding: Finding, pack: RulePack, new_uuid: Callable[[], str], context: CardContext
 ) -> dict[str, Any]:
     """One card, validated against the CDS Hooks 2.0 card model."""
     template = pack.findings.findings[finding.code]
@@ -111,12 +64,15 @@ def build_card(
     card = Card(
         uuid=new_uuid(),
         summary=render_card_text(template.summary, finding.variables),
-        detail=render_card_text(template.detail, finding.variables)
-        + unconfirmed_section(template.unconfirmed_for(finding.note))
-        + not_checked_section(caveats)
-        + payer_section(pack, payer)
-        + "\n\n"
-        + sources_section(pack, template.source.sources),
+        detail=fit_detail(
+            template.detail,
+            finding.variables,
+            [
+                not_checked_line(context.caveats),
+                UNCONFIRMED_LINE if template.unconfirmed_for(finding.note) else "",
+            ],
+            pack.findings.detail_limits[context.hook],
+        ),
         indicator=template.indicator_for(finding.note),
         source=Source(
             label=template.source.label,
@@ -134,6 +90,13 @@ def build_card(
             for reason in template.override_reasons
         ]
         or None,
+        links=[
+            Link(
+                label=pack.findings.explanation_label,
+                url=explanation_url(context.public_base_url, finding.code, context.payer),
+                type="absolute",
+            )
+        ],
         extension=extension,
     )
     return card.model_dump(mode="json", exclude_none=True)

@@ -23,7 +23,7 @@ def evidence_list(
     return "\n".join(lines)
 
 
-QUOTES_SHOWN = 3  # enough to check the evidence in seconds
+QUOTES_SHOWN = 2  # enough to check the evidence in seconds; a card has room for no more
 
 
 def cpt_coding(pack: RulePack, code: str, display: str) -> dict[str, str]:

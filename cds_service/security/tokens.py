@@ -27,6 +27,7 @@ from typing import Any
 import jwt
 
 from cds_service.errors import AuthenticationError
+from cds_service.fhir.url_policy import UnsafeUrlError, loopback_spellings, parse_outbound
 from cds_service.security.jwks import JwksCache
 from cds_service.security.trust import TrustedClient
 
@@ -68,8 +69,9 @@ class TokenVerifier:
         self.jwks_cache = jwks_cache
         self.remember_jti = remember_jti
 
-    def verify(self, token: str, audience: str) -> VerifiedClient:
-        """The client that signed ``token`` for ``audience``; AuthenticationError otherwise."""
+    def verify(self, token: str, audience: str | Sequence[str]) -> VerifiedClient:
+        """The client that signed ``token`` for ``audience`` (one of them, when several spell
+        this endpoint's URL); AuthenticationError otherwise."""
         try:
             header = jwt.get_unverified_header(token)
             claims = jwt.decode(token, options={"verify_signature": False})
@@ -85,7 +87,11 @@ class TokenVerifier:
             raise
 
     def _verify(
-        self, token: str, audience: str, header: Mapping[str, Any], claims: Mapping[str, Any]
+        self,
+        token: str,
+        audience: str | Sequence[str],
+        header: Mapping[str, Any],
+        claims: Mapping[str, Any],
     ) -> VerifiedClient:
         algorithm, kid = self._checked_header(header)
         _check_numeric_dates(claims)
@@ -126,7 +132,7 @@ class TokenVerifier:
         token: str,
         key: dict[str, Any],
         algorithm: str,
-        audience: str,
+        audience: str | Sequence[str],
         client: TrustedClient,
     ) -> dict[str, Any]:
         """The claims, once the signature, ``iss``, ``aud``, ``exp`` and ``iat`` check out.
@@ -225,3 +231,17 @@ def _suits(key: Mapping[str, Any], algorithm: str) -> bool:
 def replay_key(iss: str, jti: str) -> str:
     """What the replay store keeps of a token: a hash, not the token or its claims."""
     return hashlib.sha256(f"{iss}\n{jti}".encode()).hexdigest()
+
+
+def endpoint_audiences(url: str, loopback_alike: bool) -> list[str]:
+    """The ``aud`` values that name the endpoint ``url``: ``url`` itself, and in development
+    (``loopback_alike``) the same URL under each loopback name (``localhost``, ``127.0.0.1``,
+    ``[::1]``), as a sandbox signs the URL it was given."""
+    audiences = [url]
+    try:
+        parsed = parse_outbound(url)
+    except UnsafeUrlError:
+        return audiences
+    if loopback_alike and parsed.is_loopback:
+        audiences += [str(spelling) for spelling in loopback_spellings(parsed)]
+    return list(dict.fromkeys(audiences))

@@ -27,8 +27,9 @@ class FindingReport:
     finding: str
     cards_issued: int = 0
     feedback: int = 0
-    accepted: int = 0
-    overridden: int = 0
+    accepted: int = 0  # cards the client reported accepted (the EHR's claim is not seen)
+    suggestions_accepted: int = 0  # suggestions those reports name
+    overridden: int = 0  # cards dismissed (CDS Hooks: outcome "overridden")
     override_reasons: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -93,6 +94,9 @@ def build_report(
             row.feedback += 1
             if entry["outcome"] == "accepted":
                 row.accepted += 1
+                row.suggestions_accepted += len(
+                    json.loads(entry.get("accepted_suggestions") or "[]")
+                )
             elif entry["outcome"] == "overridden":
                 row.overridden += 1
                 row.override_reasons[_reason_label(entry)] += 1
@@ -129,8 +133,8 @@ def _reason_label(entry: Mapping[str, Any]) -> tuple[str, str | None]:
 def render_text(rows: Sequence[FindingReport], since: str | None) -> str:
     """A plain-text table for a terminal."""
     header = (
-        f"{'finding':<32} {'cards':>6} {'feedback':>8} {'accept':>7} {'override':>8} "
-        f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  top override reasons"
+        f"{'finding':<32} {'cards':>6} {'feedback':>8} {'accepted*':>9} {'suggestions*':>12} "
+        f"{'dismissed':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  top override reasons"
     )
     calls = f"{len(rows[0].latencies_ms)} hook calls" if rows else "no hook calls"
     lines = [f"{calls} and their feedback" + (f" since {since}" if since else "")]
@@ -142,11 +146,19 @@ def render_text(rows: Sequence[FindingReport], since: str | None) -> str:
         )
         lines.append(
             f"{row.finding:<32} {row.cards_issued:>6} {row.feedback:>8} "
-            f"{_rate(row.acceptance_rate):>7} {_rate(row.override_rate):>8} "
+            f"{_rate(row.acceptance_rate):>9} {row.suggestions_accepted:>12} "
+            f"{_rate(row.override_rate):>9} "
             f"{_ms(latency['p50']):>8} {_ms(latency['p90']):>8} {_ms(latency['p99']):>8}  "
             f"{reasons or '-'}"
         )
+    lines.append(ACCEPTED_FOOTNOTE)
     return "\n".join(lines) + "\n"
+
+
+ACCEPTED_FOOTNOTE = (
+    "* accepted (reported by client): the share of feedback whose client reported the card "
+    "accepted, and the suggestions it named; whether the claim really changed is not seen here."
+)
 
 
 def _rate(value: float | None) -> str:

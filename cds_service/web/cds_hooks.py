@@ -21,7 +21,7 @@ from cds_service.errors import (
 )
 from cds_service.fhir.client import FetchStats
 from cds_service.fhir.json_limits import MAX_JSON_DEPTH, nested_deeper_than
-from cds_service.security.tokens import TokenVerifier, VerifiedClient
+from cds_service.security.tokens import TokenVerifier, VerifiedClient, endpoint_audiences
 from cds_service.store.database import ClientIdentity, HookCallRecord
 from cds_service.web import metrics
 from cds_service.web.app_state import ServiceState, service_state
@@ -105,7 +105,10 @@ def authenticate() -> None:
         g.cds_client = _verified_client(
             state.verifier,
             required=state.settings.auth.mode == "required",
-            audience=state.settings.public_base_url + request.path,
+            audience=endpoint_audiences(
+                state.settings.public_base_url + request.path,
+                loopback_alike=state.settings.profile == "development",
+            ),
         )
     except AuthenticationError as exc:
         metrics.JWT_FAILURES.labels(exc.check).inc()
@@ -116,7 +119,7 @@ def authenticate() -> None:
 
 
 def _verified_client(
-    verifier: TokenVerifier, *, required: bool, audience: str
+    verifier: TokenVerifier, *, required: bool, audience: list[str]
 ) -> VerifiedClient | None:
     header = request.headers.get("Authorization")
     if header is None:
