@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +34,7 @@ from helpers.medplum import NodeUnavailable, require_node_and_packages, skip_or_
 from cds_service.cli.demo import GUIDE_END, SANDBOX_FIXTURE, demo_environment
 from cds_service.cli.fhir_sandbox import MEDPLUM_PACKAGES
 from cds_service.cli.main import main
+from cds_service.cli.signing_day import ID_SUFFIX, SEED_NAME, SOURCE_FIXTURE, signing_day_request
 from cds_service.paths import CHECKOUT
 
 STARTUP_TIMEOUT_S = 120.0
@@ -270,10 +272,13 @@ def test_demo_guides_serves_and_stops_on_sigint(tmp_path: Path) -> None:
         assert f"{demo.service_url}/" in guide  # the playground
         assert demo.fhir_url in guide
 
-        # Every fixture's patient is listed with its encounter and hook.
+        # Every fixture's patient is listed with its encounter and hook, and the patient
+        # operated on today.
         rows = guide_rows(guide)
         for patient, encounter, hook in FIXTURE_PATIENTS.values():
             assert rows.get(patient) == (encounter or "-", hook), patient
+        operated_today = FIXTURE_PATIENTS[SOURCE_FIXTURE][0] + ID_SUFFIX
+        assert rows.get(operated_today) == ("-", "order-sign")
 
         # The CDS Hooks sandbox link points at this service, this FHIR server and a patient.
         link = next(line.strip() for line in guide.splitlines() if "sandbox.cds-hooks.org" in line)
@@ -283,9 +288,22 @@ def test_demo_guides_serves_and_stops_on_sigint(tmp_path: Path) -> None:
         assert query == {
             "serviceDiscoveryURL": f"{demo.service_url}/cds-services",
             "fhirServiceUrl": demo.fhir_url,
-            "patientId": FIXTURE_PATIENTS[SANDBOX_FIXTURE][0],
+            "patientId": operated_today,
             "hook": "order-sign",
         }
+        assert SANDBOX_FIXTURE == SEED_NAME
+
+        # What the sandbox's Rx Sign screen sends for that patient: a draft MedicationRequest,
+        # no encounter, no prefetch. The service reads today's session from the FHIR server.
+        sandbox_call = signing_day_request(load_fixture(SOURCE_FIXTURE), date.today())
+        del sandbox_call["prefetch"]
+        sandbox_call["fhirServer"] = demo.fhir_url
+        answer = requests.post(
+            f"{demo.service_url}/cds-services/cpt20703-order-sign",
+            json=sandbox_call,
+            timeout=TIMEOUT_S,
+        )
+        assert findings(answer) == ["add-on-suggested", "documentation-missing"]
 
         # The sandbox reads that patient from the FHIR server, from another origin.
         patient = requests.get(f"{demo.fhir_url}/Patient/{query['patientId']}", timeout=TIMEOUT_S)

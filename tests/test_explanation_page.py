@@ -5,6 +5,7 @@ that open in a new tab)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,7 +15,7 @@ from axe_playwright_python.sync_playwright import Axe
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers.browser import chromium, served
-from helpers.corpus import EXPECTED, FIXTURE_NAMES, load_fixture
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, ROOT, load_fixture
 from helpers.jwt_tokens import ISSUER, SigningKey, jwk_set, write_trust_file
 from helpers.privacy import sensitive_strings
 from markupsafe import escape
@@ -29,6 +30,8 @@ from cds_service.rulepack.explanation import (
 from cds_service.rulepack.models import RulePack
 
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+DOCS_SCREENSHOT = ROOT / "docs" / "explanation.png"  # shown in docs/findings.md
 
 
 def pages(pack: RulePack) -> list[tuple[str, str | None]]:
@@ -260,6 +263,11 @@ def test_pages_pass_an_accessibility_check_in_chromium(
                 assert violations == [], json.dumps(
                     [(v["id"], v["help"], len(v["nodes"])) for v in violations]
                 )
+        page.goto(live + page_path("add-on-suggested", "medicare"))
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "explanation.png"), full_page=True)
+        if not DOCS_SCREENSHOT.exists() or os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+            page.screenshot(path=str(DOCS_SCREENSHOT), full_page=True)
     finally:
         context.close()
     assert problems == []

@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -35,6 +38,7 @@ from cds_service.cli.fhir_sandbox import (
     NodeUnavailable,
     packages_installed,
 )
+from cds_service.cli.signing_day import SEED_NAME, SOURCE_FIXTURE, signing_day_request
 from cds_service.config import Settings
 from cds_service.paths import data_dir
 
@@ -44,7 +48,8 @@ DEFAULT_FHIR_PORT = 8081  # the port the fixtures' fhirServer names
 DEFAULT_WORKERS = 1
 SANDBOX_URL = "https://sandbox.cds-hooks.org/"
 SANDBOX_HOOK = "order-sign"  # the sandbox runs patient-view, order-select and order-sign only
-SANDBOX_FIXTURE = "order-sign--planned-removal-reminder.json"
+# The sandbox link opens order-sign for the signing-day patient (cli/signing_day.py).
+SANDBOX_FIXTURE = SEED_NAME
 CURL_FIXTURE = "encounter-discharge--tibia-nonunion-removal.json"
 GUIDE_END = "Press Ctrl-C to stop the service and the FHIR server."
 STDERR_TAIL = 40  # lines of the FHIR server's stderr in a start-up error
@@ -122,6 +127,14 @@ def demo_patients(files: Sequence[Path]) -> list[DemoPatient]:
     return sorted(patients.values(), key=lambda patient: (patient.hook, patient.scenario))
 
 
+def write_signing_day_seed(fixtures: Path, directory: Path, today: date) -> Path:
+    """The signing-day patient's request, dated ``today``, written as a seed file."""
+    source = json.loads((fixtures / SOURCE_FIXTURE).read_text(encoding="utf-8"))
+    path = directory / SEED_NAME
+    path.write_text(json.dumps(signing_day_request(source, today)), encoding="utf-8")
+    return path
+
+
 # -- the guide ---------------------------------------------------------------------------------
 
 
@@ -183,10 +196,10 @@ def guide(
         f"  Card playground  {service_url}/",
         f"  FHIR server      {fhir_base}   (in memory, read-only, fictional data)",
         "",
-        "CDS Hooks sandbox on this service, this FHIR server and a patient with a device in place",
-        "(any patientId below works; the sandbox sends its own draft MedicationRequest, so expect",
-        '{"cards": []} from order-sign: the +20703 cards need procedures and claims it cannot',
-        "send; a browser that blocks the https page from calling 127.0.0.1 needs a local sandbox):",
+        "CDS Hooks sandbox on this service, this FHIR server and a patient operated on today (a",
+        "nonunion repair with the removal of an antibiotic cement rod): its Rx Sign screen sends",
+        "a draft MedicationRequest without an encounter, and the service reads today's session,",
+        "so the +20703 cards show. Chromium asks to let the page reach this computer: allow it.",
         "",
         f"  {sandbox_link(service_url, fhir_base, sandbox_patient.patient_id)}",
         "",
@@ -280,13 +293,15 @@ def run_demo(
     sandbox = find_sandbox(sandbox_dir)
     node = find_node()
     fixtures = fixtures_dir or data_dir("fhir_fixtures")
-    seeds = fixture_files(fixtures)
-    patients = demo_patients(seeds)
-    if not patients:
+    fixture_seeds = fixture_files(fixtures)
+    if not demo_patients(fixture_seeds):
         raise DemoError("no fixture names a context.patientId")
     service_url = f"http://{public_host(host)}:{port}"
     # Validate the settings with a placeholder FHIR URL before starting anything.
     Settings.load(demo_environment(os.environ, service_url, f"http://{FHIR_HOST}:1/fhir"))
+    seed_dir = Path(tempfile.mkdtemp(prefix="cds-demo-"))  # removed when the demo stops
+    seeds = [*fixture_seeds, write_signing_day_seed(fixtures, seed_dir, date.today())]
+    patients = demo_patients(seeds)
 
     from cds_service.cli.serve import serve  # gunicorn; prometheus-client stays unimported
 
@@ -322,6 +337,7 @@ def run_demo(
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             fhir.stop()
+            shutil.rmtree(seed_dir, ignore_errors=True)
             _write(sys.stdout, "cds-service demo: the service and the FHIR server have stopped\n")
             signal.signal(signal.SIGINT, signal.default_int_handler)
             if previous_term is not None:

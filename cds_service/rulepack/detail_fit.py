@@ -23,10 +23,10 @@ CUT_MARK = "… (see Why)"
 NOT_CHECKED_ROOM = 120
 NOT_CHECKED_NAMES_SHOWN = 3
 NOT_CHECKED_LIMIT = 220
-# The placeholders whose values are markdown lists (the rules fill them so): the pack check
-# measures a template with each cut to one item.
-# Each list's "more" line says where the rest is: evidence is the patient's, so only the record
-# holds it; the documentation elements are on the explanation page.
+# The placeholders the rules fill with markdown lists, which give way when a detail is too long
+# (the pack check measures each template with them cut to one item), and the line that stands for
+# the items left out: evidence is the patient's, so only the record holds the rest; the
+# documentation elements are all on the explanation page.
 LIST_VARIABLES = {
     "evidence": "- and {count} more in the record",
     "missing_checklist": "- and {count} more (see Why)",
@@ -35,7 +35,7 @@ LIST_VARIABLES = {
 
 def more_line(name: str, count: int) -> str:
     """The item of list ``name`` that stands for the ``count`` items left out."""
-    return LIST_VARIABLES.get(name, "- and {count} more").format(count=count)
+    return LIST_VARIABLES[name].format(count=count)
 
 
 def not_checked_line(caveats: Sequence[tuple[str, str]]) -> str:
@@ -62,7 +62,11 @@ def fit_detail(template: str, values: Mapping[str, str], tail: Sequence[str], li
     ``limit`` characters: list values lose their last items first (longest list first), and a
     body still too long is cut; the tail (what was not checked, what is unconfirmed) stays whole.
     """
-    lists = {name: value.split("\n") for name, value in values.items() if is_list(value)}
+    lists = {
+        name: values[name].split("\n")
+        for name in LIST_VARIABLES
+        if name in values and is_list(values[name])
+    }
     shown = {name: len(items) for name, items in lists.items()}
     while True:
         text = _render(template, values, lists, shown, tail)
@@ -137,7 +141,8 @@ def fixed_length(
     unconfirmed line when it applies and room for a "Not checked" line."""
     sampled = dict(values)
     for name in list_names:
-        sampled[name] = f"{values[name].split(chr(10))[0]}\n{more_line(name, 999)}"
+        first_item = values[name].split("\n")[0]
+        sampled[name] = f"{first_item}\n{more_line(name, 999)}"
     tail = [UNCONFIRMED_LINE] if unconfirmed else []
     text = _render(template, sampled, {}, {}, tail)
     return len(text) + NOT_CHECKED_ROOM
