@@ -57,7 +57,7 @@ def page(name: str) -> WerkzeugResponse:
     wants_json = name.endswith(JSON_SUFFIX) or _prefers_json()
     finding = name.removesuffix(JSON_SUFFIX)
     if finding not in pack.findings.findings:
-        raise UnknownResourceError("No finding with that code: see GET /cds-services.")
+        raise UnknownResourceError("No finding with that code (a card's cpt20703.finding).")
     payer = request.args.get("payer")
     if payer is not None and payer not in {profile.key for profile in pack.payers.profiles}:
         raise UnknownResourceError("No payer profile with that key.")
