@@ -121,17 +121,20 @@ def trust_file(tmp_path: Path, ec_key: SigningKey, jwks_server: JwksServer) -> P
     )
 
 
+def required_auth(database_url: str, trust_file: Path, base_url: str = BASE_URL) -> dict[str, str]:
+    """Settings of a development app that requires a token from the trust file's clients."""
+    return {
+        "DATABASE_URL": database_url,
+        "AUTH": "required",
+        "TRUSTED_CLIENTS": str(trust_file),
+        "PUBLIC_BASE_URL": base_url,
+        "JWT_ALGORITHMS": "ES384,RS384",
+    }
+
+
 @pytest.fixture
 def secured(make_app: Any, sqlite_url: str, trust_file: Path) -> Flask:
-    app: Flask = make_app(
-        {
-            "DATABASE_URL": sqlite_url,
-            "AUTH": "required",
-            "TRUSTED_CLIENTS": str(trust_file),
-            "PUBLIC_BASE_URL": BASE_URL,
-            "JWT_ALGORITHMS": "ES384,RS384",
-        }
-    )
+    app: Flask = make_app(required_auth(sqlite_url, trust_file))
     return app
 
 
@@ -1043,14 +1046,7 @@ def test_development_takes_any_loopback_spelling_of_the_public_url(
 ) -> None:
     """A sandbox that calls http://localhost:8080 signs that URL as the audience; a development
     service configured as http://127.0.0.1:8080 accepts it. Another port or host still fails."""
-    config = {
-        "DATABASE_URL": sqlite_url,
-        "AUTH": "required",
-        "TRUSTED_CLIENTS": str(trust_file),
-        "PUBLIC_BASE_URL": "http://127.0.0.1:8080",
-        "JWT_ALGORITHMS": "ES384,RS384",
-    }
-    client = make_app(config).test_client()
+    client = make_app(required_auth(sqlite_url, trust_file, "http://127.0.0.1:8080")).test_client()
     assert (
         post(client, SERVICE, TokenFactory(ec_key, base_url=spelling).token(SERVICE)).status_code
         == 200
