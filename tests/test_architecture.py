@@ -2,7 +2,8 @@
 layer or below, only the web layer imports Flask, and the rules import no I/O.
 
 Layers, top to bottom (docs/architecture.md): cli; the package ``__init__`` (create_app); web;
-engine; rules and config; rulepack, store and security; protocol and fhir; errors, logs, paths.
+engine; rules and config; rulepack, store and security; protocol and fhir; errors, logs, paths,
+recent.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ FLOORS: dict[str, int] = {
     "errors": 0,
     "logs": 0,
     "paths": 0,
+    "recent": 0,
 }
 # Libraries that reach outside the process (network, database, files, processes, clock).
 IO_MODULES = {

@@ -1,10 +1,8 @@
 """The clinical-text pipeline and its helpers (cds_service/rulepack/clinical_text.py): the
 tokenizer gives spaCy's own tokens, ConText is handed only the actions that can become a device
-statement, and the reading cache keeps the most recent readings within its bound."""
+statement."""
 
 from __future__ import annotations
-
-import threading
 
 import pytest
 import spacy
@@ -15,7 +13,6 @@ from spacy.language import Language
 from cds_service.rulepack.clinical_text import (
     CONTEXT_GROUP,
     TARGET_GROUP,
-    ReadingCache,
     TokenPattern,
     first_token_alternatives,
 )
@@ -126,49 +123,3 @@ def test_context_is_given_only_the_actions_of_sentences_that_name_a_device(
     first_removed = next(span for span in doc.spans[TARGET_GROUP] if span.label_ == "ACTION")
     assert first_removed.sent.text.startswith("The wound")
     assert not first_removed._.is_negated  # not qualified at all: it can make no statement
-
-
-def test_the_cache_drops_the_least_recently_used_reading() -> None:
-    cache: ReadingCache[str] = ReadingCache(capacity=2)
-    cache.put((b"a", "Procedure/1"), "first")
-    cache.put((b"b", "Procedure/1"), "second")
-    assert cache.get((b"a", "Procedure/1")) == "first"  # now the most recently used
-    cache.put((b"c", "Procedure/1"), "third")
-    assert cache.get((b"b", "Procedure/1")) is None
-    assert cache.get((b"a", "Procedure/1")) == "first"
-    assert cache.get((b"c", "Procedure/1")) == "third"
-    assert len(cache) == 2
-    assert cache.get((b"a", "Device/1")) is None  # the source is part of the key
-    cache.clear()
-    assert len(cache) == 0
-
-
-@pytest.mark.parametrize("capacity", [0, 1, 5])
-def test_the_cache_never_holds_more_than_its_capacity(capacity: int) -> None:
-    cache: ReadingCache[int] = ReadingCache(capacity)
-    for number in range(20):
-        cache.put((bytes([number]), "x"), number)
-    assert len(cache) == capacity
-    kept = [cache.get((bytes([number]), "x")) for number in range(20)]
-    assert kept == [None] * (20 - capacity) + list(range(20 - capacity, 20))
-
-
-def test_the_cache_stays_bounded_and_consistent_under_threads() -> None:
-    cache: ReadingCache[int] = ReadingCache(capacity=50)
-    wrong: list[tuple[int, int | None]] = []
-
-    def work(offset: int) -> None:
-        for number in range(offset, offset + 2_000):
-            key = (str(number % 120).encode(), "x")
-            cache.put(key, number % 120)
-            found = cache.get(key)
-            if found is not None and found != number % 120:
-                wrong.append((number % 120, found))
-
-    threads = [threading.Thread(target=work, args=(offset * 7,)) for offset in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert wrong == []
-    assert len(cache) == 50

@@ -1,13 +1,19 @@
-"""Reading resources leniently from prefetch and draftOrders."""
+"""Reading resources leniently from prefetch and draftOrders, and keeping the models of the
+resources a worker validated most recently."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
 import pytest
+from helpers.corpus import EXPECTED, FIXTURE_NAMES, load_fixture, without_uuids
 
-from cds_service.fhir.resources import iter_resources, read_resources
+from cds_service.engine.hook_call import handle_hook_call
+from cds_service.errors import CdsError
+from cds_service.fhir.resources import PARSED, iter_resources, read_resources
+from cds_service.rulepack.models import RulePack
 
 PROCEDURE: dict[str, Any] = {
     "resourceType": "Procedure",
@@ -112,3 +118,71 @@ def test_draft_orders_procedures_and_claims_are_the_sessions_own() -> None:
     assert [c.model for c in result.claims] == [c.model for c in result.own_claims]
     assert len(result.claims) == 1
     assert result.draft_orders == []
+
+
+def test_a_resource_seen_before_is_not_validated_again_and_reads_the_same() -> None:
+    """The second call with the same content takes the kept model; it equals a fresh one."""
+    PARSED.clear()
+    first = read_resources({"p": bundle(PROCEDURE)})
+    assert len(PARSED) == 1
+    second = read_resources({"p": bundle(PROCEDURE)})
+    assert second.procedures[0] is first.procedures[0]
+    PARSED.clear()
+    assert read_resources({"p": bundle(PROCEDURE)}).procedures == first.procedures
+
+
+def test_changed_content_is_validated_anew_even_when_an_earlier_version_was_valid(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Same id, same type, one element changed to something R4 refuses: skipped, not served
+    from the cache."""
+    PARSED.clear()
+    assert len(read_resources({"p": bundle(PROCEDURE)}).procedures) == 1
+    changed = PROCEDURE | {"status": ["completed"]}
+    with caplog.at_level(logging.WARNING):
+        result = read_resources({"p": bundle(changed)})
+    assert result.procedures == []
+    assert result.skipped == 1
+    assert "skipped unreadable FHIR resource" in caplog.text
+    with caplog.at_level(logging.WARNING):
+        again = read_resources({"p": bundle(changed)})
+    assert again.skipped == 1  # unreadable content is never kept: each call logs it
+
+
+def test_identical_resources_in_one_call_get_models_of_their_own() -> None:
+    """The rules tell resources apart by identity: two id-less twins stay two models."""
+    twin = {key: value for key, value in PROCEDURE.items() if key != "id"}
+    PARSED.clear()
+    read_resources({"p": bundle(twin)})
+    first, second = read_resources({"p": bundle(twin, twin)}).procedures
+    assert first is not second
+    assert first == second
+
+
+def test_a_resource_orjson_cannot_write_is_validated_every_time() -> None:
+    """An integer beyond 64 bits has no digest here: it is read, and not kept."""
+    huge = PROCEDURE | {"extension": [{"url": "http://x.example/n", "valueInteger": 2**70}]}
+    PARSED.clear()
+    read_resources({"p": bundle(huge)})
+    assert len(PARSED) == 0
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_every_fixture_answers_the_same_from_kept_models_and_leaves_them_unchanged(
+    name: str, pack: RulePack
+) -> None:
+    """Cold cache, then warm: the same cards; and no rule or suggestion changed a kept model
+    or the kept Claim JSON a suggestion is built on."""
+    body = load_fixture(name)
+    service = EXPECTED[name]["service"]
+    PARSED.clear()
+    try:
+        cold = handle_hook_call(pack, service, copy.deepcopy(body), today="2026-12-04").response
+    except CdsError as error:  # a fixture that answers 4xx answers so from the cache too
+        with pytest.raises(type(error)):
+            handle_hook_call(pack, service, copy.deepcopy(body), today="2026-12-04")
+        return
+    kept = {key: copy.deepcopy(PARSED.get(key)) for key in PARSED.held_keys()}
+    warm = handle_hook_call(pack, service, copy.deepcopy(body), today="2026-12-04").response
+    assert without_uuids(warm) == without_uuids(cold)
+    assert {key: PARSED.get(key) for key in kept} == kept

@@ -4,5 +4,5 @@ outbound-URL policy every call passes (url_policy), both of which the JWK Set fe
 too, reading input resources with fhir.resources (resources), and the
 limits on incoming JSON (json_limits).
 
-May import errors and logs only.
+May import errors, logs and recent only.
 """

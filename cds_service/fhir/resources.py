@@ -6,16 +6,24 @@ is parsed with the ``fhir.resources`` R4B models (R4B is the
 closest to R4 4.0.1; the package's default is R5). Real clients are sloppy: fields unknown to R4
 are dropped and the resource parsed again, and a resource that still fails validation is skipped
 and logged by type and error kind only, never by value, so no patient data reaches the log.
+
+Validation is most of a hook call's CPU time, and an EHR sends the same resources again and again
+(every order signed for a patient prefetches that patient's Procedures, Claim and Conditions), so
+a worker keeps the models of the resources it validated most recently (:data:`PARSED`), keyed by
+a digest of their JSON: a resource is validated in full the first time its exact content comes,
+and a changed element is new content. Unreadable resources are never kept (each call logs them).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.coverage import Coverage
@@ -28,6 +36,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import BaseModel, ValidationError
 
 from cds_service.fhir.json_limits import prune_empty
+from cds_service.recent import RecentCache
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,13 @@ MODELS: dict[str, type[BaseModel]] = {
     "Organization": Organization,
     "QuestionnaireResponse": QuestionnaireResponse,
 }
+
+
+# How many validated resources a worker keeps: a model is about 20 to 40 KB (a Claim the most),
+# so about 100 MB at most per worker; the standard discharge call brings 11.
+PARSED_KEPT = 4096
+Parsed = tuple[BaseModel, dict[str, Any]]
+PARSED: RecentCache[Parsed] = RecentCache(PARSED_KEPT)
 
 
 @dataclass(frozen=True)
@@ -92,8 +108,9 @@ def read_resources(prefetch: Mapping[str, Any], draft_orders: Any = None) -> Res
     """Parse every resource the rules can use; skip and log the unreadable ones."""
     result = ResourceSet()
     seen: set[tuple[str, str]] = set()
+    reused: set[bytes] = set()
     for resource in iter_resources(draft_orders):
-        parsed = _parse(resource, "context.draftOrders", result)
+        parsed = _parse(resource, "context.draftOrders", result, reused)
         if parsed is None:
             continue
         if isinstance(parsed[0], ServiceRequest):
@@ -111,7 +128,7 @@ def read_resources(prefetch: Mapping[str, Any], draft_orders: Any = None) -> Res
             if identity[1] and identity in seen:
                 continue
             seen.add(identity)
-            parsed = _parse(resource, f"prefetch.{key}", result)
+            parsed = _parse(resource, f"prefetch.{key}", result, reused)
             if parsed is not None:
                 _file(*parsed, result)
     return result
@@ -138,15 +155,46 @@ def _file(parsed: BaseModel, raw: dict[str, Any], result: ResourceSet) -> None:
 
 
 def _parse(
-    resource: dict[str, Any], origin: str, result: ResourceSet
-) -> tuple[BaseModel, dict[str, Any]] | None:
-    """The model, and the JSON it was read from: a Claim's is the base of the whole Claim an
-    update suggestion carries, so it is read as a card carries it (without empty values, which
-    FHIR JSON forbids and cards never hold) and without elements unknown to R4."""
+    resource: dict[str, Any], origin: str, result: ResourceSet, reused: set[bytes]
+) -> Parsed | None:
+    """The model, and the JSON it was read from, from :data:`PARSED` when this content was
+    validated before. Models and JSON are shared between calls and never changed: the rules
+    read them, and a suggested Claim is a new dict. Within one call each resource gets its own
+    model (``reused``: the digests this call took from the cache), as the rules tell resources
+    apart by identity."""
     resource_type = resource.get("resourceType")
     model = MODELS.get(resource_type) if isinstance(resource_type, str) else None
     if model is None:
         return None  # a type the rules never read (Patient, MedicationRequest, ...)
+    key = _content_key(resource, model.__name__)
+    if key is not None and key[0] not in reused:
+        reused.add(key[0])
+        cached = PARSED.get(key)
+        if cached is None:
+            cached = _validate(model, resource, origin, result)
+            if cached is not None:
+                PARSED.put(key, cached)
+        return cached
+    return _validate(model, resource, origin, result)
+
+
+def _content_key(resource: dict[str, Any], resource_type: str) -> tuple[bytes, str] | None:
+    """A digest of the resource's JSON with sorted keys, or None when orjson cannot write it
+    (an integer beyond 64 bits): that resource is validated at every call."""
+    try:
+        data = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return None
+    return hashlib.blake2b(data, digest_size=16).digest(), resource_type
+
+
+def _validate(
+    model: type[BaseModel], resource: dict[str, Any], origin: str, result: ResourceSet
+) -> Parsed | None:
+    """The model, and the JSON it was read from: a Claim's is the base of the whole Claim an
+    update suggestion carries, so it is read as a card carries it (without empty values, which
+    FHIR JSON forbids and cards never hold) and without elements unknown to R4."""
+    resource_type = resource["resourceType"]
     if model is Claim:
         resource = prune_empty(resource)
     try:

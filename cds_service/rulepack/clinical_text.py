@@ -7,21 +7,19 @@ default splitter, costs about fifteen times as much on an operative note), medsp
 TargetMatcher, ConText and Sectionizer. No statistical model is loaded: nothing is downloaded.
 
 Also here, because they are built from the rules once and serve every reading: the words the
-statement reader looks up (:class:`TextLexicon`) and the bounded cache of this worker's readings
-(:class:`ReadingCache`).
+statement reader looks up (:class:`TextLexicon`) and how many readings a worker keeps
+(``READINGS_KEPT``, in a :class:`~cds_service.recent.RecentCache`).
 """
 
 from __future__ import annotations
 
 import bisect
-import threading
 import typing
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -127,44 +125,8 @@ class TextLexicon:
     sides: Mapping[str, str]
 
 
-Reading = TypeVar("Reading")
 # How many text readings a worker keeps (a reading is a few kilobytes; the texts are not kept).
 READINGS_KEPT = 2048
-
-
-class ReadingCache(Generic[Reading]):
-    """The most recent readings of this worker, least recently used dropped first.
-
-    Order-sign fires at every order signed and re-reads the same notes each time; a reading
-    depends only on the pack, the text and its source, so it is kept. Keys are digests, not
-    texts. Thread-safe (gunicorn's threads share a worker's pack).
-    """
-
-    def __init__(self, capacity: int = READINGS_KEPT) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[bytes, str], Reading] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[bytes, str]) -> Reading | None:
-        with self._lock:
-            reading = self._items.get(key)
-            if reading is not None:
-                self._items.move_to_end(key)
-            return reading
-
-    def put(self, key: tuple[bytes, str], reading: Reading) -> None:
-        with self._lock:
-            self._items[key] = reading
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def build_pipeline(rules: ClinicalTextFile) -> Language:

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from cds_service.protocol.models import Coding
-from cds_service.rulepack.clinical_text import ClinicalTextFile, ReadingCache, build_pipeline
+from cds_service.recent import RecentCache
+from cds_service.rulepack.clinical_text import READINGS_KEPT, ClinicalTextFile, build_pipeline
 from cds_service.rulepack.model_base import ReadMonth, Strict, Tier
 from cds_service.rulepack.patterns import CompiledPatterns
 from cds_service.rulepack.payer_models import PayersFile
@@ -326,7 +327,9 @@ class RulePack:
     services: list[ServiceDefinition]
     payers: PayersFile
     questionnaire_template: dict[str, Any] = field(default_factory=dict)
-    readings: ReadingCache[object] = field(default_factory=ReadingCache, compare=False, repr=False)
+    readings: RecentCache[object] = field(
+        default_factory=lambda: RecentCache(READINGS_KEPT), compare=False, repr=False
+    )
 
     def questionnaire(self, public_base_url: str) -> dict[str, Any]:
         """The documentation Questionnaire, its canonical URL on this server."""
