@@ -14,9 +14,12 @@ from helpers.corpus import load_fixture
 from helpers.fault_server import FaultServer, fault_server
 from helpers.serving import served
 
+from cds_service.web.admission import AdmissionGate
+
 DISCHARGE = "/cds-services/cpt20703-encounter-discharge"
 STANDARD = "encounter-discharge--tibia-nonunion-removal.json"
 HOLD_MS = 3000  # how long the FHIR server holds each slow call
+QUEUED_HOLD_MS = 1200  # each call of the queueing test: 4 waves on one worker end before 5 s
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +94,35 @@ def test_overload_under_gunicorn_answers_before_the_admitted_calls(
     fastest_answer = min(elapsed for status, elapsed, _ in results if status == 200)
     assert fastest_answer >= HOLD_MS / 1000
     assert slowest_refusal < fastest_answer  # refused while the admitted calls still ran
+
+
+def test_with_the_defaults_sixteen_calls_at_once_on_two_workers_queue_and_all_answer(
+    tmp_path: Path, fhir_faults: FaultServer
+) -> None:
+    """The default deadline is for real overload: 16 calls that each hold a slot 1.2 s (a slow
+    FHIR server) on 2 workers of 4 slots wait their turn; none is refused. (With the former
+    1 s deadline, every call past the first eight slots was a 503.)"""
+    env = {
+        "CDS_FHIR_SERVER_ALLOWLIST": fhir_faults.url,
+        "CDS_FHIR_DEADLINE_SECONDS": "10",
+        "CDS_FHIR_READ_TIMEOUT_SECONDS": "10",
+    }
+    body = load_fixture(STANDARD)
+    del body["prefetch"]["questionnaireResponses"]
+    body["fhirServer"] = f"{fhir_faults.url}/delay-{QUEUED_HOLD_MS}/fhir"
+    with served(tmp_path, "--workers", "2", env=env) as base, ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: timed_post(f"{base}{DISCHARGE}", body), range(16)))
+    assert [status for status, _, _ in results] == [200] * 16
+    assert max(elapsed for _, elapsed, _ in results) >= 2 * QUEUED_HOLD_MS / 1000  # some queued
+
+
+def test_the_deadline_counts_from_the_requests_arrival() -> None:
+    """A request that already waited most of the deadline gets only the rest of it."""
+    gate = AdmissionGate(capacity=1, wait_seconds=1.0)
+    assert gate.enter()
+    started = time.monotonic()
+    assert not gate.enter(waited=0.8)
+    assert 0.15 <= time.monotonic() - started < 0.6
+    assert not gate.enter(waited=5.0)  # past the deadline already: refused at once
+    gate.leave()
+    assert gate.enter(waited=0.99)

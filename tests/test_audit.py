@@ -17,7 +17,13 @@ from helpers.fault_server import FaultServer, fault_server
 from helpers.jwt_tokens import BASE_URL, ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
 from helpers.privacy import sensitive_strings
 
-from cds_service.store.database import HookCallRecord, Store, create_database_engine
+from cds_service.engine.hook_call import parse_feedback_request
+from cds_service.store.database import (
+    ClientIdentity,
+    HookCallRecord,
+    Store,
+    create_database_engine,
+)
 from cds_service.store.migrations import upgrade_database
 from cds_service.web.app_state import service_state
 
@@ -207,3 +213,46 @@ def test_threads_of_one_worker_write_in_turn_on_sqlite(migrated_sqlite_url: str)
         rows = connection.execute(sa.text("SELECT count(*) FROM hook_call")).scalar_one()
     engine.dispose()
     assert rows == threads * calls
+
+
+def test_on_postgresql_only_the_audit_commit_skips_the_flush_and_is_seen_at_once(
+    postgres_url: str,
+) -> None:
+    """The audit transaction sets synchronous_commit off for itself; feedback keeps the flush;
+    and another session sees the issued card as soon as record_hook_call returns."""
+    engine = create_database_engine(postgres_url)
+    upgrade_database(engine)
+    statements: list[str] = []
+    sa.event.listen(
+        engine, "before_cursor_execute", lambda *args: statements.append(args[2].strip())
+    )
+    try:
+        store = Store(engine)
+        record(store, "add-on-suggested")
+        assert "SET LOCAL synchronous_commit TO OFF" in statements
+        other = create_database_engine(postgres_url)
+        with other.connect() as connection:
+            issued = connection.execute(sa.text("SELECT finding_code FROM issued_card"))
+            assert list(issued.scalars()) == ["add-on-suggested"]
+        other.dispose()
+        statements.clear()
+        card = store.hook_call_rows()[0]["card_uuids"]
+        store.store_feedback(
+            DISCHARGE_ID,
+            parse_feedback_request(
+                {
+                    "feedback": [
+                        {
+                            "card": json.loads(card)[0],
+                            "outcome": "overridden",
+                            "outcomeTimestamp": "2026-12-04T10:16:00Z",
+                        }
+                    ]
+                }
+            ).feedback,
+            ClientIdentity(),
+        )
+        assert statements
+        assert not [text for text in statements if "synchronous_commit" in text]
+    finally:
+        engine.dispose()

@@ -1,10 +1,11 @@
 """Load shedding: a bounded number of hook calls and feedback posts run at once per process.
 
-A CDS client waits for cards inside the clinician's signing workflow and gives up after a few
-seconds, so a request that would sit in a queue past that point is worth less than a fast 503
-with ``Retry-After``: the EHR shows nothing and moves on, and the service catches up. Requests
-wait at most ``CDS_QUEUE_TIMEOUT_SECONDS`` for one of ``CDS_MAX_CONCURRENT_CALLS`` slots.
-Health, readiness, metrics and discovery are never held back, so probes see the truth.
+Bursts queue: a call waits for one of ``CDS_MAX_CONCURRENT_CALLS`` slots, and is refused (503
+with ``Retry-After``) only when it could not start within ``CDS_QUEUE_TIMEOUT_SECONDS`` of its
+arrival. A CDS client that does not retry shows the clinician nothing for a 503, so the deadline
+is set for real overload (the service cannot keep up for seconds), not for a burst that a few
+milliseconds of queueing absorb. Health, readiness, metrics and discovery are never held back,
+so probes see the truth.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from flask import Flask, g, request
 
 from cds_service.errors import OverloadedError
 from cds_service.web import metrics
+from cds_service.web.observability import elapsed_ms
 
 GUARDED_ENDPOINTS = frozenset({"cds.call_service", "cds.feedback"})
 
@@ -27,9 +29,10 @@ class AdmissionGate:
         self.wait_seconds = wait_seconds
         self._slots = threading.BoundedSemaphore(capacity)
 
-    def enter(self) -> bool:
-        """Take a slot; False when none freed up in time."""
-        return self._slots.acquire(timeout=self.wait_seconds)
+    def enter(self, waited: float = 0.0) -> bool:
+        """Take a slot; False when none freed up by the deadline (``waited``: seconds the
+        request has already spent since it arrived)."""
+        return self._slots.acquire(timeout=max(self.wait_seconds - waited, 0.0))
 
     def leave(self) -> None:
         self._slots.release()
@@ -42,7 +45,7 @@ def init_app(app: Flask, gate: AdmissionGate) -> None:
     def _admit() -> None:
         if request.endpoint not in GUARDED_ENDPOINTS:
             return
-        if not gate.enter():
+        if not gate.enter(elapsed_ms() / 1000):
             metrics.SHED.labels(request.endpoint).inc()
             raise OverloadedError(
                 "The service is at capacity; the request was not processed. Retry shortly."
