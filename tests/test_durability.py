@@ -21,23 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import sqlalchemy as sa
+from helpers.feedback_load import FEEDBACK, LOST_ANSWER, OUTCOME_TIMESTAMP, stored_feedback
 from helpers.jwt_tokens import ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
 from helpers.serving import Served, serving
 
-from cds_service.store.database import create_database_engine
-from cds_service.store.tables import feedback
-
-FEEDBACK = "/cds-services/cpt20703-encounter-discharge/feedback"
 DISCOVERY = "/cds-services"
 CLIENTS = 8
 BATCHES = 800
 BATCH_SIZE = 3  # 2,400 distinct feedback entries in all
 TOKENS = 240
 GIVE_UP_SECONDS = 120  # a client retrying longer than this means the service did not recover
-OUTCOME_TIMESTAMP = "2026-03-02T10:15:00Z"
-# No (complete) HTTP answer: refused, reset, cut off mid-body, or timed out.
-LOST_ANSWER = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 @dataclass
@@ -155,14 +148,7 @@ def test_acknowledged_feedback_survives_killed_workers(tmp_path: Path, database_
         totals.update(stored=answer["stored"], duplicates=answer["duplicates"])
 
     sent = {(entry["card"], "overridden") for batch in batches for entry in batch}
-    engine = create_database_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(feedback.c.card_uuid, feedback.c.outcome, feedback.c.outcome_timestamp)
-            ).all()
-    finally:
-        engine.dispose()
+    rows = stored_feedback(database_url)
     identities = Counter((row.card_uuid, row.outcome, row.outcome_timestamp) for row in rows)
     assert [identity for identity, count in identities.items() if count > 1] == []
     assert {(card, outcome) for card, outcome, _ in identities} == sent

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import select
+import signal
 import socket
 import ssl
 import threading
@@ -247,9 +248,41 @@ def test_a_tls_client_that_never_shakes_hands_is_closed(tmp_path: Path) -> None:
         connection.close()
 
 
+def test_sigterm_drains_first_readiness_fails_while_calls_are_served(tmp_path: Path) -> None:
+    """``--drain-seconds 2``: after SIGTERM /readyz answers 503 (draining) at once, /healthz and
+    hook calls are still served on new connections, and connections are refused only once
+    the drain is over; then the server exits 0."""
+    body = json.dumps(load_fixture(STANDARD)).encode()
+    with serving(tmp_path, "--workers", "2", "--drain-seconds", "2") as server:
+        assert call(server.port, "GET", "/readyz")[0] == 200
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        while (status := call(server.port, "GET", "/readyz")[0]) == 200:
+            assert time.monotonic() - signalled < 10, "still ready after SIGTERM"
+        assert status == 503
+        statuses = []
+        while True:  # until the listeners close (a connection made just then may be reset)
+            try:
+                statuses += [call(server.port, "GET", "/healthz")[0]]
+                statuses += [call(server.port, "POST", DISCHARGE, body)[0]]
+            except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
+                break
+            assert time.monotonic() - signalled < 30, "still accepting after the drain"
+        refused = time.monotonic() - signalled
+        assert server.process.wait(timeout=60) == 0
+    assert refused >= 2
+    assert len(statuses) >= 4
+    assert set(statuses) == {200}
+
+
 @pytest.mark.parametrize(
     "flags",
-    [["--head-timeout", "0"], ["--body-timeout", "-1"], ["--max-reading-per-source", "-1"]],
+    [
+        ["--head-timeout", "0"],
+        ["--body-timeout", "-1"],
+        ["--max-reading-per-source", "-1"],
+        ["--drain-seconds", "-1"],
+    ],
 )
 def test_bad_intake_settings_are_usage_errors(
     flags: list[str], capsys: pytest.CaptureFixture[str]

@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         default=1000,
         help="open connections per worker; past it the worker stops accepting until one closes",
     )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=5.0,
+        help="on SIGTERM, seconds of serving on with /readyz answering 503 before connections "
+        "are refused, so load balancers take the instance out first (0: stop at once)",
+    )
     serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS")
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM) for --certfile")
     serve.set_defaults(run=_serve)
@@ -259,11 +266,11 @@ def _serve(args: argparse.Namespace) -> int:
         return _bad_input(f"the rule pack in CDS_CARDS_DIR is invalid:\n{exc}")
     if (
         min(args.head_timeout, args.body_timeout) <= 0
-        or min(args.max_reading_per_source, args.max_connections - 1) < 0
+        or min(args.max_reading_per_source, args.max_connections - 1, args.drain_seconds) < 0
     ):
         return _bad_input(
             "--head-timeout and --body-timeout must be positive, --max-reading-per-source "
-            "0 or more and --max-connections 1 or more"
+            "and --drain-seconds 0 or more and --max-connections 1 or more"
         )
     if (args.certfile is None) != (args.keyfile is None):
         return _bad_input("--certfile and --keyfile go together")
@@ -286,6 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_per_source=args.max_reading_per_source,
         ),
         max_connections=args.max_connections,
+        drain_seconds=args.drain_seconds,
     )
     return EXIT_OK
 

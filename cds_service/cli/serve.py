@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def serve(
     max_requests: int = 20_000,
     intake: IntakeLimits | None = None,
     max_connections: int = 1000,
+    drain_seconds: float = 0.0,
 ) -> None:
     """Migrate the schema once (development), then start ``workers`` threaded workers.
 
@@ -71,6 +73,11 @@ def serve(
     Requests are read whole by each worker's event loop before a thread sees them, under the
     ``intake`` deadlines and per-source bound (:mod:`cds_service.cli.worker`), so slow or many
     clients cannot hold the threads.
+
+    On SIGTERM each worker drains for ``drain_seconds`` (``/readyz`` 503, calls still served),
+    then stops accepting and finishes the requests in flight. gunicorn SIGKILLs workers still
+    running ``graceful_timeout`` after the SIGTERM: it is the drain plus ``timeout``, so a call
+    that arrives at the end of the drain has its whole ``timeout`` to finish.
 
     With ``tls`` (certificate and key files) gunicorn serves HTTPS itself. ``on_ready`` runs in
     the master once the socket listens (``cds-service demo`` prints its guide then).
@@ -98,14 +105,16 @@ def serve(
         | {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": _worker_class(intake or IntakeLimits(), settings.max_body_bytes),
+            "worker_class": _worker_class(
+                intake or IntakeLimits(), settings.max_body_bytes, drain_seconds
+            ),
             "threads": threads,
             "worker_connections": max_connections,
             "backlog": backlog,
             "max_requests": max_requests,
             "max_requests_jitter": max_requests // 10,
             "timeout": timeout,
-            "graceful_timeout": timeout,
+            "graceful_timeout": timeout + math.ceil(drain_seconds),
             "accesslog": None,
             "errorlog": "-",
             "loglevel": "warning",
@@ -114,10 +123,11 @@ def serve(
     ).run()
 
 
-def _worker_class(limits: IntakeLimits, max_body: int) -> type[IntakeWorker]:
-    """The worker class, carrying the intake limits (gunicorn takes a class, not an instance)."""
+def _worker_class(limits: IntakeLimits, max_body: int, drain_seconds: float) -> type[IntakeWorker]:
+    """The worker class, carrying the intake limits and the drain period (gunicorn takes a
+    class, not an instance)."""
     limits = replace(limits, max_body=max_body)
-    return type("CdsWorker", (IntakeWorker,), {"limits": limits})
+    return type("CdsWorker", (IntakeWorker,), {"limits": limits, "drain_seconds": drain_seconds})
 
 
 def prepare_metrics_directory() -> Path:

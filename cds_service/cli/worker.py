@@ -11,6 +11,12 @@ in) and a bound on the requests one source address may have in reading at once. 
 the connection once the whole request is buffered (:mod:`cds_service.cli.request_framing` says
 when). A request that misses a deadline is answered 408 and closed; a connection over its
 source's bound is closed at once, unread.
+
+On SIGTERM the worker drains before it stops: ``/readyz`` answers 503 at once
+(:mod:`cds_service.web.draining`) while the worker goes on accepting and serving for
+``drain_seconds``, so a load balancer's health check takes the instance out before connections
+to it are refused; then gunicorn's graceful stop runs (listeners closed, requests in flight
+finished).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +38,7 @@ from gunicorn.http import get_parser
 from gunicorn.workers.gthread import ThreadWorker
 
 from cds_service.cli.request_framing import MAX_HEAD_BYTES, is_complete, read_head
+from cds_service.web import draining
 
 READ_BYTES = 64 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -62,12 +70,31 @@ class IntakeWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no typ
     """gthread, with requests read in the event loop and listeners closed at once on stop."""
 
     limits: ClassVar[IntakeLimits] = IntakeLimits()
+    drain_seconds: ClassVar[float] = 0.0  # serving on after SIGTERM, not ready (0: stop at once)
 
     def init_process(self) -> None:
         self._intakes: dict[int, _Intake] = {}
         self._reading_from: Counter[str] = Counter()
         self._tls = gunicorn_sock.ssl_context(self.cfg) if self.cfg.is_ssl else None
         super().init_process()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM (the master passes on its own): mark the process draining and keep serving
+        for ``drain_seconds``, then stop as gthread does. Runs in the event loop's thread,
+        between two of its steps; a timer thread hands the stop back to the loop. A SIGTERM
+        during the drain changes nothing (systemd, for one, signals the workers and the master
+        at once); SIGINT and SIGQUIT still stop at once."""
+        if draining.is_draining():
+            return
+        draining.begin()
+        if self.drain_seconds <= 0:
+            super().handle_exit(sig, frame)
+            return
+        timer = threading.Timer(
+            self.drain_seconds, self.method_queue.defer, (super().handle_exit, sig, frame)
+        )
+        timer.daemon = True
+        timer.start()
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """On SIGTERM gunicorn stops accepting but keeps its listening socket open until the

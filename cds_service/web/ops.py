@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.errors import outcome_response
 from cds_service.store.migrations import current_revision, head_revision
-from cds_service.web import metrics
+from cds_service.web import draining, metrics
 from cds_service.web.app_state import ServiceState, service_state
 
 bp = Blueprint("ops", __name__)
@@ -38,7 +38,11 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Readiness: rule pack loaded, database answering at the current schema; 503 otherwise."""
+    """Readiness: rule pack loaded, database answering at the current schema, not stopping;
+    503 otherwise. A stopping instance still serves for its drain period (``serve
+    --drain-seconds``): this 503 tells the load balancer to stop sending it new calls first."""
+    if draining.is_draining():
+        return outcome_response(503, "Not ready: draining (this instance is stopping).")
     state = _state()
     checks = {"rulePack": "ok" if state.pack.services else "not loaded"}
     try:

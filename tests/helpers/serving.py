@@ -86,8 +86,13 @@ def serving(
     verify: Any = True,
     env: dict[str, str] | None = None,
     ready_path: str = "/cds-services",
+    exit_status: int = 0,
 ) -> Iterator[Served]:
-    """Run ``cds-service serve`` until the block ends; it must then exit 0 on SIGTERM.
+    """Run ``cds-service serve`` until the block ends; it must then exit ``exit_status`` (0 on
+    SIGTERM; a test that kills the server says how).
+
+    The server stops at once on SIGTERM (``--drain-seconds 0``) unless ``extra`` names a drain:
+    the tests of the drain do, the others have no load balancer to wait for.
 
     The output goes to a file, not a pipe: a busy server never blocks on a full pipe. A test may
     stop the server itself (the exit status is still checked). Once the server has stopped, its
@@ -97,7 +102,8 @@ def serving(
     port = free_port()
     environment = os.environ | {"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'served.sqlite3'}"}
     environment |= env or {}
-    command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), *extra]
+    command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port)]
+    command += ["--drain-seconds", "0", *extra]  # a later --drain-seconds in ``extra`` wins
     log_path = tmp_path / f"serve-{port}.log"
     with log_path.open("ab") as log:  # append mode: the server's writes never overwrite
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=log)
@@ -122,7 +128,7 @@ def serving(
                 process.kill()
                 process.wait()
         # Only reached when the block succeeded.
-        assert process.returncode == 0, server.output()
+        assert process.returncode == exit_status, server.output()
         assert_no_secret_in(server.output(), f"the served process's output ({log_path})")
 
 
