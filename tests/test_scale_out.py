@@ -34,7 +34,7 @@ from helpers.balancer import Balancer, balancing
 from helpers.corpus import load_fixture
 from helpers.feedback_load import FEEDBACK, LOST_ANSWER, OUTCOME_TIMESTAMP, stored_feedback
 from helpers.jwt_tokens import ISSUER, SigningKey, TokenFactory, jwk_set, write_trust_file
-from helpers.serving import Served, free_port, serving
+from helpers.serving import Served, free_port, serving, wait_until_dead
 
 from cds_service.cli.main import main
 from cds_service.store.database import create_database_engine
@@ -344,29 +344,6 @@ def test_an_instance_stopped_with_sigterm_drains_before_it_stops(
             not_ready - signalled, marked_down - signalled, refused - signalled,
             exited - signalled, len(calls), len(during),
         )  # fmt: skip
-
-
-def wait_until_dead(pids: set[int]) -> float:
-    """Until none of ``pids`` runs; the monotonic time. A process sent SIGKILL goes on a moment
-    (its listening socket with it): its threads exit one by one, and the socket closes with
-    the last, after the main thread already shows as a zombie."""
-    deadline = time.monotonic() + 30
-    while any(running(pid) for pid in pids):
-        assert time.monotonic() < deadline, "still running after SIGKILL"
-        time.sleep(0.005)
-    return time.monotonic()
-
-
-def running(pid: int) -> bool:
-    """Any thread of ``pid`` is not yet a zombie (Linux: /proc/<pid>/task/<tid>/stat)."""
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            state = stat.read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):  # that thread is gone
-            continue
-        if state not in ("Z", "X"):
-            return True
-    return False
 
 
 def wait_for_readyz(base: str, status: int) -> requests.Response:

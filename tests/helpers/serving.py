@@ -47,6 +47,29 @@ def child_pids(pid: int) -> set[int]:
     return children
 
 
+def wait_until_dead(pids: set[int]) -> float:
+    """Until none of ``pids`` runs; the monotonic time. A process sent SIGKILL goes on a moment
+    (its listening socket with it): its threads exit one by one, and the socket closes with
+    the last, after the main thread already shows as a zombie."""
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in pids):
+        assert time.monotonic() < deadline, "still running after SIGKILL"
+        time.sleep(0.005)
+    return time.monotonic()
+
+
+def running(pid: int) -> bool:
+    """Any thread of ``pid`` is not yet a zombie (Linux: /proc/<pid>/task/<tid>/stat)."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # that thread is gone
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
+
+
 @dataclass
 class Served:
     """A running ``cds-service serve``: the gunicorn master process and its base URL."""
