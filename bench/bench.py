@@ -129,6 +129,7 @@ class BenchSettings:
     rounds: int
     quick: bool
     in_process_only: bool
+    skip_fetch: bool = False
     latency_requests: int = 30
     latency_warmup: int = 3
     fetch_stats_calls: int = 5
@@ -169,6 +170,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path]:
         "--in-process-only", action="store_true", help="skip the HTTP part (no wrk needed)"
     )
     parser.add_argument(
+        "--skip-fetch",
+        action="store_true",
+        help="skip the FHIR fetch section (no local FHIR server; the HTTP part only)",
+    )
+    parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file (%(default)s)"
     )
     args = parser.parse_args(argv)
@@ -197,6 +203,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path]:
         rounds=args.rounds,
         quick=args.quick,
         in_process_only=args.in_process_only,
+        skip_fetch=args.skip_fetch,
         latency_requests=latency_requests,
         fetch_stats_calls=3 if args.quick else 5,
     )
@@ -619,6 +626,8 @@ def running_servers(
             str(settings.workers),
             "--timeout",
             str(settings.timeout_s),
+            "--drain-seconds",  # no load balancer to leave: stop at once
+            "0",
         ]
         service_env = os.environ | {
             "CDS_DATABASE_URL": stack_database(workdir),
@@ -789,6 +798,8 @@ def start_fhir_server(
     """
     if settings.in_process_only:
         return None, "--in-process-only (no servers)"
+    if settings.skip_fetch:
+        return None, "--skip-fetch"
     print("FHIR server: starting Medplum (cds_service/cli/fhir_sandbox.py)", flush=True)
     try:
         server: FhirServer = stack.enter_context(

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from fhir.resources.R4B.claim import ClaimItem
-from pydantic import ValidationError
 
+from cds_service.fhir.validation import validates
 from cds_service.rules.claim_facts import ClaimLine
 
 # Elements of the primary line that the add-on line shares: same date of service, same diagnosis
@@ -78,11 +78,7 @@ def replace_line_code(
 
 def is_valid_item(item: dict[str, Any]) -> bool:
     """True when ``item`` validates as an R4 Claim.item."""
-    try:
-        ClaimItem.model_validate(item)
-    except (ValidationError, ValueError, TypeError):
-        return False
-    return True
+    return validates(ClaimItem, item)
 
 
 def update_line(
@@ -117,7 +113,7 @@ def is_valid_resource(resource_type: str, resource: dict[str, Any]) -> bool:
     from fhir.resources.R4B import get_fhir_model_class
 
     try:
-        get_fhir_model_class(resource_type).model_validate(resource)
-    except (ValidationError, ValueError, TypeError, KeyError):
+        model = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError):
         return False
-    return True
+    return validates(model, resource)

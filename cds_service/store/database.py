@@ -9,7 +9,6 @@ latency, fetch counts) and timestamps. A clinician's free-text override comment 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import threading
@@ -34,6 +33,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import StaticPool
 
 from cds_service.protocol.models import FeedbackEntry
+from cds_service.store.feedback_rows import feedback_row
+from cds_service.store.group_commit import GroupCommit
 from cds_service.store.tables import feedback, hook_call, issued_card, jwt_replay
 
 PRUNE_EVERY = 100  # every 100th token also deletes all expired ones
@@ -153,6 +154,7 @@ class Store:
         # wait up to a second. They queue on this lock instead and are woken at once; only the
         # worker processes meet on SQLite's lock. PostgreSQL locks rows, not the database.
         self._sqlite_writer = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._audit_commits = GroupCommit(self.record_hook_calls)
 
     @contextlib.contextmanager
     def _write(self, flushed: bool = True) -> Iterator[Connection]:
@@ -169,39 +171,49 @@ class Store:
             yield connection
 
     def record_hook_call(self, call: HookCallRecord) -> None:
-        """Write the audit record and remember the issued card uuids, in one transaction, not
-        waiting for the disk on PostgreSQL (``_write``): the answer waits for the commit, not
-        for its flush, which cost a call more than its rules did.
+        """Write the audit record and remember the issued card uuids; returns once committed.
 
-        Every ``PRUNE_EVERY``-th call also deletes audit records and issued-card uuids older
+        Concurrent calls of one worker share a transaction (:mod:`.group_commit`), which does
+        not wait for the disk on PostgreSQL (``_write``): the answer waits for the commit, not
+        for its flush, which cost a call more than its rules did.
+        """
+        self._audit_commits.submit(call)
+
+    def record_hook_calls(self, calls: Sequence[HookCallRecord]) -> None:
+        """Write the audit records and issued card uuids of ``calls`` in one transaction.
+
+        Every ``PRUNE_EVERY``-th record also deletes audit records and issued-card uuids older
         than the retention period (feedback is kept).
         """
         now = datetime.now(UTC)
+        records = [
+            {
+                "received_at": now,
+                "request_id": call.request_id,
+                "service_id": call.service_id,
+                "hook": call.hook,
+                "hook_instance": call.hook_instance,
+                "client_iss": call.client_iss,
+                "tenant": call.tenant,
+                "status": call.status,
+                "latency_ms": call.latency_ms,
+                "finding_codes": json.dumps([code for _, code in call.issued]),
+                "card_uuids": json.dumps([uuid for uuid, _ in call.issued]),
+                "fetch_stats": json.dumps(call.fetch_stats) if call.fetch_stats else None,
+            }
+            for call in calls
+        ]
         cards: list[dict[str, Any]] = [
             {"card_uuid": uuid, "service_id": call.service_id, "finding_code": code}
             | {"issued_at": now, "client_iss": call.client_iss, "tenant": call.tenant}
+            for call in calls
             for uuid, code in call.issued
         ]
-        with self._write(flushed=False) as connection:
-            connection.execute(
-                insert(hook_call).values(
-                    received_at=now,
-                    request_id=call.request_id,
-                    service_id=call.service_id,
-                    hook=call.hook,
-                    hook_instance=call.hook_instance,
-                    client_iss=call.client_iss,
-                    tenant=call.tenant,
-                    status=call.status,
-                    latency_ms=call.latency_ms,
-                    finding_codes=json.dumps([code for _, code in call.issued]),
-                    card_uuids=json.dumps([uuid for uuid, _ in call.issued]),
-                    fetch_stats=json.dumps(call.fetch_stats) if call.fetch_stats else None,
-                )
-            )
+        with self._write(flushed=False) as connection:  # one multi-row INSERT per table
+            connection.execute(insert(hook_call).values(records))
             if cards:
-                connection.execute(insert(issued_card), cards)
-            if next(self._audit_counter) % PRUNE_EVERY == 0:
+                connection.execute(insert(issued_card).values(cards))
+            if any(next(self._audit_counter) % PRUNE_EVERY == 0 for _ in calls):
                 cutoff = now - self.retention
                 connection.execute(delete(hook_call).where(hook_call.c.received_at < cutoff))
                 connection.execute(delete(issued_card).where(issued_card.c.issued_at < cutoff))
@@ -222,7 +234,7 @@ class Store:
         now = datetime.now(UTC)
         rows: dict[str, dict[str, Any]] = {}
         for entry in entries:
-            row = _feedback_row(service_id, entry, now, client)
+            row = feedback_row(service_id, entry, now, client.iss, client.tenant)
             rows.setdefault(row["entry_key"], row)
         with self._write() as connection:
             issued = _issued_to(connection, service_id, client, rows)
@@ -343,44 +355,6 @@ def _unknown_stored_today(connection: Connection, client: ClientIdentity, now: d
         )
     )
     return int(stored or 0)
-
-
-def _feedback_row(
-    service_id: str, entry: FeedbackEntry, now: datetime, client: ClientIdentity
-) -> dict[str, Any]:
-    """The row of one entry. Its key (what makes a re-sent entry a duplicate) names the client
-    too, so that another client sending the same entry first cannot make it a duplicate; without
-    a client the key is the one rows had before clients were recorded."""
-    accepted = sorted(item.id for item in entry.acceptedSuggestions or [])
-    reason = entry.overrideReason.reason if entry.overrideReason else None
-    timestamp = entry.outcomeTimestamp.astimezone(UTC)
-    identity: dict[str, Any] = {
-        "service": service_id,
-        "card": entry.card,
-        "outcome": entry.outcome,
-        "accepted": accepted,
-        "reason": [reason.system, reason.code] if reason else None,
-        "comment": bool(entry.overrideReason and entry.overrideReason.userComment),
-        "timestamp": timestamp.isoformat(),
-    }
-    if client.iss is not None:
-        identity["client"] = [client.iss, client.tenant]
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return {
-        "entry_key": key,
-        "service_id": service_id,
-        "card_uuid": entry.card,
-        "card_issued": False,
-        "outcome": entry.outcome,
-        "accepted_suggestions": json.dumps(accepted) if accepted else None,
-        "override_code": reason.code if reason else None,
-        "override_system": reason.system if reason else None,
-        "has_user_comment": identity["comment"],
-        "outcome_timestamp": timestamp,
-        "received_at": now,
-        "client_iss": client.iss,
-        "tenant": client.tenant,
-    }
 
 
 def _insert_ignoring_duplicates(engine: Engine, row: dict[str, Any]) -> Any:
