@@ -209,10 +209,10 @@ class Store:
             for call in calls
             for uuid, code in call.issued
         ]
-        with self._write(flushed=False) as connection:  # one multi-row INSERT per table
-            connection.execute(insert(hook_call).values(records))
+        with self._write(flushed=False) as connection:  # compiled once, cached by SQLAlchemy
+            connection.execute(insert(hook_call), records)
             if cards:
-                connection.execute(insert(issued_card).values(cards))
+                connection.execute(insert(issued_card), cards)
             if any(next(self._audit_counter) % PRUNE_EVERY == 0 for _ in calls):
                 cutoff = now - self.retention
                 connection.execute(delete(hook_call).where(hook_call.c.received_at < cutoff))
