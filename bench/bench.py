@@ -415,7 +415,9 @@ def wrk_version(wrk: str) -> str:
 
 
 def group_cpu_seconds(group: int) -> float:
-    """User + system CPU seconds of the live processes in process group ``group``."""
+    """User + system CPU seconds of the live processes in process group ``group``, plus those
+    of the children its leader (the gunicorn master) has reaped: a worker replaced after
+    ``--max-requests`` during a run still counts."""
     ticks = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -424,6 +426,8 @@ def group_cpu_seconds(group: int) -> float:
             continue
         if int(fields[2]) == group:  # fields after the name: state, ppid, pgrp, ...
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            if int(stat.parent.name) == group:
+                ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -8,11 +8,24 @@ readings and the parsed input resources each have one. May import nothing from t
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+import orjson
 
 Value = TypeVar("Value")
+
+
+def content_digest(data: Any) -> bytes | None:
+    """A 16-byte digest of ``data`` as JSON with sorted keys (the same for any key order), or
+    None when orjson cannot write it (an integer beyond 64 bits): such content is not kept."""
+    try:
+        text = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return None
+    return hashlib.blake2b(text, digest_size=16).digest()
 
 
 class RecentCache(Generic[Value]):

@@ -1,5 +1,6 @@
 """The bounded cache of a worker's recent results (cds_service/recent.py): least recently used
-dropped first, never over its capacity, consistent under threads."""
+dropped first, never over its capacity, consistent under threads; and the content digest its
+keys are made of."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 
 import pytest
 
-from cds_service.recent import RecentCache
+from cds_service.recent import RecentCache, content_digest
 
 
 def test_the_cache_drops_the_least_recently_used_entry() -> None:
@@ -55,3 +56,13 @@ def test_the_cache_stays_bounded_and_consistent_under_threads() -> None:
         thread.join()
     assert wrong == []
     assert len(cache) == 50
+
+
+def test_the_content_digest_ignores_key_order_and_tells_any_change() -> None:
+    first = content_digest({"a": 1, "b": [1, {"c": "x"}]})
+    assert first is not None
+    assert len(first) == 16
+    assert content_digest({"b": [1, {"c": "x"}], "a": 1}) == first
+    assert content_digest({"a": 1, "b": [1, {"c": "y"}]}) != first
+    assert content_digest({"a": 1.0, "b": [1, {"c": "x"}]}) != first  # 1.0 is written "1.0"
+    assert content_digest({"a": 2**70}) is None

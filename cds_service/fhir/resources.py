@@ -17,13 +17,11 @@ and a changed element is new content. Unreadable resources are never kept (each 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.coverage import Coverage
@@ -36,7 +34,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import BaseModel, ValidationError
 
 from cds_service.fhir.json_limits import prune_empty
-from cds_service.recent import RecentCache
+from cds_service.recent import RecentCache, content_digest
 
 logger = logging.getLogger(__name__)
 
@@ -179,13 +177,9 @@ def _parse(
 
 
 def _content_key(resource: dict[str, Any], resource_type: str) -> tuple[bytes, str] | None:
-    """A digest of the resource's JSON with sorted keys, or None when orjson cannot write it
-    (an integer beyond 64 bits): that resource is validated at every call."""
-    try:
-        data = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        return None
-    return hashlib.blake2b(data, digest_size=16).digest(), resource_type
+    """The resource's content digest and type; None (validated at every call) when it has none."""
+    digest = content_digest(resource)
+    return None if digest is None else (digest, resource_type)
 
 
 def _validate(

@@ -8,13 +8,11 @@ verdict per content digest instead of validating again.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ValidationError
 
-from cds_service.recent import RecentCache
+from cds_service.recent import RecentCache, content_digest
 
 VERDICTS_KEPT = 4096
 VERDICTS: RecentCache[bool] = RecentCache(VERDICTS_KEPT)
@@ -22,11 +20,10 @@ VERDICTS: RecentCache[bool] = RecentCache(VERDICTS_KEPT)
 
 def validates(model: type[BaseModel], data: Any) -> bool:
     """True when ``data`` validates as ``model`` (computed once per distinct content)."""
-    try:
-        digest = hashlib.blake2b(orjson.dumps(data, option=orjson.OPT_SORT_KEYS), digest_size=16)
-    except orjson.JSONEncodeError:  # not JSON orjson can write: validate without remembering
+    digest = content_digest(data)
+    if digest is None:
         return _validate(model, data)
-    key = (digest.digest(), model.__name__)
+    key = (digest, model.__name__)
     verdict = VERDICTS.get(key)
     if verdict is None:
         verdict = _validate(model, data)

@@ -213,7 +213,8 @@ class Store:
             connection.execute(insert(hook_call), records)
             if cards:
                 connection.execute(insert(issued_card), cards)
-            if any(next(self._audit_counter) % PRUNE_EVERY == 0 for _ in calls):
+            counts = [next(self._audit_counter) for _ in calls]
+            if any(count % PRUNE_EVERY == 0 for count in counts):
                 cutoff = now - self.retention
                 connection.execute(delete(hook_call).where(hook_call.c.received_at < cutoff))
                 connection.execute(delete(issued_card).where(issued_card.c.issued_at < cutoff))
