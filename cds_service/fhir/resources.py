@@ -51,9 +51,10 @@ MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-# How many validated resources a worker keeps: a model is about 20 to 40 KB (a Claim the most),
-# so about 100 MB at most per worker; the standard discharge call brings 11.
-PARSED_KEPT = 4096
+# How many validated resources a worker keeps: 38 KB each on average (model and JSON, measured
+# on the standard fixtures), so about 40 MB at most per worker: the records of about 90 patients
+# (the standard discharge call brings 11 resources).
+PARSED_KEPT = 1024
 Parsed = tuple[BaseModel, dict[str, Any]]
 PARSED: RecentCache[Parsed] = RecentCache(PARSED_KEPT)
 
