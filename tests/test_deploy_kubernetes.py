@@ -271,7 +271,7 @@ def test_resources_come_from_the_measurement(rendered: dict[str, list[Obj]], nam
 
     assert mib(resources["requests"]["memory"]) >= MEASURED_RSS_MIB
     assert mib(resources["limits"]["memory"]) >= mib(resources["requests"]["memory"])
-    assert resources["requests"]["cpu"] == "1"  # placeholders until the CPU benchmark
+    assert resources["requests"]["cpu"] == "1"  # from the benchmark (docs/scale-out.md)
     assert resources["limits"]["cpu"] == "2"
 
 

@@ -743,7 +743,7 @@ def test_documented_response_is_real_and_conforms(
     if scenario.broken_endpoint:
         monkeypatch.setitem(app.view_functions, scenario.broken_endpoint, _boom)
     if scenario.overloaded:
-        monkeypatch.setattr(admission.AdmissionGate, "enter", lambda gate: False)
+        monkeypatch.setattr(admission.AdmissionGate, "enter", lambda gate, waited=0.0: False)
     if scenario.limited:
         monkeypatch.setattr(rate_limit.RateLimiter, "wait_seconds", lambda limiter, client: 7)
     request: dict[str, Any] = {"method": "GET", "buffered": True} | scenario.request
